@@ -1,0 +1,105 @@
+import WSTapWire
+
+public enum Direction: Sendable, Hashable {
+    case clientToServer
+    case serverToClient
+
+    /// "client" or "server": who sent the bytes.
+    public var sender: String { self == .clientToServer ? "client" : "server" }
+    public var opposite: Direction { self == .clientToServer ? .serverToClient : .clientToServer }
+}
+
+/// Wall-clock or capture time in nanoseconds since the Unix epoch. The core never reads a clock:
+/// the shells pass the time in.
+public struct Timestamp: Comparable, Sendable {
+    public var nanoseconds: Int64
+    public init(nanoseconds: Int64) { self.nanoseconds = nanoseconds }
+    public static func < (a: Timestamp, b: Timestamp) -> Bool { a.nanoseconds < b.nanoseconds }
+}
+
+/// Addresses and URL base of one connection, supplied by the shell that owns it.
+public struct ConnectionInfo: Sendable {
+    public var client: String
+    public var server: String
+    /// "ws" or "wss": the scheme the client used.
+    public var scheme: String
+    public init(client: String, server: String, scheme: String = "ws") {
+        self.client = client
+        self.server = server
+        self.scheme = scheme
+    }
+}
+
+public struct OpenRecord: Sendable {
+    public var client: String
+    public var server: String
+    public var url: String
+    public var request: HTTPHead
+    public var response: HTTPHead
+    public var subprotocol: String?
+    /// The negotiated Sec-WebSocket-Extensions value, or nil when none was accepted.
+    public var extensions: String?
+}
+
+/// A non-upgrade HTTP exchange, or an upgrade the server refused.
+public struct HTTPExchangeRecord: Sendable {
+    public var request: HTTPHead?
+    public var response: HTTPHead
+    public var wasUpgradeAttempt: Bool
+}
+
+public struct FrameRecord: Sendable {
+    public var direction: Direction
+    public var header: FrameHeader
+    public var offset: UInt64
+}
+
+public struct MessageRecord: Sendable {
+    public var direction: Direction
+    public var opcode: Opcode
+    public var frames: Int
+    /// Payload bytes on the wire (compressed size for compressed messages), headers excluded.
+    public var wireLength: UInt64
+    /// Payload bytes after inflate (equal to wireLength when not compressed).
+    public var length: UInt64
+    public var compressed: Bool
+    /// The first `payloadCap` bytes of the (inflated) payload.
+    public var payload: [UInt8]
+    public var truncated: Bool
+    public var closeCode: UInt16?
+    public var closeReason: String?
+    /// Set when the message could not be inflated; `payload` then holds the compressed bytes.
+    public var inflateFailed: Bool
+    /// Set when the connection ended before the message's final frame.
+    public var incomplete: Bool
+    public var offset: UInt64
+}
+
+public struct EndRecord: Sendable {
+    public var reason: String
+    /// "client", "server" or nil when it cannot be told (e.g. a capture that just stops).
+    public var closedBy: String?
+    public var clientBytes: UInt64
+    public var serverBytes: UInt64
+}
+
+public struct TapRecord: Sendable {
+    public enum Body: Sendable {
+        case open(OpenRecord)
+        case http(HTTPExchangeRecord)
+        case frame(FrameRecord)
+        case message(MessageRecord)
+        case diagnostic(Diagnostic)
+        case end(EndRecord)
+    }
+
+    public var connection: UInt64
+    public var timestamp: Timestamp
+    public var body: Body
+
+    public init(connection: UInt64, timestamp: Timestamp, body: Body) {
+        self.connection = connection
+        self.timestamp = timestamp
+        self.body = body
+    }
+}

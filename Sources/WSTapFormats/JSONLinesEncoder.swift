@@ -1,0 +1,141 @@
+import WSTapDissect
+import WSTapWire
+
+/// Encodes records as JSON Lines, schema version 1 (docs/record-schema.md). One line per record.
+public enum JSONLinesEncoder {
+    public static let schemaVersion = 1
+
+    public static func encode(_ record: TapRecord, into writer: inout JSONWriter) {
+        writer.beginObject()
+        writer.key("v"); writer.integer(schemaVersion)
+        writer.key("type")
+        switch record.body {
+        case .open: writer.string("open")
+        case .http: writer.string("http")
+        case .frame: writer.string("frame")
+        case .message: writer.string("message")
+        case .diagnostic: writer.string("diagnostic")
+        case .end: writer.string("end")
+        }
+        writer.key("conn"); writer.integer(record.connection)
+        writer.key("ts"); writer.number(text: timestampText(record.timestamp))
+        switch record.body {
+        case .open(let open):
+            writer.key("client"); writer.string(open.client)
+            writer.key("server"); writer.string(open.server)
+            writer.key("url"); writer.string(open.url)
+            writer.key("request"); encodeHead(open.request, into: &writer)
+            writer.key("response"); encodeHead(open.response, into: &writer)
+            writer.key("subprotocol"); writer.stringOrNull(open.subprotocol)
+            writer.key("extensions"); writer.stringOrNull(open.extensions)
+        case .http(let exchange):
+            writer.key("upgrade"); writer.bool(exchange.wasUpgradeAttempt)
+            writer.key("request")
+            if let request = exchange.request { encodeHead(request, into: &writer) } else { writer.null() }
+            writer.key("response"); encodeHead(exchange.response, into: &writer)
+        case .frame(let frame):
+            let h = frame.header
+            writer.key("from"); writer.string(frame.direction.sender)
+            writer.key("fin"); writer.bool(h.fin)
+            writer.key("rsv1"); writer.bool(h.rsv1)
+            writer.key("rsv2"); writer.bool(h.rsv2)
+            writer.key("rsv3"); writer.bool(h.rsv3)
+            writer.key("opcode"); writer.integer(h.opcode.rawValue)
+            writer.key("masked"); writer.bool(h.masked)
+            writer.key("mask_key")
+            if let key = h.maskKey { writer.string(hex32(key)) } else { writer.null() }
+            writer.key("length"); writer.integer(h.payloadLength)
+            writer.key("length_bits"); writer.integer(h.lengthEncoding.rawValue)
+            writer.key("header_length"); writer.integer(h.headerLength)
+            writer.key("offset"); writer.integer(frame.offset)
+        case .message(let message):
+            writer.key("from"); writer.string(message.direction.sender)
+            writer.key("opcode"); writer.integer(message.opcode.rawValue)
+            writer.key("frames"); writer.integer(message.frames)
+            writer.key("wire_length"); writer.integer(message.wireLength)
+            writer.key("length"); writer.integer(message.length)
+            writer.key("compressed"); writer.bool(message.compressed)
+            if message.opcode == .text && !message.inflateFailed {
+                writer.key("text"); writer.string(utf8: validPrefix(message.payload, truncated: message.truncated))
+            } else if message.opcode == .close {
+                writer.key("code")
+                if let code = message.closeCode { writer.integer(code) } else { writer.null() }
+                writer.key("reason"); writer.stringOrNull(message.closeReason)
+            } else {
+                writer.key("base64"); writer.base64(message.payload)
+            }
+            if message.truncated { writer.key("truncated"); writer.bool(true) }
+            if message.inflateFailed { writer.key("inflate_failed"); writer.bool(true) }
+            if message.incomplete { writer.key("incomplete"); writer.bool(true) }
+            writer.key("offset"); writer.integer(message.offset)
+        case .diagnostic(let diagnostic):
+            writer.key("code"); writer.string(diagnostic.code.rawValue)
+            writer.key("severity"); writer.string(diagnostic.severity.rawValue)
+            writer.key("from"); writer.stringOrNull(diagnostic.direction?.sender)
+            writer.key("offset"); writer.integer(diagnostic.offset)
+            writer.key("detail"); writer.string(diagnostic.detail)
+        case .end(let end):
+            writer.key("reason"); writer.string(end.reason)
+            writer.key("closed_by"); writer.stringOrNull(end.closedBy)
+            writer.key("client_bytes"); writer.integer(end.clientBytes)
+            writer.key("server_bytes"); writer.integer(end.serverBytes)
+        }
+        writer.endObject()
+        writer.newline()
+    }
+
+    public static func line(_ record: TapRecord) -> String {
+        var writer = JSONWriter()
+        encode(record, into: &writer)
+        return String(decoding: writer.bytes, as: UTF8.self)
+    }
+
+    private static func encodeHead(_ head: HTTPHead, into writer: inout JSONWriter) {
+        writer.beginObject()
+        switch head.startLine {
+        case .request(let method, let target, let version):
+            writer.key("method"); writer.string(method)
+            writer.key("target"); writer.string(target)
+            writer.key("version"); writer.string(version)
+        case .response(let version, let status, let reason):
+            writer.key("status"); writer.integer(status)
+            writer.key("reason"); writer.string(reason)
+            writer.key("version"); writer.string(version)
+        }
+        writer.key("headers")
+        writer.beginArray()
+        for (name, value) in head.headers {
+            writer.beginArray(); writer.string(name); writer.string(value); writer.endArray()
+        }
+        writer.endArray()
+        writer.endObject()
+    }
+
+    /// Seconds since the epoch with microseconds, as a JSON number.
+    static func timestampText(_ ts: Timestamp) -> String {
+        let seconds = ts.nanoseconds / 1_000_000_000
+        let micros = (ts.nanoseconds % 1_000_000_000) / 1000
+        let fraction = String(micros)
+        return "\(seconds).\(String(repeating: "0", count: 6 - fraction.count))\(fraction)"
+    }
+
+    static func hex32(_ value: UInt32) -> String {
+        let text = String(value, radix: 16)
+        return String(repeating: "0", count: 8 - text.count) + text
+    }
+
+    /// A capped text preview may end inside a UTF-8 sequence: cut back to the last whole character
+    /// so the record does not show a replacement character that was never sent.
+    static func validPrefix(_ bytes: [UInt8], truncated: Bool) -> [UInt8] {
+        guard truncated, !bytes.isEmpty else { return bytes }
+        var end = bytes.count
+        var back = 0
+        while end > 0 && back < 4 && bytes[end - 1] & 0xC0 == 0x80 { end -= 1; back += 1 }
+        if end > 0 && bytes[end - 1] >= 0xC0 {
+            let lead = bytes[end - 1]
+            let need = lead >= 0xF0 ? 3 : lead >= 0xE0 ? 2 : 1
+            if back < need { return Array(bytes[..<(end - 1)]) }
+        }
+        return bytes
+    }
+}

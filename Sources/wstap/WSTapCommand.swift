@@ -1,0 +1,2 @@
+import ArgumentParser
+@main struct WSTapCommand: ParsableCommand { func run() throws {} }

@@ -1,0 +1,109 @@
+import Testing
+@testable import WSTapWire
+
+@Suite struct CodecTests {
+    @Test func acceptMatchesRFC6455Example() {
+        #expect(HandshakeAccept.expected(forKey: "dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+    }
+
+    @Test func utf8ValidatorAcrossSplits() {
+        let text = Array("héllo €𝄞 ok".utf8)
+        for split in 0...text.count {
+            var v = UTF8Validator()
+            v.feed(Array(text[..<split]))
+            v.feed(Array(text[split...]))
+            #expect(v.isValid && v.isComplete)
+        }
+        #expect(!UTF8Validator.isValid([0xC0, 0x80]))  // overlong
+        #expect(!UTF8Validator.isValid([0xED, 0xA0, 0x80]))  // surrogate
+        #expect(!UTF8Validator.isValid([0xF4, 0x90, 0x80, 0x80]))  // > U+10FFFF
+        #expect(!UTF8Validator.isValid([0xE2, 0x82]))  // cut short
+        #expect(!UTF8Validator.isValid([0xFF]))
+        #expect(UTF8Validator.isValid(Array(repeating: 0x41, count: 100)))
+    }
+
+    /// RFC 7692 §7.2.3 examples, literal bytes.
+    @Test(arguments: [
+        ([0xF2, 0x48, 0xCD, 0xC9, 0xC9, 0x07, 0x00] as [UInt8], "Hello"),  // §7.2.3.1
+        ([0x00, 0x05, 0x00, 0xFA, 0xFF, 0x48, 0x65, 0x6C, 0x6C, 0x6F, 0x00], "Hello"),  // §7.2.3.3 stored block
+        ([0xF3, 0x48, 0xCD, 0xC9, 0xC9, 0x07, 0x00, 0x00], "Hello"),  // §7.2.3.4 BFINAL set
+        ([0xF2, 0x48, 0x05, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0xCA, 0xC9, 0xC9, 0x07, 0x00], "Hello"),  // §7.2.3.5 two blocks
+        ([0x00], ""),  // §7.2.3.6 empty block
+    ])
+    func rfc7692Inflate(payload: [UInt8], text: String) throws {
+        let inflater = Inflater()
+        var out: [UInt8] = []
+        try payload.withUnsafeBytes { try inflater.inflate($0) { out += $0 } }
+        try inflater.finishMessage(resetContext: false) { out += $0 }
+        #expect(out == Array(text.utf8))
+    }
+
+    @Test func rfc7692SharedWindowNeedsContext() throws {
+        let inflater = Inflater()
+        var out: [UInt8] = []
+        for payload: [UInt8] in [[0xF2, 0x48, 0xCD, 0xC9, 0xC9, 0x07, 0x00], [0xF2, 0x00, 0x11, 0x00, 0x00]] {
+            try payload.withUnsafeBytes { try inflater.inflate($0) { out += $0 } }
+            try inflater.finishMessage(resetContext: false) { out += $0 }
+        }
+        #expect(out == Array("HelloHello".utf8))
+        // Without the first message's window the second one must fail, not produce garbage.
+        let fresh = Inflater()
+        #expect(throws: Inflater.Failure.self) {
+            try [UInt8]([0xF2, 0x00, 0x11, 0x00, 0x00]).withUnsafeBytes { try fresh.inflate($0) { _ in } }
+            try fresh.finishMessage(resetContext: false) { _ in }
+        }
+    }
+
+    @Test func deflateInflateRoundTripWithAndWithoutTakeover() throws {
+        for noContext in [false, true] {
+            let deflater = Deflater(windowBits: 10, noContextTakeover: noContext)
+            let inflater = Inflater()
+            for i in 0..<5 {
+                let message = Array("message \(i) repeated repeated repeated".utf8)
+                var out: [UInt8] = []
+                let compressed = deflater.compressMessage(message)
+                try compressed.withUnsafeBytes { try inflater.inflate($0) { out += $0 } }
+                try inflater.finishMessage(resetContext: noContext) { out += $0 }
+                #expect(out == message)
+            }
+        }
+    }
+
+    @Test func extensionParametersStayWithTheirExtension() {
+        let offers = ExtensionOffer.parse(["permessage-deflate; client_max_window_bits, x-foo; server_no_context_takeover", "permessage-deflate;server_max_window_bits=\"10\""])
+        #expect(offers.map(\.name) == ["permessage-deflate", "x-foo", "permessage-deflate"])
+        #expect(offers[1].parameters.map(\.name) == ["server_no_context_takeover"])
+        #expect(offers[2].parameters.first?.value == "10")
+        let (config, problems) = PerMessageDeflate.fromResponse(ExtensionOffer.parse(["permessage-deflate; server_no_context_takeover; client_max_window_bits=10"])[0])
+        #expect(problems.isEmpty)
+        #expect(config.resetsContext(fromClient: false) && !config.resetsContext(fromClient: true))
+        #expect(config.clientMaxWindowBits == 10)
+        let (_, bad) = PerMessageDeflate.fromResponse(ExtensionOffer.parse(["permessage-deflate; client_max_window_bits=16; foo"])[0])
+        #expect(bad.count == 2)
+    }
+
+    @Test func httpHeadKeepsOrderCaseAndDuplicatesAcrossSplits() throws {
+        let text = "GET /chat?x=1 HTTP/1.1\r\nHost: a\r\nX-Dup: 1\r\nx-dup: 2\r\nUpgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\n\r\n\u{81}\u{0}"
+        let bytes = Array(text.utf8)
+        for split in 1..<bytes.count {
+            var parser = HTTPHeadParser()
+            var result = try parser.feed(Array(bytes[..<split]))
+            var consumedTotal = result?.consumed ?? split
+            if result == nil {
+                result = try parser.feed(Array(bytes[split...]))
+                consumedTotal = split + (result?.consumed ?? 0)
+            }
+            let head = try #require(result?.head)
+            #expect(head.target == "/chat?x=1")
+            #expect(head.headers.map(\.name) == ["Host", "X-Dup", "x-dup", "Upgrade", "Connection"])
+            #expect(head.values("x-dup") == ["1", "2"])
+            #expect(head.isWebSocketUpgradeRequest)
+            #expect(consumedTotal == bytes.count - 3)  // the frame bytes after the head are left alone
+        }
+    }
+
+    @Test func closeCodesAllowedOnWire() {
+        #expect(CloseCode.isAllowedOnWire(1000) && CloseCode.isAllowedOnWire(4999) && CloseCode.isAllowedOnWire(1014))
+        for code: UInt16 in [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000] { #expect(!CloseCode.isAllowedOnWire(code), "\(code)") }
+    }
+}
