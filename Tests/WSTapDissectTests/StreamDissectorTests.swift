@@ -1,0 +1,152 @@
+import Foundation
+import Testing
+import WSTapDissect
+import WSTapWire
+
+@Suite struct StreamDissectorTests {
+    static let basic: [Step] = [
+        (c2s, Wire.request()),
+        (s2c, Wire.response()),
+        (c2s, Wire.text("héllo", mask: 0x0102_0304)),
+        (s2c, Wire.frame(.binary, [UInt8](repeating: 0xAB, count: 300))),
+        (c2s, Wire.frame(.ping, Array("p".utf8), mask: 0x0A0B_0C0D)),
+        (s2c, Wire.frame(.pong, Array("p".utf8))),
+        (c2s, Wire.text("frag-", mask: 0x1111_1111, fin: false) + Wire.frame(.ping, [], mask: 0x2222_2222)
+            + Wire.frame(.continuation, Array("ment".utf8), mask: 0x3333_3333)),
+        (c2s, Wire.frame(.close, [0x03, 0xE8] + Array("bye".utf8), mask: 0x4444_4444)),
+        (s2c, Wire.frame(.close, [0x03, 0xE8])),
+    ]
+
+    @Test func basicSessionRecords() throws {
+        let lines = dissect(Self.basic)
+        #expect(diagnosticCodes(lines).isEmpty, "\(lines)")
+        let open = try #require(records(lines, type: "open").first)
+        #expect(open.contains("\"url\":\"ws://example.test:9000/chat\""))
+        #expect(open.contains("\"status\":101"))
+        #expect(open.contains("[\"Sec-WebSocket-Key\",\"dGhlIHNhbXBsZSBub25jZQ==\"]"))
+        let messages = records(lines, type: "message")
+        #expect(messages.count == 8)
+        #expect(messages[0].contains("\"text\":\"héllo\"") && messages[0].contains("\"from\":\"client\""))
+        #expect(messages[1].contains("\"opcode\":2") && messages[1].contains("\"length\":300"))
+        #expect(messages[4].contains("\"opcode\":9") && messages[4].contains("\"base64\":\"\""))  // ping between fragments comes first
+        #expect(messages[5].contains("\"text\":\"frag-ment\"") && messages[5].contains("\"frames\":2"))
+        #expect(messages[6].contains("\"code\":1000") && messages[6].contains("\"reason\":\"bye\""))
+        #expect(records(lines, type: "frame").count == 9)
+        #expect(messages[7].contains("\"from\":\"server\"") && messages[7].contains("\"code\":1000"))
+    }
+
+    @Test func everySplitPointGivesTheSameRecords() {
+        let whole = dissect(Self.basic)
+        let maxLength = Self.basic.map(\.1.count).max()!
+        for point in 1..<maxLength {
+            let split = dissect(Self.basic) { bytes in point < bytes.count ? [Array(bytes[..<point]), Array(bytes[point...])] : [bytes] }
+            #expect(split == whole, "split at \(point)")
+        }
+        let byteByByte = dissect(Self.basic) { $0.map { [$0] } }
+        #expect(byteByByte == whole)
+    }
+
+    @Test func randomSplitsGiveTheSameRecords() {
+        var rng = SplitMix(seed: 42)
+        let steps = Self.basic + [(c2s, Wire.frame(.binary, (0..<70_000).map { UInt8($0 & 0xFF) }, mask: 0x5555_1234))]
+        let whole = dissect(steps)
+        for _ in 0..<50 {
+            let lines = dissect(steps) { bytes in
+                var pieces: [[UInt8]] = []
+                var i = 0
+                while i < bytes.count {
+                    let n = Int(rng.next() % 4000) + 1
+                    pieces.append(Array(bytes[i..<min(bytes.count, i + n)]))
+                    i += n
+                }
+                return pieces
+            }
+            #expect(lines == whole)
+        }
+    }
+
+    @Test func upgradeResponseAndFirstFrameInOneSegment() {
+        let lines = dissect([(c2s, Wire.request()), (s2c, Wire.response() + Wire.text("first"))])
+        #expect(records(lines, type: "message").first?.contains("\"text\":\"first\"") == true)
+    }
+
+    @Test func clientFramesBeforeTheAnswerAreHeldThenDissected() {
+        let lines = dissect([(c2s, Wire.request() + Wire.text("early", mask: 1)), (s2c, Wire.response())])
+        let message = records(lines, type: "message")
+        #expect(message.count == 1 && message[0].contains("\"text\":\"early\""))
+        #expect(message[0].contains("\"offset\":\(Wire.request().count)"))
+    }
+
+    @Test func refusedUpgradeThenRetryOnTheSameConnection() {
+        let refusal = Array("HTTP/1.1 426 Upgrade Required\r\nContent-Length: 5\r\n\r\nnope!".utf8)
+        let lines = dissect([(c2s, Wire.request()), (s2c, refusal), (c2s, Wire.request()), (s2c, Wire.response() + Wire.text("ok"))])
+        #expect(records(lines, type: "http").count == 1)
+        #expect(records(lines, type: "http")[0].contains("\"status\":426"))
+        #expect(diagnosticCodes(lines) == ["upgrade-refused"])
+        #expect(records(lines, type: "open").count == 1)
+        #expect(records(lines, type: "message").first?.contains("\"text\":\"ok\"") == true)
+    }
+
+    @Test func chunkedRefusalBodyIsSkipped() {
+        let refusal = Array("HTTP/1.1 401 Unauthorized\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n".utf8)
+        let lines = dissect([(c2s, Wire.request()), (s2c, refusal), (c2s, Wire.request()), (s2c, Wire.response() + Wire.text("in"))])
+        #expect(records(lines, type: "open").count == 1)
+        #expect(records(lines, type: "message").count == 1)
+    }
+
+    @Test func emptyFinalFragmentClosesItsMessage() {
+        let lines = dissect([
+            (c2s, Wire.request()), (s2c, Wire.response()),
+            (c2s, Wire.text("ends-with-empty", mask: 7, fin: false)),
+            (c2s, Wire.frame(.continuation, [], mask: 8)),
+            (c2s, Wire.text("next", mask: 9, fin: false) + Wire.frame(.continuation, Array(" one".utf8), mask: 10)),
+        ])
+        let messages = records(lines, type: "message")
+        #expect(messages.count == 2)
+        #expect(messages[0].contains("\"text\":\"ends-with-empty\"") && messages[0].contains("\"frames\":2"))
+        #expect(messages[1].contains("\"text\":\"next one\""))
+        #expect(diagnosticCodes(lines).isEmpty)
+    }
+
+    @Test func interleavedFragmentsInBothDirectionsKeepTheirOpcodes() {
+        let lines = dissect([
+            (c2s, Wire.request()), (s2c, Wire.response()),
+            (c2s, Wire.text("client-part1,", mask: 1, fin: false)),
+            (s2c, Wire.frame(.binary, [1, 2], fin: false)),
+            (c2s, Wire.frame(.continuation, Array("client-part2".utf8), mask: 2)),
+            (s2c, Wire.frame(.continuation, [3])),
+        ])
+        let messages = records(lines, type: "message")
+        #expect(messages[0].contains("\"from\":\"client\"") && messages[0].contains("\"opcode\":1") && messages[0].contains("client-part1,client-part2"))
+        #expect(messages[1].contains("\"from\":\"server\"") && messages[1].contains("\"opcode\":2") && messages[1].contains("\"base64\":\"AQID\""))
+    }
+
+    @Test func payloadCapTruncatesTheRecordNotTheCount() {
+        var config = StreamDissector.Configuration()
+        config.payloadCap = 4
+        let lines = dissect([(c2s, Wire.request()), (s2c, Wire.response()), (s2c, Wire.text("€€€"))], configuration: config)
+        let message = records(lines, type: "message")[0]
+        #expect(message.contains("\"length\":9") && message.contains("\"truncated\":true"))
+        #expect(message.contains("\"text\":\"€\""))  // cut at a character boundary, not mid-sequence
+    }
+
+    @Test func connectionEndingInsideAFrameAndMessageIsReported() {
+        let frame = Wire.frame(.binary, [UInt8](repeating: 1, count: 100), fin: false)
+        let lines = dissect([(c2s, Wire.request()), (s2c, Wire.response()), (s2c, Array(frame.prefix(50)))])
+        #expect(diagnosticCodes(lines) == ["truncated-frame", "truncated-message"])
+        #expect(records(lines, type: "message").first?.contains("\"incomplete\":true") == true)
+    }
+}
+
+/// Deterministic generator so random-split failures reproduce.
+struct SplitMix {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
