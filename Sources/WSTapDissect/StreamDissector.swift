@@ -45,6 +45,9 @@ public final class StreamDissector {
         self.configuration = configuration
     }
 
+    /// The shell learns the server's address only once connected; records after that carry it.
+    public func updateServer(_ address: String) { info.server = address }
+
     // MARK: - Input
 
     public func feed(_ bytes: UnsafeRawBufferPointer, from direction: Direction, at time: Timestamp, into records: inout [TapRecord]) {

@@ -81,6 +81,13 @@ public struct EndRecord: Sendable {
     public var closedBy: String?
     public var clientBytes: UInt64
     public var serverBytes: UInt64
+
+    public init(reason: String, closedBy: String?, clientBytes: UInt64, serverBytes: UInt64) {
+        self.reason = reason
+        self.closedBy = closedBy
+        self.clientBytes = clientBytes
+        self.serverBytes = serverBytes
+    }
 }
 
 public struct TapRecord: Sendable {

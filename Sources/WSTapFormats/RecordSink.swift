@@ -1,0 +1,87 @@
+import Synchronization
+import WSTapDissect
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Where records go. Sinks are called from every event loop, so they must be thread-safe, and they are
+/// called with each batch as it happens: a sink writes it out before returning, so `tail -f` sees it
+/// and a killed process loses nothing it has shown.
+public protocol RecordSink: Sendable {
+    func write(_ records: [TapRecord])
+}
+
+/// A file descriptor written with plain write(2) under a lock: no user-space buffer to lose.
+public final class OutputFile: Sendable {
+    private let fd: Mutex<Int32>
+    public let path: String
+
+    public static let standardOutput = OutputFile(fd: 1, path: "-")
+    public static let standardError = OutputFile(fd: 2, path: "stderr")
+
+    private init(fd: Int32, path: String) {
+        self.fd = Mutex(fd)
+        self.path = path
+    }
+
+    public struct OpenError: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    /// Opens (creating or appending to) a file; "-" means standard output.
+    public static func open(path: String, append: Bool = false) throws -> OutputFile {
+        if path == "-" { return .standardOutput }
+        let flags = O_WRONLY | O_CREAT | O_CLOEXEC | (append ? O_APPEND : O_TRUNC)
+        let fd = Glibc.open(path, flags, 0o644)
+        guard fd >= 0 else {
+            throw OpenError(description: "cannot open '\(path)' for writing: \(String(cString: strerror(errno)))")
+        }
+        return OutputFile(fd: fd, path: path)
+    }
+
+    public var isTerminal: Bool { fd.withLock { isatty($0) == 1 } }
+
+    public func write(_ bytes: [UInt8]) {
+        fd.withLock { fd in
+            bytes.withUnsafeBytes { raw in
+                var offset = 0
+                while offset < raw.count {
+                    let n = Glibc.write(fd, raw.baseAddress! + offset, raw.count - offset)
+                    if n < 0 {
+                        if errno == EINTR || errno == EAGAIN { continue }
+                        return  // a closed pipe or full disk must not take the relay down
+                    }
+                    offset += n
+                }
+            }
+        }
+    }
+
+    public func close() {
+        fd.withLock { fd in
+            if fd > 2 { Glibc.close(fd) }
+            fd = -1
+        }
+    }
+}
+
+public final class JSONLinesSink: RecordSink {
+    private let output: OutputFile
+
+    public init(output: OutputFile) { self.output = output }
+
+    public func write(_ records: [TapRecord]) {
+        var writer = JSONWriter(capacity: 256 * records.count)
+        for record in records { JSONLinesEncoder.encode(record, into: &writer) }
+        output.write(writer.bytes)
+    }
+}
+
+public final class FanoutSink: RecordSink {
+    private let sinks: [any RecordSink]
+    public init(_ sinks: [any RecordSink]) { self.sinks = sinks }
+    public func write(_ records: [TapRecord]) { for sink in sinks { sink.write(records) } }
+}

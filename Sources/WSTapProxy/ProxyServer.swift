@@ -1,0 +1,97 @@
+import NIOCore
+import NIOPosix
+import Synchronization
+import WSTapDissect
+import WSTapFormats
+import WSTapRelay
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public struct ProxyConfiguration: Sendable {
+    public var listenHost: String
+    public var listenPort: Int
+    public var mode: RelaySession.Mode
+    public var dissector: StreamDissector.Configuration
+    public var sink: any RecordSink
+
+    public init(listenHost: String, listenPort: Int, mode: RelaySession.Mode, dissector: StreamDissector.Configuration, sink: any RecordSink) {
+        self.listenHost = listenHost
+        self.listenPort = listenPort
+        self.mode = mode
+        self.dissector = dissector
+        self.sink = sink
+    }
+}
+
+/// Our own failures, each with a message that says how to fix the call.
+public struct ProxyError: Error, CustomStringConvertible {
+    public let description: String
+}
+
+/// The listening side of the proxy: accepts clients and gives each one a `RelayConnection`.
+public final class ProxyServer: Sendable {
+    private let channel: Channel
+    public let localAddress: String
+
+    private init(channel: Channel) {
+        self.channel = channel
+        self.localAddress = channel.localAddress?.wstapText ?? "?"
+    }
+
+    public static func start(_ configuration: ProxyConfiguration, group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws -> ProxyServer {
+        let ids = ConnectionIDs()
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.writeBufferWaterMark, value: .init(low: 256 * 1024, high: 1024 * 1024))
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let handler = RelaySideHandler(clientSideMaking: { channel in
+                        let session = RelaySession(
+                            connection: ids.next(), mode: configuration.mode,
+                            clientAddress: channel.remoteAddress?.wstapText ?? "?",
+                            proxyAddress: channel.localAddress?.wstapText ?? "?",
+                            configuration: configuration.dissector, clock: Timestamp.now)
+                        return RelayConnection(session: session, client: channel, sink: configuration.sink)
+                    })
+                    try channel.pipeline.syncOperations.addHandler(handler)
+                }
+            }
+        do {
+            let channel = try await bootstrap.bind(host: configuration.listenHost, port: configuration.listenPort).get()
+            return ProxyServer(channel: channel)
+        } catch {
+            let listen = "\(configuration.listenHost):\(configuration.listenPort)"
+            if let io = error as? IOError, io.errnoCode == EADDRINUSE {
+                throw ProxyError(description: "cannot listen on \(listen): the address is already in use. Stop the other program or choose another port with --listen HOST:PORT.")
+            }
+            if let io = error as? IOError, io.errnoCode == EACCES {
+                throw ProxyError(description: "cannot listen on \(listen): permission denied (ports below 1024 need root). Choose a port above 1024 with --listen HOST:PORT.")
+            }
+            throw ProxyError(description: "cannot listen on \(listen): \(describe(error)). Check the address given to --listen.")
+        }
+    }
+
+    /// Runs until the listening channel closes.
+    public func wait() async throws { try await channel.closeFuture.get() }
+
+    public func stop() async throws { try await channel.close() }
+}
+
+final class ConnectionIDs: Sendable {
+    private let counter = Atomic<UInt64>(0)
+    func next() -> UInt64 { counter.add(1, ordering: .relaxed).newValue }
+}
+
+extension Timestamp {
+    /// Wall-clock time for live records; the sans-IO core receives it, never reads it.
+    @Sendable public static func now() -> Timestamp {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Timestamp(nanoseconds: Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec))
+    }
+}

@@ -1,0 +1,204 @@
+import NIOCore
+import NIOPosix
+import WSTapDissect
+import WSTapFormats
+import WSTapRelay
+
+/// Executes a `RelaySession`'s actions for one proxied connection and turns channel events into session
+/// events. Everything here runs on the client channel's event loop; the upstream channel is created on
+/// the same loop so no locking is needed.
+final class RelayConnection {
+    private let session: RelaySession
+    private let sink: any RecordSink
+    private let client: Channel
+    private var upstream: Channel?
+    private var lastWrite: [RelaySession.Side: EventLoopFuture<Void>] = [:]
+    /// A read the side's handler held back because the other side cannot take more bytes.
+    private var heldRead: Set<RelaySession.Side> = []
+    private var closing: Set<RelaySession.Side> = []
+
+    init(session: RelaySession, client: Channel, sink: any RecordSink) {
+        self.session = session
+        self.client = client
+        self.sink = sink
+    }
+
+    func handle(_ event: RelaySession.Event) {
+        perform(session.handle(event))
+    }
+
+    private func perform(_ actions: [RelaySession.Action]) {
+        for action in actions {
+            switch action {
+            case .emit(let records):
+                sink.write(records)
+            case .send(let side, let buffer):
+                guard let channel = channel(side), !closing.contains(side) else { continue }
+                lastWrite[side] = channel.writeAndFlush(buffer)
+            case .shutdownOutput(let side):
+                guard let channel = channel(side) else { continue }
+                afterWrites(side) { channel.close(mode: .output, promise: nil) }
+            case .close(let side):
+                guard let channel = channel(side), closing.insert(side).inserted else { continue }
+                afterWrites(side) { channel.close(promise: nil) }
+            case .connect(let host, let port):
+                connect(host: host, port: port)
+            }
+        }
+    }
+
+    private func afterWrites(_ side: RelaySession.Side, _ body: @escaping @Sendable () -> Void) {
+        if let pending = lastWrite[side] {
+            pending.whenComplete { _ in body() }
+        } else {
+            body()
+        }
+    }
+
+    private func channel(_ side: RelaySession.Side) -> Channel? { side == .client ? client : upstream }
+
+    private func connect(host: String, port: Int) {
+        let loop = client.eventLoop
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        ClientBootstrap(group: loop)
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .connectTimeout(.seconds(10))
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(RelaySideHandler(side: .upstream, connection: bound.value))
+                }
+            }
+            .connect(host: host, port: port)
+            .whenComplete { result in
+                let connection = bound.value
+                switch result {
+                case .success(let channel):
+                    connection.upstream = channel
+                    if connection.closing.contains(.client) || !connection.client.isActive {
+                        channel.close(promise: nil)
+                        return
+                    }
+                    connection.handle(.upstreamConnected(serverAddress: channel.remoteAddress?.wstapText ?? "\(host):\(port)"))
+                    // Reads from the client may have been held while connecting.
+                    connection.resumeReads(of: .client)
+                case .failure(let error):
+                    connection.handle(.upstreamConnectFailed(reason: describe(error)))
+                }
+            }
+    }
+
+    // MARK: - Backpressure
+
+    /// Whether the side's handler may read now: not while the other side cannot take more bytes.
+    func mayRead(_ side: RelaySession.Side) -> Bool {
+        if side == .client {
+            guard let upstream else { return session.isConnectingOrReadingHead ? session.wantsClientDataWhileConnecting : true }
+            return upstream.isWritable
+        }
+        return client.isWritable
+    }
+
+    func holdRead(_ side: RelaySession.Side) { heldRead.insert(side) }
+
+    /// The other side of `side` became writable again: let `side` read.
+    func resumeReads(of side: RelaySession.Side) {
+        guard heldRead.contains(side), mayRead(side), let channel = channel(side) else { return }
+        heldRead.remove(side)
+        channel.read()
+    }
+}
+
+/// One handler per side; it forwards channel events to the shared connection and holds reads back
+/// when the other side is not writable.
+final class RelaySideHandler: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+
+    private let side: RelaySession.Side
+    private var connection: RelayConnection?
+    private let makeConnection: ((Channel) -> RelayConnection)?
+
+    init(side: RelaySession.Side, connection: RelayConnection) {
+        self.side = side
+        self.connection = connection
+        self.makeConnection = nil
+    }
+
+    /// For the client side: the connection is made once the channel is active.
+    init(clientSideMaking make: @escaping (Channel) -> RelayConnection) {
+        self.side = .client
+        self.makeConnection = make
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        if connection == nil, let makeConnection { connection = makeConnection(context.channel) }
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let buffer = unwrapInboundIn(data)
+        connection?.handle(side == .client ? .clientData(buffer) : .upstreamData(buffer))
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            connection?.handle(.inputClosed(side))
+        } else {
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        connection?.handle(.failed(side, reason: describe(error)))
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        connection?.handle(.closed(side))
+        context.fireChannelInactive()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { connection?.resumeReads(of: side == .client ? .upstream : .client) }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func read(context: ChannelHandlerContext) {
+        guard let connection, !connection.mayRead(side) else {
+            context.read()
+            return
+        }
+        connection.holdRead(side)
+    }
+}
+
+/// One short reason for an error, as users read it in records and 502 bodies.
+func describe(_ error: Error) -> String {
+    if let io = error as? IOError {
+        switch io.errnoCode {
+        case ECONNREFUSED: return "connection refused"
+        case ECONNRESET: return "connection reset"
+        case EPIPE: return "broken pipe"
+        case ETIMEDOUT: return "timed out"
+        case EHOSTUNREACH: return "host unreachable"
+        case ENETUNREACH: return "network unreachable"
+        default: return "\(io)"
+        }
+    }
+    if let connect = error as? NIOConnectionError {
+        if let first = connect.connectionErrors.first { return describe(first.error) }
+        if connect.dnsAError != nil || connect.dnsAAAAError != nil { return "cannot resolve host \(connect.host)" }
+        return "cannot connect to \(connect.host):\(connect.port)"
+    }
+    if error is ChannelError, case ChannelError.connectTimeout = error { return "connect timed out" }
+    return "\(error)"
+}
+
+extension SocketAddress {
+    /// "ip:port", IPv6 in brackets.
+    var wstapText: String {
+        guard let ip = ipAddress, let port else { return description }
+        if case .v6 = self { return "[\(ip)]:\(port)" }
+        return "\(ip):\(port)"
+    }
+}

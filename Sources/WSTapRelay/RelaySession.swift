@@ -1,0 +1,333 @@
+import NIOCore
+import WSTapDissect
+import WSTapWire
+
+/// The sans-IO core of one proxied connection: `handle(event) -> [action]`.
+///
+/// It decides where to connect, rewrites the request head where the mode requires it, forwards every
+/// other byte untouched, feeds both directions to the `StreamDissector`, and decides how the connection
+/// ends. The NIO shell performs the actions and reports what happened as events; it makes no decisions.
+/// Rules that hold, edit or inject messages will sit here, between the events and the forwarding.
+public final class RelaySession {
+    public enum Mode: Sendable {
+        /// Every client connection goes to this upstream.
+        case reverse(UpstreamURL)
+        /// The client uses wstap as its HTTP proxy: absolute-form requests or CONNECT.
+        case forward
+    }
+
+    public enum Side: Sendable, Equatable {
+        case client, upstream
+        var name: String { self == .client ? "client" : "server" }
+    }
+
+    public enum Event {
+        case clientData(ByteBuffer)
+        case upstreamConnected(serverAddress: String)
+        case upstreamConnectFailed(reason: String)
+        case upstreamData(ByteBuffer)
+        /// The side sent FIN: no more data from it.
+        case inputClosed(Side)
+        /// The side's connection failed (reset, other error).
+        case failed(Side, reason: String)
+        /// The side's channel is gone.
+        case closed(Side)
+    }
+
+    public enum Action {
+        case connect(host: String, port: Int)
+        case send(Side, ByteBuffer)
+        /// Half-close: send FIN to that side after what was written.
+        case shutdownOutput(Side)
+        /// Close that side once what was written is flushed.
+        case close(Side)
+        case emit([TapRecord])
+    }
+
+    public let connection: UInt64
+    public let mode: Mode
+    private let clientAddress: String
+    private let proxyAddress: String
+    private let configuration: StreamDissector.Configuration
+    private var dissector: StreamDissector?
+    private var clock: () -> Timestamp
+
+    private enum Phase { case readingHead, connecting, relaying, done }
+    private var phase = Phase.readingHead
+    private var headParser = HTTPHeadParser()
+    /// Client bytes that arrived before the upstream connection was up (bounded by the shell pausing reads).
+    private var pendingToUpstream: [ByteBuffer] = []
+    private var isTunnel = false
+    private var upstreamLabel = ""
+    private var clientBytes: UInt64 = 0
+    private var serverBytes: UInt64 = 0
+    private var inputClosed: Set<Side> = []
+    private var closedSides: Set<Side> = []
+    private var firstEnd: (side: Side, how: String)?
+    private var ended = false
+
+    /// - Parameter clock: the shell's clock; the session never reads time itself.
+    public init(connection: UInt64, mode: Mode, clientAddress: String, proxyAddress: String,
+                configuration: StreamDissector.Configuration, clock: @escaping () -> Timestamp) {
+        self.connection = connection
+        self.mode = mode
+        self.clientAddress = clientAddress
+        self.proxyAddress = proxyAddress
+        self.configuration = configuration
+        self.clock = clock
+    }
+
+    /// Whether the shell should keep reading from the client before the upstream is connected.
+    public var wantsClientDataWhileConnecting: Bool { pendingToUpstream.reduce(0) { $0 + $1.readableBytes } < 1 << 20 }
+
+    public var isConnectingOrReadingHead: Bool { phase == .readingHead || phase == .connecting }
+
+    public func handle(_ event: Event) -> [Action] {
+        switch event {
+        case .clientData(let buffer): return clientData(buffer)
+        case .upstreamData(let buffer): return upstreamData(buffer)
+        case .upstreamConnected(let address): return upstreamConnected(address)
+        case .upstreamConnectFailed(let reason): return upstreamFailed(reason)
+        case .inputClosed(let side): return sideInputClosed(side)
+        case .failed(let side, let reason): return sideFailed(side, reason: reason)
+        case .closed(let side): return sideClosed(side)
+        }
+    }
+
+    // MARK: - Client side
+
+    private func clientData(_ buffer: ByteBuffer) -> [Action] {
+        switch phase {
+        case .readingHead:
+            return readHead(buffer)
+        case .connecting:
+            pendingToUpstream.append(buffer)
+            return []
+        case .relaying:
+            clientBytes += UInt64(buffer.readableBytes)
+            var actions: [Action] = [.send(.upstream, buffer)]
+            if let records = dissect(buffer, .clientToServer) { actions.append(.emit(records)) }
+            return actions
+        case .done:
+            return []
+        }
+    }
+
+    private func readHead(_ buffer: ByteBuffer) -> [Action] {
+        let result: (head: HTTPHead, consumed: Int)?
+        do {
+            result = try buffer.withUnsafeReadableBytes { try headParser.feed($0) }
+        } catch {
+            return refuse(status: 400, reason: "Bad Request", message: "the request head could not be parsed: \(error)")
+        }
+        guard let (head, consumed) = result else { return [] }
+        var rest = buffer
+        rest.moveReaderIndex(forwardBy: consumed)
+        guard let method = head.method, let target = head.target else {
+            return refuse(status: 400, reason: "Bad Request", message: "expected an HTTP request")
+        }
+
+        var outgoing = head
+        let host: String
+        let port: Int
+        switch mode {
+        case .reverse(let upstream):
+            (host, port) = (upstream.host, upstream.port)
+            // Keep the client's path and query unless the upstream URL names one; point Host at the upstream.
+            outgoing.startLine = .request(method: method, target: upstream.path ?? target, version: head.httpVersion)
+            outgoing.replaceHeader("Host", with: upstream.hostHeader)
+            upstreamLabel = upstream.description
+        case .forward:
+            if method.uppercased() == "CONNECT" {
+                do {
+                    (host, port) = try UpstreamURL.parseAuthority(target, defaultPort: nil)
+                } catch {
+                    return refuse(status: 400, reason: "Bad Request", message: "CONNECT target '\(target)': \(error)")
+                }
+                isTunnel = true
+                upstreamLabel = "\(host):\(port)"
+            } else if let url = try? UpstreamURL.parse(target) {
+                (host, port) = (url.host, url.port)
+                outgoing.startLine = .request(method: method, target: url.path ?? "/", version: head.httpVersion)
+                outgoing.removeHeader("Proxy-Connection")
+                upstreamLabel = url.description
+            } else {
+                return refuse(status: 400, reason: "Bad Request",
+                              message: "wstap runs as a forward proxy (no --upstream): send absolute-form requests (GET ws://host:port/path) or CONNECT, or start wstap with --upstream ws://host:port")
+            }
+        }
+
+        phase = .connecting
+        if isTunnel {
+            // CONNECT is answered by us once the tunnel is up; the tunnelled bytes are dissected if cleartext.
+            if rest.readableBytes > 0 { pendingToUpstream.append(rest) }
+        } else {
+            // Dissect the head as the server receives it (rewritten where the mode requires), so `url` and
+            // `request` in records describe what reached the server, and offsets match a capture of that leg.
+            var headBuffer = ByteBuffer()
+            headBuffer.writeBytes(outgoing.encoded())
+            startDissector()
+            var records: [TapRecord] = []
+            headBuffer.withUnsafeReadableBytes { dissector!.feed($0, from: .clientToServer, at: clock(), into: &records) }
+            clientBytes += UInt64(consumed)
+            pendingToUpstream.append(headBuffer)
+            if rest.readableBytes > 0 { pendingToUpstream.append(rest) }
+            pendingDissect = rest.readableBytes > 0 ? rest : nil
+            bufferedRecords = records
+        }
+        return [.connect(host: host, port: port)]
+    }
+
+    private var pendingDissect: ByteBuffer?
+    private var bufferedRecords: [TapRecord] = []
+
+    // MARK: - Upstream side
+
+    private func upstreamConnected(_ serverAddress: String) -> [Action] {
+        guard phase == .connecting else { return [] }
+        phase = .relaying
+        server = serverAddress
+        dissector?.updateServer(serverAddress)
+        var actions: [Action] = []
+        var records = bufferedRecords
+        bufferedRecords = []
+        if isTunnel {
+            var reply = ByteBuffer()
+            reply.writeString("HTTP/1.1 200 Connection Established\r\n\r\n")
+            actions.append(.send(.client, reply))
+            for buffer in pendingToUpstream {
+                clientBytes += UInt64(buffer.readableBytes)
+                actions.append(.send(.upstream, buffer))
+                if let more = dissect(buffer, .clientToServer) { records += more }
+            }
+        } else {
+            for buffer in pendingToUpstream { actions.append(.send(.upstream, buffer)) }
+            if let early = pendingDissect {
+                clientBytes += UInt64(early.readableBytes)
+                if let more = dissect(early, .clientToServer) { records += more }
+            }
+        }
+        pendingToUpstream = []
+        pendingDissect = nil
+        if !records.isEmpty { actions.append(.emit(records)) }
+        if inputClosed.contains(.client) { actions.append(.shutdownOutput(.upstream)) }
+        return actions
+    }
+
+    private var server = ""
+
+    private func upstreamFailed(_ reason: String) -> [Action] {
+        guard phase == .connecting else { return [] }
+        let message = "cannot reach upstream \(upstreamLabel): \(reason)"
+        var actions = refuse(status: 502, reason: "Bad Gateway", message: message)
+        // The request head was recorded already; keep those records before the end.
+        if !bufferedRecords.isEmpty { actions.insert(.emit(bufferedRecords), at: 0) }
+        bufferedRecords = []
+        return actions
+    }
+
+    private func upstreamData(_ buffer: ByteBuffer) -> [Action] {
+        guard phase == .relaying else { return [] }
+        serverBytes += UInt64(buffer.readableBytes)
+        var actions: [Action] = [.send(.client, buffer)]
+        if let records = dissect(buffer, .serverToClient) { actions.append(.emit(records)) }
+        return actions
+    }
+
+    // MARK: - Ending
+
+    private func sideInputClosed(_ side: Side) -> [Action] {
+        inputClosed.insert(side)
+        noteEnd(side, how: "fin")
+        if phase == .readingHead { return finish(reason: "client closed before sending a request") }
+        if phase == .connecting { return [] }  // forwarded once connected
+        var actions: [Action] = [.shutdownOutput(side == .client ? .upstream : .client)]
+        if inputClosed.count == 2 { actions += [.close(.client), .close(.upstream)] + finish(reason: nil) }
+        return actions
+    }
+
+    private func sideFailed(_ side: Side, reason: String) -> [Action] {
+        noteEnd(side, how: reason.contains("reset") ? "reset" : "error: \(reason)")
+        return [.close(.client), .close(.upstream)] + finish(reason: nil)
+    }
+
+    private func sideClosed(_ side: Side) -> [Action] {
+        closedSides.insert(side)
+        noteEnd(side, how: "closed")
+        if side == .upstream && phase == .connecting { return [] }
+        return [.close(side == .client ? .upstream : .client)] + finish(reason: nil)
+    }
+
+    private func noteEnd(_ side: Side, how: String) {
+        if firstEnd == nil { firstEnd = (side, how) }
+    }
+
+    private func refuse(status: Int, reason: String, message: String) -> [Action] {
+        let body = "wstap: \(message)\n"
+        var response = ByteBuffer()
+        response.writeString("HTTP/1.1 \(status) \(reason)\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)")
+        phase = .done
+        return [.send(.client, response), .close(.client)] + finish(reason: message, closedBy: "proxy")
+    }
+
+    private func finish(reason: String?, closedBy: String? = nil) -> [Action] {
+        guard !ended else { return [] }
+        ended = true
+        phase = .done
+        var records: [TapRecord] = []
+        let now = clock()
+        dissector?.finish(at: now, into: &records)
+        let (text, by) = endReason(explicit: reason, closedBy: closedBy)
+        records.append(TapRecord(connection: connection, timestamp: now, body: .end(EndRecord(
+            reason: text, closedBy: by, clientBytes: clientBytes, serverBytes: serverBytes))))
+        return [.emit(records)]
+    }
+
+    private func endReason(explicit: String?, closedBy: String?) -> (String, String?) {
+        if let explicit { return (explicit, closedBy ?? firstEnd.map { $0.side.name }) }
+        if let closer = dissector?.firstCloseFrom {
+            let name = closer == .clientToServer ? "client" : "server"
+            return ("close frame from \(name), then \(firstEnd.map { "\($0.side.name) \($0.how)" } ?? "connection closed")", name)
+        }
+        if let firstEnd { return ("\(firstEnd.side.name) \(firstEnd.how) without a close frame", firstEnd.side.name) }
+        return ("connection closed", nil)
+    }
+
+    // MARK: - Dissection
+
+    private func startDissector() {
+        dissector = StreamDissector(connection: connection, info: ConnectionInfo(client: clientAddress, server: proxyAddress), configuration: configuration)
+    }
+
+    private var tunnelChecked = false
+
+    private func dissect(_ buffer: ByteBuffer, _ direction: Direction) -> [TapRecord]? {
+        if isTunnel && !tunnelChecked && direction == .clientToServer {
+            tunnelChecked = true
+            // A TLS ClientHello starts with 0x16: opaque until interception exists; anything else may be HTTP.
+            if buffer.getInteger(at: buffer.readerIndex, as: UInt8.self) != 0x16 {
+                startDissector()
+                dissector?.updateServer(server)
+            }
+        }
+        guard let dissector else { return nil }
+        var records: [TapRecord] = []
+        buffer.withUnsafeReadableBytes { dissector.feed($0, from: direction, at: clock(), into: &records) }
+        return records.isEmpty ? nil : records
+    }
+}
+
+extension HTTPHead {
+    var httpVersion: String { if case .request(_, _, let v) = startLine { v } else { "HTTP/1.1" } }
+
+    mutating func replaceHeader(_ name: String, with value: String) {
+        if let i = headers.firstIndex(where: { $0.name.lowercased() == name.lowercased() }) {
+            headers[i].value = value
+            headers.removeAll { $0.name.lowercased() == name.lowercased() && $0.value != value }
+        } else {
+            headers.insert((name, value), at: 0)
+        }
+    }
+
+    mutating func removeHeader(_ name: String) { headers.removeAll { $0.name.lowercased() == name.lowercased() } }
+}

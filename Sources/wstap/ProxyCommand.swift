@@ -1,0 +1,137 @@
+import ArgumentParser
+import WSTapDissect
+import WSTapFormats
+import WSTapProxy
+import WSTapRelay
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct ProxyCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "proxy",
+        abstract: "Relay WebSocket connections and record every frame and message.",
+        discussion: """
+            Reverse mode (--upstream given): every client connecting to --listen is relayed to the upstream; \
+            the client's path and query are kept unless the upstream URL has a path.
+            Forward mode (no --upstream): clients use wstap as their HTTP proxy and send absolute-form \
+            requests (GET ws://host:port/path) or CONNECT host:port.
+
+            Examples:
+              wstap proxy --upstream ws://127.0.0.1:9000
+              wstap proxy --upstream ws://127.0.0.1:9000/socket --jsonl session.jsonl -v
+              wstap proxy --listen 127.0.0.1:8888 --jsonl - -q | jq .
+            """
+    )
+
+    @Option(name: .long, help: ArgumentHelp("Address to listen on.", valueName: "host:port"))
+    var listen: String = "127.0.0.1:8080"
+
+    @Option(name: .long, help: ArgumentHelp("Relay every connection to this WebSocket server (ws://host[:port][/path]).", valueName: "url"))
+    var upstream: String?
+
+    @Option(name: .long, help: ArgumentHelp("Write JSON Lines records to this file ('-' for standard output).", valueName: "path"))
+    var jsonl: String?
+
+    @Flag(name: .shortAndLong, help: "Also print one line per frame (FIN, RSV, opcode, mask, length encoding).")
+    var verbose = false
+
+    @Flag(name: .shortAndLong, help: "Print nothing on the console (records still go to --jsonl).")
+    var quiet = false
+
+    @Option(name: .long, help: ArgumentHelp("Bytes of each message payload kept in records; longer ones are marked truncated.", valueName: "bytes"))
+    var maxPayload: Int = 64 * 1024
+
+    @Option(name: .long, help: ArgumentHelp("Stop inflating a compressed message after this many bytes (decompression bomb guard).", valueName: "bytes"))
+    var maxInflate: UInt64 = 64 * 1024 * 1024
+
+    var parsedListen: (String, Int) {
+        get throws {
+            do {
+                return try UpstreamURL.parseAuthority(listen, defaultPort: nil)
+            } catch {
+                throw ValidationError("--listen '\(listen)': \(error). Use HOST:PORT, for example 127.0.0.1:8080 or [::1]:8080.")
+            }
+        }
+    }
+
+    var parsedUpstream: UpstreamURL? {
+        get throws {
+            guard let upstream else { return nil }
+            let url: UpstreamURL
+            do {
+                url = try UpstreamURL.parse(upstream)
+            } catch {
+                throw ValidationError("--upstream: \(error). Example: --upstream ws://127.0.0.1:9000/chat")
+            }
+            if url.scheme == "wss" {
+                throw ValidationError("--upstream \(upstream): wss:// upstreams need TLS, which this build does not have yet. Use a ws:// upstream.")
+            }
+            return url
+        }
+    }
+
+    func validate() throws {
+        _ = try parsedListen
+        _ = try parsedUpstream
+        if maxPayload < 0 { throw ValidationError("--max-payload must be 0 or more bytes.") }
+        if verbose && quiet { throw ValidationError("-v and -q contradict each other: choose one.") }
+    }
+
+    func run() async throws {
+        let (host, port) = try parsedListen
+        var dissector = StreamDissector.Configuration()
+        dissector.payloadCap = maxPayload
+        dissector.maxInflatedMessage = maxInflate
+
+        var sinks: [any RecordSink] = []
+        if let jsonl {
+            do {
+                sinks.append(JSONLinesSink(output: try OutputFile.open(path: jsonl)))
+            } catch {
+                fail("--jsonl: \(error). Check that the directory exists and is writable.")
+            }
+        }
+        // When JSON Lines go to stdout, the console moves to stderr so the two never mix.
+        let console = jsonl == "-" ? OutputFile.standardError : OutputFile.standardOutput
+        if !quiet {
+            let color = ConsoleSink.wantsColor(console, environment: environment())
+            sinks.append(ConsoleSink(output: console, options: .init(verbose: verbose, color: color)))
+        }
+
+        let mode: RelaySession.Mode = try parsedUpstream.map { .reverse($0) } ?? .forward
+        let server: ProxyServer
+        do {
+            server = try await ProxyServer.start(ProxyConfiguration(
+                listenHost: host, listenPort: port, mode: mode, dissector: dissector, sink: FanoutSink(sinks)))
+        } catch {
+            fail("\(error)")
+        }
+        let target: String
+        switch mode {
+        case .reverse(let url): target = "relaying to \(url)"
+        case .forward: target = "forward proxy mode (set it as the client's HTTP proxy)"
+        }
+        let banner = "wstap listening on \(server.localAddress), \(target)" + (jsonl.map { ", records to \($0)" } ?? "") + "\n"
+        OutputFile.standardError.write(Array(banner.utf8))
+        try await server.wait()
+    }
+}
+
+/// One clear line on stderr and a non-zero exit: our own failures are not stack traces.
+func fail(_ message: String) -> Never {
+    OutputFile.standardError.write(Array("wstap: \(message)\n".utf8))
+    exit(1)
+}
+
+func environment() -> [String: String] {
+    var result: [String: String] = [:]
+    var pointer = environ
+    while let entry = pointer.pointee {
+        let text = String(cString: entry)
+        if let eq = text.firstIndex(of: "=") { result[String(text[..<eq])] = String(text[text.index(after: eq)...]) }
+        pointer += 1
+    }
+    return result
+}

@@ -1,2 +1,0 @@
-import ArgumentParser
-@main struct WSTapCommand: ParsableCommand { func run() throws {} }
