@@ -43,7 +43,8 @@ public struct UpstreamURL: Equatable, Sendable, CustomStringConvertible {
     }
 
     /// Parses `host:port`, `[v6]:port` or `host` (with a default port).
-    public static func parseAuthority(_ authority: String, defaultPort: Int?, context: String? = nil) throws -> (String, Int) {
+    /// `allowPortZero` is for listen addresses, where 0 asks the system for a free port.
+    public static func parseAuthority(_ authority: String, defaultPort: Int?, context: String? = nil, allowPortZero: Bool = false) throws -> (String, Int) {
         let where_ = context.map { " in '\($0)'" } ?? ""
         var host: Substring
         var portText: Substring?
@@ -62,7 +63,7 @@ public struct UpstreamURL: Equatable, Sendable, CustomStringConvertible {
         guard !host.isEmpty else { throw ParseError.invalid("no host\(where_)") }
         let port: Int
         if let portText {
-            guard let p = Int(portText), (1...65535).contains(p) else { throw ParseError.invalid("port '\(portText)' is not a number from 1 to 65535\(where_)") }
+            guard let p = Int(portText), ((allowPortZero ? 0 : 1)...65535).contains(p) else { throw ParseError.invalid("port '\(portText)' is not a number from 1 to 65535\(where_)") }
             port = p
         } else if let defaultPort {
             port = defaultPort

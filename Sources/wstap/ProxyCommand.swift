@@ -25,7 +25,7 @@ struct ProxyCommand: AsyncParsableCommand {
             """
     )
 
-    @Option(name: .long, help: ArgumentHelp("Address to listen on.", valueName: "host:port"))
+    @Option(name: .long, help: ArgumentHelp("Address to listen on (port 0 picks a free port, shown at start).", valueName: "host:port"))
     var listen: String = "127.0.0.1:8080"
 
     @Option(name: .long, help: ArgumentHelp("Relay every connection to this WebSocket server (ws://host[:port][/path]).", valueName: "url"))
@@ -49,7 +49,7 @@ struct ProxyCommand: AsyncParsableCommand {
     var parsedListen: (String, Int) {
         get throws {
             do {
-                return try UpstreamURL.parseAuthority(listen, defaultPort: nil)
+                return try UpstreamURL.parseAuthority(listen, defaultPort: nil, allowPortZero: true)
             } catch {
                 throw ValidationError("--listen '\(listen)': \(error). Use HOST:PORT, for example 127.0.0.1:8080 or [::1]:8080.")
             }

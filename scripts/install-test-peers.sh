@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs the third-party WebSocket peers the tests talk to: Python websockets, aiohttp and
+# websocket-client (PyPI, in a venv under .build/), Node ws (Debian node-ws), socat (raw relay for
+# the benchmark). Idempotent.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+"$root/scripts/setup.sh"
+apt_needed=(python3 python3-venv nodejs node-ws socat)
+missing=()
+for pkg in "${apt_needed[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "peers: installing ${missing[*]}" >&2
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+venv="$root/.build/test-venv"
+# Prefer Debian's python3 so the venv works on a machine with nothing else; fall back to PATH.
+python=/usr/bin/python3
+[ -x "$python" ] || python="$(command -v python3)"
+if [ ! -x "$venv/bin/python" ]; then
+  "$python" -m venv "$venv"
+fi
+"$venv/bin/pip" install -q --disable-pip-version-check \
+  'websockets>=13' 'aiohttp>=3.9' 'websocket-client>=1.7' 'pytest>=7'

@@ -1,0 +1,155 @@
+"""Helpers for tests that run wstap between real third-party WebSocket peers over loopback.
+
+Synchronisation is by what processes print (a "ready PORT" line, wstap's "listening on" banner) and by
+waiting for records to appear in the JSONL file, never by sleeping.
+"""
+import json
+import os
+import queue
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+PEERS = HERE / "peers"
+WSTAP = os.environ.get("WSTAP_BIN", str(HERE.parent.parent / ".build" / "debug" / "wstap"))
+DEADLINE = 60.0  # seconds: a bound so a broken build fails instead of hanging CI, not a timing assertion
+
+
+class Proc:
+    """A child process whose output lines are read on a thread so tests can wait for a line."""
+
+    def __init__(self, args, stream="stdout", env=None):
+        self.args = args
+        self.popen = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, bufsize=1
+        )
+        self.lines = queue.Queue()
+        self.seen = []
+        for name in ("stdout", "stderr"):
+            threading.Thread(target=self._pump, args=(getattr(self.popen, name), name), daemon=True).start()
+        self.stream = stream
+
+    def _pump(self, pipe, name):
+        for line in pipe:
+            self.lines.put((name, line.rstrip("\n")))
+        self.lines.put((name, None))
+
+    def wait_for(self, pattern, stream=None):
+        stream = stream or self.stream
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + DEADLINE
+        closed = set()
+        while time.monotonic() < deadline:
+            try:
+                name, line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if line is None:
+                closed.add(name)
+                if len(closed) == 2:
+                    break
+                continue
+            self.seen.append(f"{name}: {line}")
+            if name == stream:
+                m = regex.search(line)
+                if m:
+                    return m
+        raise AssertionError(f"{self.args[0]} never printed /{pattern}/; output:\n" + "\n".join(self.seen[-40:]))
+
+    def stop(self):
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+class Wstap(Proc):
+    def __init__(self, tmp_path, upstream=None, extra=()):
+        self.jsonl = tmp_path / f"wstap-{id(self)}.jsonl"
+        args = [WSTAP, "proxy", "--listen", "127.0.0.1:0", "--jsonl", str(self.jsonl), "-q", *extra]
+        if upstream:
+            args += ["--upstream", upstream]
+        super().__init__(args, stream="stderr")
+        m = self.wait_for(r"listening on 127\.0\.0\.1:(\d+)")
+        self.port = int(m.group(1))
+        self.url = f"ws://127.0.0.1:{self.port}"
+
+    def records(self):
+        if not self.jsonl.exists():
+            return []
+        with open(self.jsonl) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def wait_records(self, condition, what="records"):
+        """Waits until condition(records) is true: records are written as events happen."""
+        deadline = time.monotonic() + DEADLINE
+        while time.monotonic() < deadline:
+            recs = self.records()
+            if condition(recs):
+                return recs
+            time.sleep(0.02)  # polling a file for a condition; the assertion is on content, not time
+        raise AssertionError(f"timed out waiting for {what}; last records: {self.records()[-10:]}")
+
+    def wait_ended(self, count=1):
+        return self.wait_records(lambda r: sum(1 for x in r if x["type"] == "end") >= count, f"{count} end record(s)")
+
+
+def start_peer(*args, env=None):
+    """Starts a peer script that prints 'ready PORT' and returns (proc, port)."""
+    proc = Proc(list(args), env=env)
+    port = int(proc.wait_for(r"^ready (\d+)").group(1))
+    return proc, port
+
+
+@pytest.fixture
+def procs():
+    started = []
+    yield started
+    for p in started:
+        p.stop()
+
+
+@pytest.fixture
+def wstap(tmp_path, procs):
+    def make(upstream=None, extra=()):
+        w = Wstap(tmp_path, upstream, extra)
+        procs.append(w)
+        return w
+    return make
+
+
+@pytest.fixture
+def peer(procs):
+    def make(*args, env=None):
+        proc, port = start_peer(*args, env=env)
+        procs.append(proc)
+        return port
+    return make
+
+
+PYTHON = sys.executable
+NODE_ENV = {**os.environ, "NODE_PATH": os.environ.get("NODE_PATH", "/usr/share/nodejs")}
+
+
+def messages(records, conn=None, sender=None):
+    return [r for r in records if r["type"] == "message" and (conn is None or r["conn"] == conn)
+            and (sender is None or r["from"] == sender)]
+
+
+def payload_bytes(record):
+    """The recorded payload prefix as bytes."""
+    import base64
+    if "text" in record:
+        return record["text"].encode()
+    if "base64" in record:
+        return base64.b64decode(record["base64"])
+    return b""
