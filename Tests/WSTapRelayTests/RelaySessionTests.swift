@@ -1,0 +1,150 @@
+import NIOCore
+import Testing
+import WSTapDissect
+import WSTapRelay
+
+/// Transcript-style tests of the sans-IO relay: events in, actions out, no sockets.
+@Suite struct RelaySessionTests {
+    static let key = "dGhlIHNhbXBsZSBub25jZQ=="
+    static let request = "GET /chat?x=1 HTTP/1.1\r\nHost: localhost:8080\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: \(key)\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    static let response = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+    static let maskedHello: [UInt8] = [0x81, 0x85, 0x37, 0xFA, 0x21, 0x3D, 0x7F, 0x9F, 0x4D, 0x51, 0x58]
+
+    func session(_ mode: RelaySession.Mode) -> RelaySession {
+        RelaySession(connection: 7, mode: mode, clientAddress: "127.0.0.1:5000", proxyAddress: "127.0.0.1:8080",
+                     configuration: .init(), clock: { Timestamp(nanoseconds: 1) })
+    }
+
+    func buffer(_ bytes: [UInt8]) -> ByteBuffer { ByteBuffer(bytes: bytes) }
+    func buffer(_ text: String) -> ByteBuffer { ByteBuffer(string: text) }
+
+    @Test func reverseModeConnectsOnceTheHeadIsCompleteAndForwardsEarlyFramesUnchanged() throws {
+        let s = session(.reverse(try UpstreamURL.parse("ws://127.0.0.1:9000")))
+        let head = Array(Self.request.utf8)
+        #expect(s.handle(.clientData(buffer(Array(head[..<20])))).isEmpty)
+        let actions = s.handle(.clientData(buffer(Array(head[20...]) + Self.maskedHello)))
+        #expect(actions.connectTarget == "127.0.0.1:9000")
+        #expect(actions.sent(to: .upstream).isEmpty)  // nothing leaves before the upstream is connected
+
+        let connected = s.handle(.upstreamConnected(serverAddress: "127.0.0.1:9000"))
+        let upstreamBytes = connected.sent(to: .upstream)
+        let text = String(decoding: upstreamBytes, as: UTF8.self)
+        #expect(text.hasPrefix("GET /chat?x=1 HTTP/1.1\r\nHost: 127.0.0.1:9000\r\n"))  // path kept, Host rewritten
+        #expect(Array(upstreamBytes.suffix(Self.maskedHello.count)) == Self.maskedHello)  // frame bytes untouched
+
+        let answered = s.handle(.upstreamData(buffer(Self.response)))
+        #expect(String(decoding: answered.sent(to: .client), as: UTF8.self) == Self.response)
+        let records = (connected + answered).records
+        #expect(records.contains { if case .open(let o) = $0.body { o.url == "ws://127.0.0.1:9000/chat?x=1" } else { false } })
+        #expect(records.contains { if case .message(let m) = $0.body { m.payload == Array("Hello".utf8) } else { false } })
+    }
+
+    @Test func upstreamPathReplacesTheClientsPath() throws {
+        let s = session(.reverse(try UpstreamURL.parse("ws://[::1]:9000/socket?v=2")))
+        _ = s.handle(.clientData(buffer(Self.request)))
+        let sent = String(decoding: s.handle(.upstreamConnected(serverAddress: "[::1]:9000")).sent(to: .upstream), as: UTF8.self)
+        #expect(sent.hasPrefix("GET /socket?v=2 HTTP/1.1\r\nHost: [::1]:9000\r\n"))
+    }
+
+    @Test func unreachableUpstreamGets502AndAnEndRecord() throws {
+        let s = session(.reverse(try UpstreamURL.parse("ws://127.0.0.1:9")))
+        _ = s.handle(.clientData(buffer(Self.request)))
+        let actions = s.handle(.upstreamConnectFailed(reason: "connection refused"))
+        let reply = String(decoding: actions.sent(to: .client), as: UTF8.self)
+        #expect(reply.hasPrefix("HTTP/1.1 502 Bad Gateway\r\n"))
+        #expect(reply.hasSuffix("wstap: cannot reach upstream ws://127.0.0.1:9: connection refused\n"))
+        #expect(actions.closes(.client))
+        let end = try #require(actions.records.compactMap { if case .end(let e) = $0.body { e } else { nil } }.first)
+        #expect(end.reason.contains("connection refused") && end.closedBy == "proxy")
+    }
+
+    @Test func halfCloseIsRelayedAndTheEndSaysWhoWentFirst() throws {
+        let s = session(.reverse(try UpstreamURL.parse("ws://127.0.0.1:9000")))
+        _ = s.handle(.clientData(buffer(Self.request)))
+        _ = s.handle(.upstreamConnected(serverAddress: "127.0.0.1:9000"))
+        _ = s.handle(.upstreamData(buffer(Self.response)))
+        let clientFin = s.handle(.inputClosed(.client))
+        #expect(clientFin.shutsDown(.upstream) && !clientFin.closes(.client))  // the server may still talk
+        let more = s.handle(.upstreamData(buffer([0x81, 0x02, 0x68, 0x69])))
+        #expect(more.sent(to: .client) == [0x81, 0x02, 0x68, 0x69])
+        let serverFin = s.handle(.inputClosed(.upstream))
+        #expect(serverFin.shutsDown(.client) && serverFin.closes(.client) && serverFin.closes(.upstream))
+        let end = try #require(serverFin.records.compactMap { if case .end(let e) = $0.body { e } else { nil } }.first)
+        #expect(end.closedBy == "client" && end.reason == "client fin without a close frame")
+    }
+
+    @Test func connectTunnelIsAnsweredOnceUpAndCleartextInsideIsDissected() {
+        let s = session(.forward)
+        let actions = s.handle(.clientData(buffer("CONNECT 127.0.0.1:9000 HTTP/1.1\r\nHost: 127.0.0.1:9000\r\n\r\n")))
+        #expect(actions.connectTarget == "127.0.0.1:9000")
+        let up = s.handle(.upstreamConnected(serverAddress: "127.0.0.1:9000"))
+        #expect(String(decoding: up.sent(to: .client), as: UTF8.self) == "HTTP/1.1 200 Connection Established\r\n\r\n")
+        let inner = s.handle(.clientData(buffer(Self.request)))
+        #expect(String(decoding: inner.sent(to: .upstream), as: UTF8.self) == Self.request)  // tunnel bytes untouched
+        let answered = s.handle(.upstreamData(buffer(Self.response)))
+        #expect(answered.records.contains { if case .open = $0.body { true } else { false } })
+    }
+
+    @Test func tlsInsideConnectIsRelayedButNotDissected() {
+        let s = session(.forward)
+        _ = s.handle(.clientData(buffer("CONNECT example.test:443 HTTP/1.1\r\n\r\n")))
+        _ = s.handle(.upstreamConnected(serverAddress: "127.0.0.1:443"))
+        let hello: [UInt8] = [0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5]
+        let actions = s.handle(.clientData(buffer(hello)))
+        #expect(actions.sent(to: .upstream) == hello)
+        #expect(actions.records.isEmpty)
+    }
+
+    @Test func forwardModeRewritesAbsoluteFormAndRefusesOriginForm() {
+        let s = session(.forward)
+        let actions = s.handle(.clientData(buffer("GET ws://127.0.0.1:9000/abs HTTP/1.1\r\nHost: 127.0.0.1:9000\r\nProxy-Connection: keep-alive\r\nUpgrade: websocket\r\n\r\n")))
+        #expect(actions.connectTarget == "127.0.0.1:9000")
+        let sent = String(decoding: s.handle(.upstreamConnected(serverAddress: "127.0.0.1:9000")).sent(to: .upstream), as: UTF8.self)
+        #expect(sent.hasPrefix("GET /abs HTTP/1.1\r\n") && !sent.contains("Proxy-Connection"))
+
+        let refused = session(.forward).handle(.clientData(buffer(Self.request)))
+        #expect(String(decoding: refused.sent(to: .client), as: UTF8.self).hasPrefix("HTTP/1.1 400 Bad Request"))
+        #expect(refused.connectTarget == nil)
+    }
+
+    @Test func clientLeavingWhileConnectingEndsOnce() throws {
+        let s = session(.reverse(try UpstreamURL.parse("ws://127.0.0.1:9000")))
+        _ = s.handle(.clientData(buffer(Self.request)))
+        let gone = s.handle(.closed(.client))
+        #expect(gone.records.filter { if case .end = $0.body { true } else { false } }.count == 1)
+        #expect(s.handle(.upstreamConnected(serverAddress: "127.0.0.1:9000")).isEmpty)
+        #expect(s.handle(.closed(.upstream)).records.isEmpty)
+    }
+
+    @Test func upstreamURLParsing() throws {
+        #expect(try UpstreamURL.parse("ws://h") == UpstreamURL(host: "h", port: 80))
+        #expect(try UpstreamURL.parse("wss://h/p?q") == UpstreamURL(scheme: "wss", host: "h", port: 443, path: "/p?q"))
+        #expect(try UpstreamURL.parse("http://h:81/") == UpstreamURL(host: "h", port: 81))
+        #expect(try UpstreamURL.parse("ws://h:82?x=1").path == "/?x=1")
+        for bad in ["h:80", "ftp://h", "ws://", "ws://h:0", "ws://h:x", "ws://[::1"] {
+            #expect(throws: UpstreamURL.ParseError.self, "\(bad)") { try UpstreamURL.parse(bad) }
+        }
+    }
+}
+
+extension Array where Element == RelaySession.Action {
+    var connectTarget: String? {
+        for case .connect(let host, let port) in self { return "\(host):\(port)" }
+        return nil
+    }
+
+    func sent(to side: RelaySession.Side) -> [UInt8] {
+        var bytes: [UInt8] = []
+        for case .send(let s, let buffer) in self where s == side { bytes += buffer.readableBytesView }
+        return bytes
+    }
+
+    func closes(_ side: RelaySession.Side) -> Bool { contains { if case .close(let s) = $0 { s == side } else { false } } }
+    func shutsDown(_ side: RelaySession.Side) -> Bool { contains { if case .shutdownOutput(let s) = $0 { s == side } else { false } } }
+
+    var records: [TapRecord] {
+        var all: [TapRecord] = []
+        for case .emit(let records) in self { all += records }
+        return all
+    }
+}
