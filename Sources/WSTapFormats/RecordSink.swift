@@ -34,7 +34,9 @@ public final class OutputFile: Sendable {
     /// Opens (creating or appending to) a file; "-" means standard output.
     public static func open(path: String, append: Bool = false) throws -> OutputFile {
         if path == "-" { return .standardOutput }
-        let flags = O_WRONLY | O_CREAT | O_CLOEXEC | (append ? O_APPEND : O_TRUNC)
+        // O_APPEND even when truncating at open: if someone truncates the file later (logrotate's
+        // copytruncate, a benchmark), writes continue at the new end instead of leaving a hole.
+        let flags = O_WRONLY | O_CREAT | O_CLOEXEC | O_APPEND | (append ? 0 : O_TRUNC)
         let fd = Glibc.open(path, flags, 0o644)
         guard fd >= 0 else {
             throw OpenError(description: "cannot open '\(path)' for writing: \(String(cString: strerror(errno)))")

@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""wstap benchmark: direct vs socat-tuned vs wstap (--jsonl to a file), interleaved in one run.
+
+    python3 scripts/bench/run.py [--reps 3] [--out docs/performance.md]
+
+Load comes from wsbench.c (a C client and echo server), so the load generator is not the bottleneck.
+Every workload runs against the three targets in rotating order, REPS times; the table shows medians
+and ratios against direct and against socat in the same run. Proxy CPU comes from /proc/PID/stat
+(utime+stime, plus cutime+cstime for socat, which forks a child per connection); peak RSS is VmHWM.
+"""
+import argparse
+import datetime
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = ROOT / ".build" / "bench"
+TICK = os.sysconf("SC_CLK_TCK")
+
+WORKLOADS = [
+    # name, kind, args for wsbench (after host port), messages relayed per direction
+    ("64 B text, window 32", "load", ["1", "64", "32", "300000"]),
+    ("64 KiB binary, window 4", "load", ["1", "65536", "4", "4000"]),
+    ("1 MiB binary, window 2", "load", ["1", "1048576", "2", "400"]),
+    ("100 connections x 64 B, window 8", "load", ["100", "64", "8", "3000"]),
+    ("handshakes", "handshakes", ["2"]),
+    ("RTT 64 B", "rtt", ["64", "20000"]),
+]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid, children=False):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / TICK
+
+
+def peak_rss_mb(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def wait_line(proc, pattern):
+    regex = re.compile(pattern)
+    for line in proc.stdout if proc.stdout else []:
+        m = regex.search(line)
+        if m:
+            return m
+    raise RuntimeError(f"{proc.args[0]} did not print {pattern}")
+
+
+def build():
+    BIN.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["gcc", "-O2", "-pthread", "-o", str(BIN / "wsbench"), str(ROOT / "scripts/bench/wsbench.c")], check=True)
+    subprocess.run(["swift", "build", "-c", "release", "--product", "wstap"], cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL)
+    if not shutil.which("socat"):
+        sys.exit("socat is missing: run scripts/install-test-peers.sh first")
+
+
+def run_client(kind, port, args):
+    out = subprocess.run([str(BIN / "wsbench"), kind, "127.0.0.1", str(port), *args],
+                         check=True, capture_output=True, text=True, timeout=600).stdout
+    return {k: float(v) for k, v in re.findall(r"(\w+) ([\d.]+)", out)}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--out", default=str(ROOT / "docs" / "performance.md"))
+    opts = parser.parse_args()
+    build()
+
+    tmp = Path(tempfile.mkdtemp(prefix="wstap-bench-"))
+    echo = subprocess.Popen([str(BIN / "wsbench"), "server", "0"], stdout=subprocess.PIPE, text=True)
+    echo_port = int(wait_line(echo, r"ready (\d+)").group(1))
+    socat_port = free_port()
+    socat = subprocess.Popen(["socat", "-b", "262144", f"TCP-LISTEN:{socat_port},bind=127.0.0.1,reuseaddr,fork,nodelay,backlog=1024",
+                              f"TCP:127.0.0.1:{echo_port},nodelay"])
+    jsonl = tmp / "records.jsonl"
+    wstap = subprocess.Popen([str(ROOT / ".build/release/wstap"), "proxy", "--listen", "127.0.0.1:0",
+                              "--upstream", f"ws://127.0.0.1:{echo_port}", "--jsonl", str(jsonl), "-q"],
+                             stderr=subprocess.PIPE, text=True)
+    wstap_port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", wstap.stderr.readline()).group(1))
+    # socat listens once its process is up; a connect loop proves it.
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", socat_port)).close()
+            break
+        except OSError:
+            import time; time.sleep(0.01)
+
+    targets = {"direct": (echo_port, None), "socat": (socat_port, socat.pid), "wstap": (wstap_port, wstap.pid)}
+    results = {w[0]: {t: [] for t in targets} for w in WORKLOADS}
+    cpu = {w[0]: {t: [] for t in targets} for w in WORKLOADS}
+    order = list(targets)
+    try:
+        for rep in range(opts.reps):
+            for name, kind, args in WORKLOADS:
+                for target in order[rep % 3:] + order[:rep % 3]:
+                    port, pid = targets[target]
+                    before = cpu_seconds(pid, children=(target == "socat")) if pid else 0
+                    r = run_client(kind, port, args)
+                    after = cpu_seconds(pid, children=(target == "socat")) if pid else 0
+                    results[name][target].append(r)
+                    cpu[name][target].append((after - before, r))
+                    print(f"rep {rep} {name:34} {target:6} {r}", flush=True)
+                    if target == "wstap":
+                        os.truncate(jsonl, 0)  # bound disk use; wstap opens with O_APPEND, so it writes on at the new end
+        wstap_rss = peak_rss_mb(wstap.pid)
+        jsonl_size = jsonl.stat().st_size
+    finally:
+        for p in (wstap, socat, echo):
+            p.terminate()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    write_report(opts, results, cpu, wstap_rss, jsonl_size)
+
+
+def median(values):
+    return statistics.median(values) if values else float("nan")
+
+
+def write_report(opts, results, cpu, wstap_rss, jsonl_size):
+    rows = []
+    for name, kind, args in WORKLOADS:
+        if kind == "load":
+            key, unit = "msgs_per_s", "msg/s"
+        elif kind == "handshakes":
+            key, unit = "per_s", "handshakes/s"
+        else:
+            key, unit = "p50_us", "µs p50"
+        med = {t: median([r[key] for r in results[name][t]]) for t in results[name]}
+        extra = ""
+        if kind == "rtt":
+            p99 = {t: median([r["p99_us"] for r in results[name][t]]) for t in results[name]}
+            extra = f" (p99: direct {p99['direct']:.0f}, socat {p99['socat']:.0f}, wstap {p99['wstap']:.0f} µs)"
+        if kind == "load":
+            mb = {t: median([r["mb_per_s"] for r in results[name][t]]) for t in results[name]}
+            extra = f" ({mb['wstap']:.0f} MB/s each way through wstap)"
+        # CPU per message: proxy CPU seconds over messages relayed in both directions.
+        per_msg = {}
+        for t in ("socat", "wstap"):
+            samples = []
+            for seconds, r in cpu[name][t]:
+                relayed = 2 * r.get("messages", r.get("handshakes", 0) or 0)
+                if kind == "rtt":
+                    relayed = 2 * int(WORKLOADS[-1][2][1])
+                if relayed:
+                    samples.append(seconds / relayed * 1e6)
+            per_msg[t] = median(samples)
+        if kind == "rtt":
+            ratio_d = med["direct"] / med["wstap"]
+            ratio_s = med["socat"] / med["wstap"]
+        else:
+            ratio_d = med["wstap"] / med["direct"]
+            ratio_s = med["wstap"] / med["socat"]
+        rows.append(f"| {name} | {med['direct']:,.1f} | {med['socat']:,.1f} | {med['wstap']:,.1f} {unit} | {ratio_d:.2f}× | {ratio_s:.2f}× | {per_msg['socat']:.2f} | {per_msg['wstap']:.2f} |{extra}")
+
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    text = f"""# Performance
+
+Measured by `python3 scripts/bench/run.py --reps {opts.reps}` on {stamp}, {platform.machine()},
+{os.cpu_count()} cores, release build. Load generator and echo server: `scripts/bench/wsbench.c` (C).
+Targets, interleaved in one run: **direct** (client to echo server), **socat** tuned
+(`-b 262144`, `nodelay`), **wstap** (`--jsonl` to a file, console off). Medians of {opts.reps} runs.
+
+Ratios are wstap against direct and against socat: for throughput higher is better (1.00× = as fast);
+for RTT it is the other's latency over wstap's (1.00× = as low). CPU columns are proxy CPU
+time (user + system) per message relayed, counting both directions, in µs.
+
+| workload | direct | socat | wstap | wstap/direct | wstap/socat | socat µs/msg | wstap µs/msg |
+|---|---|---|---|---|---|---|---|
+""" + "\n".join(rows) + f"""
+
+wstap peak RSS over the whole run: **{wstap_rss:.1f} MB** (VmHWM). JSONL written in the last
+workload alone: {jsonl_size / 1e6:.1f} MB (the file is emptied after each wstap run to bound disk use).
+
+Targets (issue 2): throughput ≥ 1.0× socat in every workload, p50 RTT no worse than socat,
+≤ 3 µs proxy CPU per small message, peak RSS ≤ 50 MB.
+"""
+    Path(opts.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
