@@ -483,6 +483,18 @@ public final class StreamDissector {
             message.truncated = true
             return
         }
+        if !message.compressed && configuration.payloadCap - message.payload.count >= raw.count {
+            // Common case: the piece fits the preview. Unmask it in place there, no scratch copy.
+            let start = message.payload.count
+            message.payload.append(contentsOf: raw)
+            message.payload.withUnsafeMutableBytes { all in
+                let piece = UnsafeMutableRawBufferPointer(rebasing: all[start...])
+                if let key = header.maskKey { Masking.apply(key: key, offset: offsetInPayload, to: piece) }
+                message.utf8?.feed(UnsafeRawBufferPointer(piece))
+            }
+            message.length += UInt64(raw.count)
+            return
+        }
         // Unmask into scratch space; the wire bytes themselves are never touched.
         scratch.removeAll(keepingCapacity: true)
         scratch.append(contentsOf: raw)

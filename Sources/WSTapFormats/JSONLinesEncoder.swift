@@ -18,7 +18,7 @@ public enum JSONLinesEncoder {
         case .end: writer.string("end")
         }
         writer.key("conn"); writer.integer(record.connection)
-        writer.key("ts"); writer.number(text: timestampText(record.timestamp))
+        writer.key("ts"); writer.timestamp(nanoseconds: record.timestamp.nanoseconds)
         switch record.body {
         case .open(let open):
             writer.key("client"); writer.string(open.client)
@@ -43,7 +43,7 @@ public enum JSONLinesEncoder {
             writer.key("opcode"); writer.integer(h.opcode.rawValue)
             writer.key("masked"); writer.bool(h.masked)
             writer.key("mask_key")
-            if let key = h.maskKey { writer.string(hex32(key)) } else { writer.null() }
+            if let key = h.maskKey { writer.hexString(key) } else { writer.null() }
             writer.key("length"); writer.integer(h.payloadLength)
             writer.key("length_bits"); writer.integer(h.lengthEncoding.rawValue)
             writer.key("header_length"); writer.integer(h.headerLength)
@@ -109,14 +109,6 @@ public enum JSONLinesEncoder {
         }
         writer.endArray()
         writer.endObject()
-    }
-
-    /// Seconds since the epoch with microseconds, as a JSON number.
-    static func timestampText(_ ts: Timestamp) -> String {
-        let seconds = ts.nanoseconds / 1_000_000_000
-        let micros = (ts.nanoseconds % 1_000_000_000) / 1000
-        let fraction = String(micros)
-        return "\(seconds).\(String(repeating: "0", count: 6 - fraction.count))\(fraction)"
     }
 
     static func hex32(_ value: UInt32) -> String {

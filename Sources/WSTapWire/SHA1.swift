@@ -40,25 +40,44 @@ enum SHA1 {
 }
 
 public enum Base64 {
-    private static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+    private static let alphabet: [UInt8] = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
 
-    public static func encode<C: Collection>(_ bytes: C) -> String where C.Element == UInt8 {
+    public static func encode(_ bytes: [UInt8]) -> String {
         var out: [UInt8] = []
-        encode(bytes, into: &out)
+        bytes.withUnsafeBytes { encode($0, into: &out) }
         return String(decoding: out, as: UTF8.self)
     }
 
-    /// Appends the base64 text of `bytes` to `out` (used by the JSON writer without a String detour).
-    public static func encode<C: Collection>(_ bytes: C, into out: inout [UInt8]) where C.Element == UInt8 {
-        out.reserveCapacity(out.count + (bytes.count + 2) / 3 * 4)
-        var iterator = bytes.makeIterator()
-        while let b0 = iterator.next() {
-            let b1 = iterator.next()
-            let b2 = iterator.next()
-            out.append(alphabet[Int(b0 >> 2)])
-            out.append(alphabet[Int((b0 & 0x03) << 4 | (b1 ?? 0) >> 4)])
-            out.append(b1 == nil ? UInt8(ascii: "=") : alphabet[Int((b1! & 0x0F) << 2 | (b2 ?? 0) >> 6)])
-            out.append(b2 == nil ? UInt8(ascii: "=") : alphabet[Int(b2! & 0x3F)])
+    /// Appends the base64 text of `bytes` to `out`. Non-generic and pointer-based on purpose: records
+    /// carry up to 64 KiB payload previews, and a generic version was the relay's hottest code.
+    public static func encode(_ bytes: UnsafeRawBufferPointer, into out: inout [UInt8]) {
+        let count = bytes.count
+        guard count > 0 else { return }
+        let start = out.count
+        let produced = (count + 2) / 3 * 4
+        out.append(contentsOf: repeatElement(0, count: produced))
+        alphabet.withUnsafeBufferPointer { table in
+            out.withUnsafeMutableBufferPointer { dest in
+                var o = start
+                var i = 0
+                while i + 3 <= count {
+                    let v = UInt32(bytes[i]) << 16 | UInt32(bytes[i + 1]) << 8 | UInt32(bytes[i + 2])
+                    dest[o] = table[Int(v >> 18)]
+                    dest[o + 1] = table[Int(v >> 12 & 63)]
+                    dest[o + 2] = table[Int(v >> 6 & 63)]
+                    dest[o + 3] = table[Int(v & 63)]
+                    i += 3
+                    o += 4
+                }
+                if i < count {
+                    let b1: UInt32 = i + 1 < count ? UInt32(bytes[i + 1]) : 0
+                    let v = UInt32(bytes[i]) << 16 | b1 << 8
+                    dest[o] = table[Int(v >> 18)]
+                    dest[o + 1] = table[Int(v >> 12 & 63)]
+                    dest[o + 2] = i + 1 < count ? table[Int(v >> 6 & 63)] : UInt8(ascii: "=")
+                    dest[o + 3] = UInt8(ascii: "=")
+                }
+            }
         }
     }
 }

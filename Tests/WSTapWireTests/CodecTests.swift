@@ -6,6 +6,12 @@ import Testing
         #expect(HandshakeAccept.expected(forKey: "dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
     }
 
+    @Test func base64MatchesRFC4648Vectors() {
+        let vectors = ["": "", "f": "Zg==", "fo": "Zm8=", "foo": "Zm9v", "foob": "Zm9vYg==", "fooba": "Zm9vYmE=", "foobar": "Zm9vYmFy"]
+        for (plain, encoded) in vectors { #expect(Base64.encode(Array(plain.utf8)) == encoded) }
+        #expect(Base64.encode([0xFF, 0xFE, 0xFD, 0x00]) == "//79AA==")
+    }
+
     @Test func utf8ValidatorAcrossSplits() {
         let text = Array("héllo €𝄞 ok".utf8)
         for split in 0...text.count {
