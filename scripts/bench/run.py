@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,6 +49,18 @@ def cpu_seconds(pid, children=False):
     if children:
         ticks += int(fields[13]) + int(fields[14])
     return ticks / TICK
+
+
+def wait_children_reaped(pid):
+    """socat forks a child per connection; its CPU reaches cutime only once the parent reaps it."""
+    path = f"/proc/{pid}/task/{pid}/children"
+    for _ in range(500):
+        try:
+            if not open(path).read().strip():
+                return
+        except FileNotFoundError:
+            return
+        time.sleep(0.01)
 
 
 def peak_rss_mb(pid):
@@ -105,12 +118,13 @@ def main():
             socket.create_connection(("127.0.0.1", socat_port)).close()
             break
         except OSError:
-            import time; time.sleep(0.01)
+            time.sleep(0.01)
 
     targets = {"direct": (echo_port, None), "socat": (socat_port, socat.pid), "wstap": (wstap_port, wstap.pid)}
     results = {w[0]: {t: [] for t in targets} for w in WORKLOADS}
     cpu = {w[0]: {t: [] for t in targets} for w in WORKLOADS}
     order = list(targets)
+    jsonl_bytes = {}
     try:
         for rep in range(opts.reps):
             for name, kind, args in WORKLOADS:
@@ -118,27 +132,29 @@ def main():
                     port, pid = targets[target]
                     before = cpu_seconds(pid, children=(target == "socat")) if pid else 0
                     r = run_client(kind, port, args)
+                    if target == "socat":
+                        wait_children_reaped(pid)
                     after = cpu_seconds(pid, children=(target == "socat")) if pid else 0
                     results[name][target].append(r)
                     cpu[name][target].append((after - before, r))
                     print(f"rep {rep} {name:34} {target:6} {r}", flush=True)
                     if target == "wstap":
+                        jsonl_bytes[name] = jsonl.stat().st_size
                         os.truncate(jsonl, 0)  # bound disk use; wstap opens with O_APPEND, so it writes on at the new end
         wstap_rss = peak_rss_mb(wstap.pid)
-        jsonl_size = jsonl.stat().st_size
     finally:
         for p in (wstap, socat, echo):
             p.terminate()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    write_report(opts, results, cpu, wstap_rss, jsonl_size)
+    write_report(opts, results, cpu, wstap_rss, jsonl_bytes)
 
 
 def median(values):
     return statistics.median(values) if values else float("nan")
 
 
-def write_report(opts, results, cpu, wstap_rss, jsonl_size):
+def write_report(opts, results, cpu, wstap_rss, jsonl_bytes):
     rows = []
     for name, kind, args in WORKLOADS:
         if kind == "load":
@@ -160,9 +176,12 @@ def write_report(opts, results, cpu, wstap_rss, jsonl_size):
         for t in ("socat", "wstap"):
             samples = []
             for seconds, r in cpu[name][t]:
-                relayed = 2 * r.get("messages", r.get("handshakes", 0) or 0)
-                if kind == "rtt":
-                    relayed = 2 * int(WORKLOADS[-1][2][1])
+                if kind == "handshakes":
+                    relayed = r["handshakes"]  # CPU per handshake, not per message
+                elif kind == "rtt":
+                    relayed = 2 * int(args[1])
+                else:
+                    relayed = 2 * r["messages"]
                 if relayed:
                     samples.append(seconds / relayed * 1e6)
             per_msg[t] = median(samples)
@@ -174,6 +193,7 @@ def write_report(opts, results, cpu, wstap_rss, jsonl_size):
             ratio_s = med["wstap"] / med["socat"]
         rows.append(f"| {name} | {med['direct']:,.1f} | {med['socat']:,.1f} | {med['wstap']:,.1f} {unit} | {ratio_d:.2f}× | {ratio_s:.2f}× | {per_msg['socat']:.2f} | {per_msg['wstap']:.2f} |{extra}")
 
+    jsonl_lines = "\n".join(f"- {name}: {size / 1e6:,.1f} MB" for name, size in jsonl_bytes.items())
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = f"""# Performance
 
@@ -184,14 +204,17 @@ Targets, interleaved in one run: **direct** (client to echo server), **socat** t
 
 Ratios are wstap against direct and against socat: for throughput higher is better (1.00× = as fast);
 for RTT it is the other's latency over wstap's (1.00× = as low). CPU columns are proxy CPU
-time (user + system) per message relayed, counting both directions, in µs.
+time (user + system) per message relayed, counting both directions, in µs (per handshake for
+the handshake row).
 
 | workload | direct | socat | wstap | wstap/direct | wstap/socat | socat µs/msg | wstap µs/msg |
 |---|---|---|---|---|---|---|---|
 """ + "\n".join(rows) + f"""
 
-wstap peak RSS over the whole run: **{wstap_rss:.1f} MB** (VmHWM). JSONL written in the last
-workload alone: {jsonl_size / 1e6:.1f} MB (the file is emptied after each wstap run to bound disk use).
+wstap peak RSS over the whole run: **{wstap_rss:.1f} MB** (VmHWM).
+
+JSONL written by one wstap run of each workload (the file is emptied between runs to bound disk use):
+{jsonl_lines}
 
 Targets (issue 2): throughput ≥ 1.0× socat in every workload, p50 RTT no worse than socat,
 ≤ 3 µs proxy CPU per small message, peak RSS ≤ 50 MB.
