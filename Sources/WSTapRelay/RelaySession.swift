@@ -105,9 +105,7 @@ public final class RelaySession {
             return []
         case .relaying:
             clientBytes += UInt64(buffer.readableBytes)
-            var actions: [Action] = [.send(.upstream, buffer)]
-            if let records = dissect(buffer, .clientToServer) { actions.append(.emit(records)) }
-            return actions
+            return recordThenForward(buffer, .clientToServer)
         case .done:
             return []
         }
@@ -209,7 +207,7 @@ public final class RelaySession {
         }
         pendingToUpstream = []
         pendingDissect = nil
-        if !records.isEmpty { actions.append(.emit(records)) }
+        if !records.isEmpty { actions.insert(.emit(records), at: 0) }
         if inputClosed.contains(.client) { actions.append(.shutdownOutput(.upstream)) }
         return actions
     }
@@ -229,9 +227,15 @@ public final class RelaySession {
     private func upstreamData(_ buffer: ByteBuffer) -> [Action] {
         guard phase == .relaying else { return [] }
         serverBytes += UInt64(buffer.readableBytes)
-        var actions: [Action] = [.send(.client, buffer)]
-        if let records = dissect(buffer, .serverToClient) { actions.append(.emit(records)) }
-        return actions
+        return recordThenForward(buffer, .serverToClient)
+    }
+
+    /// Records go out before the bytes they describe: once a peer has seen a byte, its records are
+    /// written, so killing wstap at any moment loses nothing a peer has already seen.
+    private func recordThenForward(_ buffer: ByteBuffer, _ direction: Direction) -> [Action] {
+        let send = Action.send(direction == .clientToServer ? .upstream : .client, buffer)
+        guard let records = dissect(buffer, direction) else { return [send] }
+        return [.emit(records), send]
     }
 
     // MARK: - Ending

@@ -148,3 +148,18 @@ extension Array where Element == RelaySession.Action {
         return all
     }
 }
+
+@Suite struct RelayOrderingTests {
+    @Test func recordsAreEmittedBeforeTheBytesTheyDescribeAreForwarded() throws {
+        let s = RelaySession(connection: 1, mode: .reverse(try UpstreamURL.parse("ws://127.0.0.1:9000")), clientAddress: "c", proxyAddress: "p",
+                             configuration: .init(), clock: { Timestamp(nanoseconds: 1) })
+        _ = s.handle(.clientData(ByteBuffer(string: RelaySessionTests.request)))
+        _ = s.handle(.upstreamConnected(serverAddress: "127.0.0.1:9000"))
+        _ = s.handle(.upstreamData(ByteBuffer(string: RelaySessionTests.response)))
+        let actions = s.handle(.clientData(ByteBuffer(bytes: RelaySessionTests.maskedHello)))
+        guard case .emit = actions.first, case .send(.upstream, _) = actions.last else {
+            Issue.record("expected emit then send, got \(actions)")
+            return
+        }
+    }
+}
