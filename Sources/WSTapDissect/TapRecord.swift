@@ -52,6 +52,12 @@ public struct FrameRecord: Sendable {
     public var direction: Direction
     public var header: FrameHeader
     public var offset: UInt64
+
+    public init(direction: Direction, header: FrameHeader, offset: UInt64) {
+        self.direction = direction
+        self.header = header
+        self.offset = offset
+    }
 }
 
 public struct MessageRecord: Sendable {
@@ -73,6 +79,24 @@ public struct MessageRecord: Sendable {
     /// Set when the connection ended before the message's final frame.
     public var incomplete: Bool
     public var offset: UInt64
+
+    public init(direction: Direction, opcode: Opcode, frames: Int, wireLength: UInt64, length: UInt64, compressed: Bool,
+                payload: [UInt8], truncated: Bool, closeCode: UInt16?, closeReason: String?, inflateFailed: Bool,
+                incomplete: Bool, offset: UInt64) {
+        self.direction = direction
+        self.opcode = opcode
+        self.frames = frames
+        self.wireLength = wireLength
+        self.length = length
+        self.compressed = compressed
+        self.payload = payload
+        self.truncated = truncated
+        self.closeCode = closeCode
+        self.closeReason = closeReason
+        self.inflateFailed = inflateFailed
+        self.incomplete = incomplete
+        self.offset = offset
+    }
 }
 
 public struct EndRecord: Sendable {

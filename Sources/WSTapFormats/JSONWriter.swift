@@ -1,23 +1,72 @@
-/// A small append-only JSON writer into a byte buffer. Records are written often (twice per small
-/// message), so this avoids Foundation's encoder and its allocations.
+/// A small append-only JSON writer into a byte buffer. Records are written often (four per small
+/// message relayed), so it writes through a raw pointer instead of `Array.append`, whose per-call
+/// uniqueness and capacity checks showed up in profiles, and avoids Foundation's encoder entirely.
 public struct JSONWriter {
-    public private(set) var bytes: [UInt8] = []
+    /// Growable byte storage; a class so the writer can be a cheap value passed `inout`.
+    final class Storage {
+        var base: UnsafeMutablePointer<UInt8>
+        var count = 0
+        var capacity: Int
+
+        init(capacity: Int) {
+            self.capacity = max(64, capacity)
+            base = .allocate(capacity: self.capacity)
+        }
+
+        deinit { base.deallocate() }
+
+        @inline(__always) func reserve(_ extra: Int) {
+            guard count + extra > capacity else { return }
+            let newCapacity = max(capacity * 2, count + extra)
+            let newBase = UnsafeMutablePointer<UInt8>.allocate(capacity: newCapacity)
+            newBase.update(from: base, count: count)
+            base.deallocate()
+            base = newBase
+            capacity = newCapacity
+        }
+    }
+
+    private let storage: Storage
     private var needsComma = false
 
-    public init(capacity: Int = 512) { bytes.reserveCapacity(capacity) }
+    public init(capacity: Int = 512) { storage = Storage(capacity: capacity) }
 
-    public mutating func beginObject() { separator(); bytes.append(UInt8(ascii: "{")); needsComma = false }
-    public mutating func endObject() { bytes.append(UInt8(ascii: "}")); needsComma = true }
-    public mutating func beginArray() { separator(); bytes.append(UInt8(ascii: "[")); needsComma = false }
-    public mutating func endArray() { bytes.append(UInt8(ascii: "]")); needsComma = true }
-    public mutating func newline() { bytes.append(0x0A); needsComma = false }
+    /// The bytes written so far (a copy; use `withBytes` on hot paths).
+    public var bytes: [UInt8] { withBytes { Array($0) } }
+
+    public func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try body(UnsafeRawBufferPointer(start: storage.base, count: storage.count))
+    }
+
+    @inline(__always) private mutating func append(_ byte: UInt8) {
+        storage.reserve(1)
+        storage.base[storage.count] = byte
+        storage.count += 1
+    }
+
+    @inline(__always) private mutating func append(_ raw: UnsafeRawBufferPointer) {
+        guard raw.count > 0 else { return }
+        storage.reserve(raw.count)
+        (storage.base + storage.count).update(from: raw.baseAddress!.assumingMemoryBound(to: UInt8.self), count: raw.count)
+        storage.count += raw.count
+    }
+
+    @inline(__always) private mutating func append(_ buffer: UnsafeBufferPointer<UInt8>) { append(UnsafeRawBufferPointer(buffer)) }
+
+    private mutating func append(_ array: [UInt8]) { array.withUnsafeBytes { append($0) } }
+
+    public mutating func beginObject() { separator(); append(UInt8(ascii: "{")); needsComma = false }
+    public mutating func endObject() { append(UInt8(ascii: "}")); needsComma = true }
+    public mutating func beginArray() { separator(); append(UInt8(ascii: "[")); needsComma = false }
+    public mutating func endArray() { append(UInt8(ascii: "]")); needsComma = true }
+    public mutating func newline() { append(0x0A); needsComma = false }
 
     public mutating func key(_ name: StaticString) {
         separator()
-        bytes.append(UInt8(ascii: "\""))
-        name.withUTF8Buffer { bytes.append(contentsOf: $0) }
-        bytes.append(UInt8(ascii: "\""))
-        bytes.append(UInt8(ascii: ":"))
+        append(UInt8(ascii: "\""))
+        name.withUTF8Buffer { append($0) }
+        append(UInt8(ascii: "\""))
+        append(UInt8(ascii: ":"))
         needsComma = false
     }
 
@@ -42,16 +91,20 @@ public struct JSONWriter {
 
     public mutating func base64(_ value: [UInt8]) {
         separator()
-        bytes.append(UInt8(ascii: "\""))
-        value.withUnsafeBytes { Base64Text.encode($0, into: &bytes) }
-        bytes.append(UInt8(ascii: "\""))
+        append(UInt8(ascii: "\""))
+        storage.reserve((value.count + 2) / 3 * 4)
+        let start = storage.count
+        value.withUnsafeBytes { raw in
+            storage.count += Base64Text.encode(raw, to: UnsafeMutableRawBufferPointer(start: storage.base + start, count: storage.capacity - start))
+        }
+        append(UInt8(ascii: "\""))
         needsComma = true
     }
 
     public mutating func integer<I: BinaryInteger>(_ value: I) {
         separator()
         if value < 0 {
-            bytes.append(UInt8(ascii: "-"))
+            append(UInt8(ascii: "-"))
             appendDigits(UInt64(-Int64(value)))
         } else {
             appendDigits(UInt64(value))
@@ -70,7 +123,7 @@ public struct JSONWriter {
                 v /= 10
                 count += 1
             } while v > 0 || count < minimumWidth
-            bytes.append(contentsOf: UnsafeRawBufferPointer(rebasing: scratch[(24 - count)...]))
+            append(UnsafeRawBufferPointer(rebasing: scratch[(24 - count)...]))
         }
     }
 
@@ -78,32 +131,32 @@ public struct JSONWriter {
     public mutating func appendHex(_ value: UInt32) {
         for shift in stride(from: 28, through: 0, by: -4) {
             let nibble = UInt8(truncatingIfNeeded: value >> UInt32(shift)) & 0xF
-            bytes.append(nibble < 10 ? UInt8(ascii: "0") + nibble : UInt8(ascii: "a") + nibble - 10)
+            append(nibble < 10 ? UInt8(ascii: "0") + nibble : UInt8(ascii: "a") + nibble - 10)
         }
     }
 
     public mutating func bool(_ value: Bool) {
         separator()
         if value {
-            bytes.append(contentsOf: Self.trueBytes)
+            append(Self.trueBytes)
         } else {
-            bytes.append(contentsOf: Self.falseBytes)
+            append(Self.falseBytes)
         }
         needsComma = true
     }
 
     public mutating func null() {
         separator()
-        bytes.append(contentsOf: Self.nullBytes)
+        append(Self.nullBytes)
         needsComma = true
     }
 
     /// A JSON string holding 8 hex digits.
     public mutating func hexString(_ value: UInt32) {
         separator()
-        bytes.append(UInt8(ascii: "\""))
+        append(UInt8(ascii: "\""))
         appendHex(value)
-        bytes.append(UInt8(ascii: "\""))
+        append(UInt8(ascii: "\""))
         needsComma = true
     }
 
@@ -112,7 +165,7 @@ public struct JSONWriter {
         separator()
         let clamped = UInt64(max(0, nanoseconds))
         appendDigits(clamped / 1_000_000_000)
-        bytes.append(UInt8(ascii: "."))
+        append(UInt8(ascii: "."))
         appendDigits(clamped % 1_000_000_000 / 1000, minimumWidth: 6)
         needsComma = true
     }
@@ -123,30 +176,31 @@ public struct JSONWriter {
 
     public mutating func stringOrNull(_ value: String?) { if let value { string(value) } else { null() } }
 
-    private mutating func separator() { if needsComma { bytes.append(UInt8(ascii: ",")) } }
+    private mutating func separator() { if needsComma { append(UInt8(ascii: ",")) } }
 
     private mutating func appendEscaped(_ utf8: UnsafeBufferPointer<UInt8>) {
-        bytes.append(UInt8(ascii: "\""))
-        bytes.reserveCapacity(bytes.count + utf8.count + 1)
+        append(UInt8(ascii: "\""))
+        storage.reserve(utf8.count + 2)
         // Copy runs that need no escaping in one go; most text has none.
         var runStart = 0
         for (i, byte) in utf8.enumerated() where byte < 0x20 || byte == 0x22 || byte == 0x5C || byte == 0x7F {
-            if runStart < i { bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[runStart..<i])) }
+            if runStart < i { append(UnsafeBufferPointer(rebasing: utf8[runStart..<i])) }
             runStart = i + 1
             switch byte {
-            case UInt8(ascii: "\""): bytes.append(contentsOf: [0x5C, 0x22])
-            case UInt8(ascii: "\\"): bytes.append(contentsOf: [0x5C, 0x5C])
-            case 0x0A: bytes.append(contentsOf: [0x5C, UInt8(ascii: "n")])
-            case 0x0D: bytes.append(contentsOf: [0x5C, UInt8(ascii: "r")])
-            case 0x09: bytes.append(contentsOf: [0x5C, UInt8(ascii: "t")])
-            case 0x00..<0x20, 0x7F:
-                let hexDigits = Array("0123456789abcdef".utf8)
-                bytes.append(contentsOf: [0x5C, UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0"), hexDigits[Int(byte >> 4)], hexDigits[Int(byte & 0xF)]])
-            default: bytes.append(byte)
+            case UInt8(ascii: "\""): append(0x5C); append(0x22)
+            case UInt8(ascii: "\\"): append(0x5C); append(0x5C)
+            case 0x0A: append(0x5C); append(UInt8(ascii: "n"))
+            case 0x0D: append(0x5C); append(UInt8(ascii: "r"))
+            case 0x09: append(0x5C); append(UInt8(ascii: "t"))
+            default:  // other control characters and DEL: \u00XX
+                append(0x5C); append(UInt8(ascii: "u")); append(UInt8(ascii: "0")); append(UInt8(ascii: "0"))
+                let nibbles = (byte >> 4, byte & 0xF)
+                append(nibbles.0 < 10 ? 0x30 + nibbles.0 : 0x57 + nibbles.0)
+                append(nibbles.1 < 10 ? 0x30 + nibbles.1 : 0x57 + nibbles.1)
             }
         }
-        if runStart < utf8.count { bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[runStart...])) }
-        bytes.append(UInt8(ascii: "\""))
+        if runStart < utf8.count { append(UnsafeBufferPointer(rebasing: utf8[runStart...])) }
+        append(UInt8(ascii: "\""))
     }
 }
 

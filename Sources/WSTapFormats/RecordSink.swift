@@ -47,8 +47,12 @@ public final class OutputFile: Sendable {
     public var isTerminal: Bool { fd.withLock { isatty($0) == 1 } }
 
     public func write(_ bytes: [UInt8]) {
+        bytes.withUnsafeBytes { write($0) }
+    }
+
+    public func write(_ raw: UnsafeRawBufferPointer) {
         fd.withLock { fd in
-            bytes.withUnsafeBytes { raw in
+            do {
                 var offset = 0
                 while offset < raw.count {
                     let n = Glibc.write(fd, raw.baseAddress! + offset, raw.count - offset)
@@ -76,9 +80,9 @@ public final class JSONLinesSink: RecordSink {
     public init(output: OutputFile) { self.output = output }
 
     public func write(_ records: [TapRecord]) {
-        var writer = JSONWriter(capacity: 256 * records.count)
+        var writer = JSONWriter(capacity: 320 * records.count)
         for record in records { JSONLinesEncoder.encode(record, into: &writer) }
-        output.write(writer.bytes)
+        writer.withBytes { output.write($0) }
     }
 }
 

@@ -48,37 +48,44 @@ public enum Base64 {
         return String(decoding: out, as: UTF8.self)
     }
 
-    /// Appends the base64 text of `bytes` to `out`. Non-generic and pointer-based on purpose: records
-    /// carry up to 64 KiB payload previews, and a generic version was the relay's hottest code.
+    /// Appends the base64 text of `bytes` to `out`.
     public static func encode(_ bytes: UnsafeRawBufferPointer, into out: inout [UInt8]) {
-        let count = bytes.count
-        guard count > 0 else { return }
         let start = out.count
+        out.append(contentsOf: repeatElement(0, count: (bytes.count + 2) / 3 * 4))
+        out.withUnsafeMutableBytes { dest in
+            _ = encode(bytes, to: UnsafeMutableRawBufferPointer(rebasing: dest[start...]))
+        }
+    }
+
+    /// Writes the base64 text of `bytes` to `dest`, which must hold `(count + 2) / 3 * 4` bytes;
+    /// returns how many it wrote. Non-generic and pointer-based on purpose: records carry up to
+    /// 64 KiB payload previews, and a generic version was the relay's hottest code.
+    public static func encode(_ bytes: UnsafeRawBufferPointer, to dest: UnsafeMutableRawBufferPointer) -> Int {
+        let count = bytes.count
         let produced = (count + 2) / 3 * 4
-        out.append(contentsOf: repeatElement(0, count: produced))
+        precondition(dest.count >= produced, "base64 destination too small")
         alphabet.withUnsafeBufferPointer { table in
-            out.withUnsafeMutableBufferPointer { dest in
-                var o = start
-                var i = 0
-                while i + 3 <= count {
-                    let v = UInt32(bytes[i]) << 16 | UInt32(bytes[i + 1]) << 8 | UInt32(bytes[i + 2])
-                    dest[o] = table[Int(v >> 18)]
-                    dest[o + 1] = table[Int(v >> 12 & 63)]
-                    dest[o + 2] = table[Int(v >> 6 & 63)]
-                    dest[o + 3] = table[Int(v & 63)]
-                    i += 3
-                    o += 4
-                }
-                if i < count {
-                    let b1: UInt32 = i + 1 < count ? UInt32(bytes[i + 1]) : 0
-                    let v = UInt32(bytes[i]) << 16 | b1 << 8
-                    dest[o] = table[Int(v >> 18)]
-                    dest[o + 1] = table[Int(v >> 12 & 63)]
-                    dest[o + 2] = i + 1 < count ? table[Int(v >> 6 & 63)] : UInt8(ascii: "=")
-                    dest[o + 3] = UInt8(ascii: "=")
-                }
+            var o = 0
+            var i = 0
+            while i + 3 <= count {
+                let v = UInt32(bytes[i]) << 16 | UInt32(bytes[i + 1]) << 8 | UInt32(bytes[i + 2])
+                dest[o] = table[Int(v >> 18)]
+                dest[o + 1] = table[Int(v >> 12 & 63)]
+                dest[o + 2] = table[Int(v >> 6 & 63)]
+                dest[o + 3] = table[Int(v & 63)]
+                i += 3
+                o += 4
+            }
+            if i < count {
+                let b1: UInt32 = i + 1 < count ? UInt32(bytes[i + 1]) : 0
+                let v = UInt32(bytes[i]) << 16 | b1 << 8
+                dest[o] = table[Int(v >> 18)]
+                dest[o + 1] = table[Int(v >> 12 & 63)]
+                dest[o + 2] = i + 1 < count ? table[Int(v >> 6 & 63)] : UInt8(ascii: "=")
+                dest[o + 3] = UInt8(ascii: "=")
             }
         }
+        return produced
     }
 }
 

@@ -1,0 +1,34 @@
+import Testing
+import WSTapDissect
+import WSTapFormats
+import WSTapWire
+
+@Suite struct JSONLinesEncoderTests {
+    @Test func escapesNumbersAndTimestampsAreExact() {
+        let text = Array("q\"b\\s\n\r\t\u{01}\u{7F}é".utf8)
+        let message = MessageRecordBuilder.text(text)
+        let line = JSONLinesEncoder.line(TapRecord(connection: 18_446_744_073_709_551_615, timestamp: Timestamp(nanoseconds: 1_700_000_000_000_042_999), body: .message(message)))
+        #expect(line == #"{"v":1,"type":"message","conn":18446744073709551615,"ts":1700000000.000042,"from":"server","opcode":1,"frames":1,"wire_length":12,"length":12,"compressed":false,"text":"q\"b\\s\n\r\t\u0001\u007fé","offset":0}"# + "\n")
+    }
+
+    @Test func invalidUTF8TextStaysValidJSON() {
+        let line = JSONLinesEncoder.line(TapRecord(connection: 1, timestamp: Timestamp(nanoseconds: 0), body: .message(MessageRecordBuilder.text([0x61, 0xFF, 0x62]))))
+        #expect(line.contains(#""text":"a\#u{FFFD}b""#))
+        #expect(line.contains(#""ts":0.000000"#))
+    }
+
+    @Test func frameRecordHasExactKeys() {
+        let header = FrameHeader(fin: true, rsv1: true, opcode: .binary, maskKey: 0x0A0B_0C0D, payloadLength: 70000)
+        let line = JSONLinesEncoder.line(TapRecord(connection: 2, timestamp: Timestamp(nanoseconds: 5_000_000_000), body: .frame(FrameRecord(direction: .clientToServer, header: header, offset: 9))))
+        #expect(line == #"{"v":1,"type":"frame","conn":2,"ts":5.000000,"from":"client","fin":true,"rsv1":true,"rsv2":false,"rsv3":false,"opcode":2,"masked":true,"mask_key":"0a0b0c0d","length":70000,"length_bits":64,"header_length":14,"offset":9}"# + "\n")
+    }
+}
+
+/// Builds message records the way the dissector fills them, for encoder tests.
+enum MessageRecordBuilder {
+    static func text(_ payload: [UInt8]) -> MessageRecord {
+        MessageRecord(direction: .serverToClient, opcode: .text, frames: 1, wireLength: UInt64(payload.count), length: UInt64(payload.count),
+                      compressed: false, payload: payload, truncated: false, closeCode: nil, closeReason: nil,
+                      inflateFailed: false, incomplete: false, offset: 0)
+    }
+}
