@@ -219,7 +219,12 @@ JSONL written by one wstap run of each workload (the file is emptied between run
 Targets (issue 2): throughput ≥ 1.0× socat in every workload, p50 RTT no worse than socat,
 ≤ 3 µs proxy CPU per small message, peak RSS ≤ 50 MB.
 """
-    Path(opts.out).write_text(text)
+    # Keep the hand-written analysis below the marker across runs.
+    marker = "<!-- analysis: kept by run.py -->"
+    out = Path(opts.out)
+    if out.exists() and marker in out.read_text():
+        text += "\n" + marker + out.read_text().split(marker, 1)[1]
+    out.write_text(text)
     print(text)
 
 

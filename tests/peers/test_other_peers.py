@@ -61,3 +61,20 @@ def test_node_ws_client_to_websockets_server_with_deflate(wstap, peer, procs):
     sent = [(m["opcode"], payload_bytes(m), m["compressed"]) for m in messages(records, sender="client") if m["opcode"] in (1, 2)]
     assert sent == [(1, b"node one", True), (2, b"node one", True), (1, b"node two", True), (2, b"node two", True)]
     assert [r for r in records if r["type"] == "diagnostic" and r["severity"] == "error"] == []
+
+
+def test_websocket_client_through_forward_proxy_with_connect(wstap, peer):
+    """websocket-client's own HTTP proxy support (CONNECT tunnel) against Node ws, wstap in forward mode."""
+    port = peer("node", str(PEERS / "node_ws_echo_server.js"), env=NODE_ENV)
+    proxy = wstap(None)
+    ws = websocket.create_connection(f"ws://127.0.0.1:{port}/fwd", http_proxy_host="127.0.0.1",
+                                     http_proxy_port=proxy.port, proxy_type="http")
+    ws.send("through CONNECT")
+    assert ws.recv() == "through CONNECT"
+    ws.close()
+    records = proxy.wait_ended()
+    opens = [r for r in records if r["type"] == "open"]
+    assert len(opens) == 1 and opens[0]["url"].endswith(f":{port}/fwd")
+    assert opens[0]["server"] == f"127.0.0.1:{port}"
+    texts = [(m["from"], payload_bytes(m)) for m in messages(records) if m["opcode"] == 1]
+    assert texts == [("client", b"through CONNECT"), ("server", b"through CONNECT")]
