@@ -319,7 +319,8 @@ public final class StreamDissector {
         let open = OpenRecord(
             client: info.client, server: info.server, url: url(for: request), request: request, response: response,
             subprotocol: subprotocol,
-            extensions: response.value("sec-websocket-extensions").flatMap { accepted.isEmpty ? nil : $0 })
+            extensions: response.value("sec-websocket-extensions").flatMap { accepted.isEmpty ? nil : $0 },
+            clientTLS: info.clientTLS, upstreamTLS: info.upstreamTLS)
         records.append(record(.open(open)))
         for (code, detail) in problems { diagnose(code, serverState, offset: offset, detail, &records) }
 

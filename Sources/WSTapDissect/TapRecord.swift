@@ -17,12 +17,29 @@ public struct Timestamp: Comparable, Sendable {
     public static func < (a: Timestamp, b: Timestamp) -> Bool { a.nanoseconds < b.nanoseconds }
 }
 
+/// TLS facts of one leg of a proxied connection.
+public struct TLSLegInfo: Sendable, Equatable {
+    /// SNI the client sent (client leg) or that wstap sent (upstream leg); nil when none.
+    public var serverName: String?
+    /// Upstream leg: whether the certificate was verified (false with --insecure). Nil for the client leg.
+    public var verified: Bool?
+
+    public init(serverName: String?, verified: Bool?) {
+        self.serverName = serverName
+        self.verified = verified
+    }
+}
+
 /// Addresses and URL base of one connection, supplied by the shell that owns it.
 public struct ConnectionInfo: Sendable {
     public var client: String
     public var server: String
-    /// "ws" or "wss": the scheme the client used.
+    /// "ws" or "wss": the scheme of the URL the server was asked for.
     public var scheme: String
+    /// Set when wstap terminated TLS from the client.
+    public var clientTLS: TLSLegInfo?
+    /// Set when wstap spoke TLS to the upstream.
+    public var upstreamTLS: TLSLegInfo?
     public init(client: String, server: String, scheme: String = "ws") {
         self.client = client
         self.server = server
@@ -39,6 +56,8 @@ public struct OpenRecord: Sendable {
     public var subprotocol: String?
     /// The negotiated Sec-WebSocket-Extensions value, or nil when none was accepted.
     public var extensions: String?
+    public var clientTLS: TLSLegInfo?
+    public var upstreamTLS: TLSLegInfo?
 }
 
 /// A non-upgrade HTTP exchange, or an upgrade the server refused.

@@ -28,6 +28,8 @@ public enum JSONLinesEncoder {
             writer.key("response"); encodeHead(open.response, into: &writer)
             writer.key("subprotocol"); writer.stringOrNull(open.subprotocol)
             writer.key("extensions"); writer.stringOrNull(open.extensions)
+            writer.key("client_tls"); encodeTLS(open.clientTLS, into: &writer)
+            writer.key("upstream_tls"); encodeTLS(open.upstreamTLS, into: &writer)
         case .http(let exchange):
             writer.key("upgrade"); writer.bool(exchange.wasUpgradeAttempt)
             writer.key("request")
@@ -88,6 +90,14 @@ public enum JSONLinesEncoder {
         var writer = JSONWriter()
         encode(record, into: &writer)
         return String(decoding: writer.bytes, as: UTF8.self)
+    }
+
+    private static func encodeTLS(_ leg: TLSLegInfo?, into writer: inout JSONWriter) {
+        guard let leg else { return writer.null() }
+        writer.beginObject()
+        writer.key("sni"); writer.stringOrNull(leg.serverName)
+        if let verified = leg.verified { writer.key("verified"); writer.bool(verified) }
+        writer.endObject()
     }
 
     private static func encodeHead(_ head: HTTPHead, into writer: inout JSONWriter) {

@@ -1,5 +1,6 @@
 import NIOCore
 import NIOPosix
+import NIOSSL
 import Synchronization
 import WSTapDissect
 import WSTapFormats
@@ -13,6 +14,9 @@ public struct ProxyConfiguration: Sendable {
     public var listenHost: String
     public var listenPort: Int
     public var mode: RelaySession.Mode
+    public var tlsSettings: TLSSettings = TLSSettings()
+    /// Needed for interception, --listen-tls and wss:// upstreams.
+    public var tlsContexts: TLSContexts?
     public var dissector: StreamDissector.Configuration
     public var sink: any RecordSink
 
@@ -42,6 +46,8 @@ public final class ProxyServer: Sendable {
 
     public static func start(_ configuration: ProxyConfiguration, group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws -> ProxyServer {
         let ids = ConnectionIDs()
+        let listenContext = configuration.tlsSettings.clientTLS
+            ? try configuration.tlsContexts?.listenContext(defaultHost: configuration.listenHost) : nil
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -51,13 +57,16 @@ public final class ProxyServer: Sendable {
             .childChannelOption(.recvAllocator, value: RelayTuning.receiveAllocator)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let listenContext {
+                        try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: listenContext))
+                    }
                     let handler = RelaySideHandler(clientSideMaking: { channel in
                         let session = RelaySession(
-                            connection: ids.next(), mode: configuration.mode,
+                            connection: ids.next(), mode: configuration.mode, tls: configuration.tlsSettings,
                             clientAddress: channel.remoteAddress?.wstapText ?? "?",
                             proxyAddress: channel.localAddress?.wstapText ?? "?",
                             configuration: configuration.dissector, clock: Timestamp.now)
-                        return RelayConnection(session: session, client: channel, sink: configuration.sink)
+                        return RelayConnection(session: session, client: channel, sink: configuration.sink, tls: configuration.tlsContexts)
                     })
                     try channel.pipeline.syncOperations.addHandler(handler)
                 }

@@ -1,5 +1,7 @@
 import NIOCore
 import NIOPosix
+import NIOSSL
+import NIOTLS
 import WSTapDissect
 import WSTapFormats
 import WSTapRelay
@@ -10,6 +12,7 @@ import WSTapRelay
 final class RelayConnection {
     private let session: RelaySession
     private let sink: any RecordSink
+    private let tls: TLSContexts?
     private let client: Channel
     private var upstream: Channel?
     private var lastWrite: [RelaySession.Side: EventLoopFuture<Void>] = [:]
@@ -17,10 +20,11 @@ final class RelayConnection {
     private var heldRead: Set<RelaySession.Side> = []
     private var closing: Set<RelaySession.Side> = []
 
-    init(session: RelaySession, client: Channel, sink: any RecordSink) {
+    init(session: RelaySession, client: Channel, sink: any RecordSink, tls: TLSContexts?) {
         self.session = session
         self.client = client
         self.sink = sink
+        self.tls = tls
     }
 
     func handle(_ event: RelaySession.Event) {
@@ -41,8 +45,10 @@ final class RelayConnection {
             case .close(let side):
                 guard let channel = channel(side), closing.insert(side).inserted else { continue }
                 afterWrites(side) { channel.close(promise: nil) }
-            case .connect(let host, let port):
-                connect(host: host, port: port)
+            case .connect(let host, let port, let upstreamTLS):
+                connect(host: host, port: port, upstreamTLS: upstreamTLS)
+            case .startClientTLS(let certificateHost, let replay):
+                startClientTLS(certificateHost: certificateHost, replay: replay)
             }
         }
     }
@@ -57,9 +63,32 @@ final class RelayConnection {
 
     private func channel(_ side: RelaySession.Side) -> Channel? { side == .client ? client : upstream }
 
-    private func connect(host: String, port: Int) {
+    private func startClientTLS(certificateHost: String, replay: ByteBuffer) {
+        do {
+            guard let tls else { throw ProxyError(description: "no TLS configuration") }
+            let handler = NIOSSLServerHandler(context: try tls.serverContext(for: certificateHost))
+            try client.pipeline.syncOperations.addHandler(handler, position: .first)
+            // The ClientHello was read before TLS was set up: feed it to the new handler first.
+            client.pipeline.fireChannelRead(replay)
+        } catch {
+            handle(.failed(.client, reason: "cannot set up TLS for \(certificateHost): \(error)"))
+        }
+    }
+
+    /// The TLS handshake on `side` finished: the client's plaintext starts, or the upstream is usable.
+    func tlsHandshakeCompleted(_ side: RelaySession.Side) {
+        if side == .client {
+            handle(.clientTLSEstablished)
+        } else if let upstream {
+            handle(.upstreamConnected(serverAddress: upstream.remoteAddress?.wstapText ?? "?"))
+            resumeReads(of: .client)
+        }
+    }
+
+    private func connect(host: String, port: Int, upstreamTLS: UpstreamTLS?) {
         let loop = client.eventLoop
         let bound = NIOLoopBound(self, eventLoop: loop)
+        let tlsContext = upstreamTLS == nil ? nil : tls?.upstream
         ClientBootstrap(group: loop)
             .channelOption(.allowRemoteHalfClosure, value: true)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -68,6 +97,11 @@ final class RelayConnection {
             .connectTimeout(.seconds(10))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let tlsContext {
+                        // SNI and name verification use serverName; nil for IP literals (SNI cannot carry them).
+                        let handler = try NIOSSLClientHandler(context: tlsContext, serverHostname: upstreamTLS?.serverName)
+                        try channel.pipeline.syncOperations.addHandler(handler)
+                    }
                     try channel.pipeline.syncOperations.addHandler(RelaySideHandler(side: .upstream, connection: bound.value))
                 }
             }
@@ -81,6 +115,8 @@ final class RelayConnection {
                         channel.close(promise: nil)
                         return
                     }
+                    // Over TLS the upstream is usable only after its handshake (tlsHandshakeCompleted).
+                    guard tlsContext == nil else { return }
                     connection.handle(.upstreamConnected(serverAddress: channel.remoteAddress?.wstapText ?? "\(host):\(port)"))
                     // Reads from the client may have been held while connecting.
                     connection.resumeReads(of: .client)
@@ -146,12 +182,19 @@ final class RelaySideHandler: ChannelDuplexHandler {
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? ChannelEvent, event == .inputClosed {
             connection?.handle(.inputClosed(side))
+        } else if let event = event as? TLSUserEvent, case .handshakeCompleted = event {
+            connection?.tlsHandshakeCompleted(side)
         } else {
             context.fireUserInboundEventTriggered(event)
         }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
+        // Many TLS peers close without close_notify; that is an ordinary end of input.
+        if let tlsError = error as? NIOSSLError, case .uncleanShutdown = tlsError {
+            connection?.handle(.inputClosed(side))
+            return
+        }
         connection?.handle(.failed(side, reason: describe(error)))
     }
 
@@ -193,7 +236,23 @@ func describe(_ error: Error) -> String {
         return "cannot connect to \(connect.host):\(connect.port)"
     }
     if error is ChannelError, case ChannelError.connectTimeout = error { return "connect timed out" }
+    if let tls = error as? NIOSSLError, case .handshakeFailed(let reason) = tls {
+        let code = boringSSLReason(reason)
+        if code == "CERTIFICATE_VERIFY_FAILED" {
+            return "TLS handshake failed: the upstream certificate is not trusted for this name (CERTIFICATE_VERIFY_FAILED); trust its CA with --upstream-ca FILE, or use --insecure"
+        }
+        return "TLS handshake failed: \(code)"
+    }
+    if let tls = error as? BoringSSLError { return "TLS error: \(tls)" }
     return "\(error)"
+}
+
+/// The reason name of a BoringSSL error ("CERTIFICATE_VERIFY_FAILED"), without codes and source paths.
+func boringSSLReason(_ error: BoringSSLError) -> String {
+    let text = "\(error)"
+    guard let start = text.range(of: "OPENSSL_internal:") else { return text }
+    let rest = text[start.upperBound...]
+    return String(rest.prefix { $0 != " " && $0 != "]" })
 }
 
 extension SocketAddress {

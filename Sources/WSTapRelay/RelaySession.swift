@@ -23,6 +23,8 @@ public final class RelaySession {
 
     public enum Event {
         case clientData(ByteBuffer)
+        /// The shell finished the TLS handshake it was asked to do with the client.
+        case clientTLSEstablished
         case upstreamConnected(serverAddress: String)
         case upstreamConnectFailed(reason: String)
         case upstreamData(ByteBuffer)
@@ -35,7 +37,12 @@ public final class RelaySession {
     }
 
     public enum Action {
-        case connect(host: String, port: Int)
+        /// Open the upstream connection, over TLS when `tls` is set; report `upstreamConnected` once
+        /// it is usable (after the TLS handshake).
+        case connect(host: String, port: Int, tls: UpstreamTLS?)
+        /// Terminate TLS on the client connection with a certificate for `certificateHost`, feeding it
+        /// `replay` (the ClientHello bytes already read) first.
+        case startClientTLS(certificateHost: String, replay: ByteBuffer)
         case send(Side, ByteBuffer)
         /// Half-close: send FIN to that side after what was written.
         case shutdownOutput(Side)
@@ -46,18 +53,39 @@ public final class RelaySession {
 
     public let connection: UInt64
     public let mode: Mode
+    public let tls: TLSSettings
     private let clientAddress: String
     private let proxyAddress: String
     private let configuration: StreamDissector.Configuration
     private var dissector: StreamDissector?
     private var clock: () -> Timestamp
 
-    private enum Phase { case readingHead, connecting, relaying, done }
+    private enum Phase {
+        case readingHead
+        /// CONNECT answered; the first tunnel bytes decide between interception and a plain tunnel.
+        case tunnelOpen
+        /// The shell is terminating the client's TLS.
+        case clientTLSHandshake
+        case connecting
+        case relaying
+        case done
+    }
     private var phase = Phase.readingHead
     private var headParser = HTTPHeadParser()
     /// Client bytes that arrived before the upstream connection was up (bounded by the shell pausing reads).
     private var pendingToUpstream: [ByteBuffer] = []
+    /// The client sent CONNECT.
     private var isTunnel = false
+    /// A CONNECT tunnel whose bytes are relayed as they are (not intercepted TLS).
+    private var isRawTunnel: Bool { isTunnel && interceptedTarget == nil }
+    /// CONNECT was answered with 200 before the upstream was reached (interception needs that).
+    private var connectAnswered = false
+    /// Set once the client's TLS inside a CONNECT tunnel was terminated: where its requests go.
+    private var interceptedTarget: (host: String, port: Int, sni: String?)?
+    private var tunnelProbe: [UInt8] = []
+    private var clientTLSServerName: String?
+    private var upstreamTLS: UpstreamTLS?
+    private var scheme = "ws"
     private var upstreamLabel = ""
     private var clientBytes: UInt64 = 0
     private var serverBytes: UInt64 = 0
@@ -67,10 +95,11 @@ public final class RelaySession {
     private var ended = false
 
     /// - Parameter clock: the shell's clock; the session never reads time itself.
-    public init(connection: UInt64, mode: Mode, clientAddress: String, proxyAddress: String,
+    public init(connection: UInt64, mode: Mode, tls: TLSSettings = TLSSettings(), clientAddress: String, proxyAddress: String,
                 configuration: StreamDissector.Configuration, clock: @escaping () -> Timestamp) {
         self.connection = connection
         self.mode = mode
+        self.tls = tls
         self.clientAddress = clientAddress
         self.proxyAddress = proxyAddress
         self.configuration = configuration
@@ -85,6 +114,7 @@ public final class RelaySession {
     public func handle(_ event: Event) -> [Action] {
         switch event {
         case .clientData(let buffer): return clientData(buffer)
+        case .clientTLSEstablished: return clientTLSEstablished()
         case .upstreamData(let buffer): return upstreamData(buffer)
         case .upstreamConnected(let address): return upstreamConnected(address)
         case .upstreamConnectFailed(let reason): return upstreamFailed(reason)
@@ -100,6 +130,10 @@ public final class RelaySession {
         switch phase {
         case .readingHead:
             return readHead(buffer)
+        case .tunnelOpen:
+            return probeTunnel(buffer)
+        case .clientTLSHandshake:
+            return []  // bytes arrive decrypted once the handshake is done
         case .connecting:
             pendingToUpstream.append(buffer)
             return []
@@ -128,35 +162,55 @@ public final class RelaySession {
         var outgoing = head
         let host: String
         let port: Int
-        switch mode {
-        case .reverse(let upstream):
-            (host, port) = (upstream.host, upstream.port)
-            // Keep the client's path and query unless the upstream URL names one; point Host at the upstream.
-            outgoing.startLine = .request(method: method, target: upstream.path ?? target, version: head.httpVersion)
-            outgoing.replaceHeader("Host", with: upstream.hostHeader)
-            upstreamLabel = upstream.description
-        case .forward:
-            if method.uppercased() == "CONNECT" {
-                do {
-                    (host, port) = try UpstreamURL.parseAuthority(target, defaultPort: nil)
-                } catch {
-                    return refuse(status: 400, reason: "Bad Request", message: "CONNECT target '\(target)': \(error)")
-                }
-                isTunnel = true
-                upstreamLabel = "\(host):\(port)"
-            } else if let url = try? UpstreamURL.parse(target) {
-                (host, port) = (url.host, url.port)
+        var upstreamTLS: UpstreamTLS?
+        if let intercepted = interceptedTarget {
+            // Inside an intercepted tunnel: requests go to the CONNECT target over TLS, with the client's SNI.
+            (host, port) = (intercepted.host, intercepted.port)
+            if !target.hasPrefix("/"), let url = try? UpstreamURL.parse(target) {
                 outgoing.startLine = .request(method: method, target: url.path ?? "/", version: head.httpVersion)
-                outgoing.removeHeader("Proxy-Connection")
-                upstreamLabel = url.description
-            } else {
-                return refuse(status: 400, reason: "Bad Request",
-                              message: "wstap runs as a forward proxy (no --upstream): send absolute-form requests (GET ws://host:port/path) or CONNECT, or start wstap with --upstream ws://host:port")
+            }
+            upstreamTLS = .forHost(host, sni: intercepted.sni)
+            upstreamLabel = "wss://\(intercepted.sni ?? host):\(port)"
+            scheme = "wss"
+        } else {
+            switch mode {
+            case .reverse(let upstream):
+                (host, port) = (upstream.host, upstream.port)
+                // Keep the client's path and query unless the upstream URL names one; point Host at the upstream.
+                outgoing.startLine = .request(method: method, target: upstream.path ?? target, version: head.httpVersion)
+                outgoing.replaceHeader("Host", with: upstream.hostHeader)
+                upstreamLabel = upstream.description
+                scheme = upstream.scheme
+                if upstream.scheme == "wss" { upstreamTLS = .forHost(upstream.host) }
+            case .forward:
+                if method.uppercased() == "CONNECT" {
+                    do {
+                        (host, port) = try UpstreamURL.parseAuthority(target, defaultPort: nil)
+                    } catch {
+                        return refuse(status: 400, reason: "Bad Request", message: "CONNECT target '\(target)': \(error)")
+                    }
+                    isTunnel = true
+                    upstreamLabel = "\(host):\(port)"
+                    if tls.interceptConnect {
+                        return answerConnectThenProbe(host: host, port: port, rest: rest)
+                    }
+                } else if let url = try? UpstreamURL.parse(target) {
+                    (host, port) = (url.host, url.port)
+                    outgoing.startLine = .request(method: method, target: url.path ?? "/", version: head.httpVersion)
+                    outgoing.removeHeader("Proxy-Connection")
+                    upstreamLabel = url.description
+                    scheme = url.scheme
+                    if url.scheme == "wss" { upstreamTLS = .forHost(url.host) }
+                } else {
+                    return refuse(status: 400, reason: "Bad Request",
+                                  message: "wstap runs as a forward proxy (no --upstream): send absolute-form requests (GET ws://host:port/path) or CONNECT, or start wstap with --upstream ws://host:port")
+                }
             }
         }
+        self.upstreamTLS = upstreamTLS
 
         phase = .connecting
-        if isTunnel {
+        if isRawTunnel {
             // CONNECT is answered by us once the tunnel is up; the tunnelled bytes are dissected if cleartext.
             if rest.readableBytes > 0 { pendingToUpstream.append(rest) }
         } else {
@@ -173,7 +227,59 @@ public final class RelaySession {
             pendingDissect = rest.readableBytes > 0 ? rest : nil
             bufferedRecords = records
         }
-        return [.connect(host: host, port: port)]
+        return [.connect(host: host, port: port, tls: upstreamTLS)]
+    }
+
+    /// Interception: CONNECT is answered before the upstream is reached, because the client sends its
+    /// ClientHello only after the 200 and the SNI in it decides what to do.
+    private func answerConnectThenProbe(host: String, port: Int, rest: ByteBuffer) -> [Action] {
+        connectAnswered = true
+        phase = .tunnelOpen
+        connectHost = (host, port)
+        var reply = ByteBuffer()
+        reply.writeString("HTTP/1.1 200 Connection Established\r\n\r\n")
+        var actions: [Action] = [.send(.client, reply)]
+        if rest.readableBytes > 0 { actions += probeTunnel(rest) }
+        return actions
+    }
+
+    private var connectHost: (host: String, port: Int)?
+
+    private func probeTunnel(_ buffer: ByteBuffer) -> [Action] {
+        guard let (host, port) = connectHost else { return [] }
+        tunnelProbe += buffer.readableBytesView
+        let sni: String?
+        switch TLSClientHello.parse(tunnelProbe) {
+        case .needMoreBytes:
+            return []
+        case .notTLS:
+            return plainTunnel(host: host, port: port)
+        case .clientHello(let serverName):
+            sni = serverName
+        }
+        if tls.isPassthrough(host) || sni.map(tls.isPassthrough) == true {
+            return plainTunnel(host: host, port: port)
+        }
+        phase = .clientTLSHandshake
+        interceptedTarget = (host, port, sni)
+        clientTLSServerName = sni
+        let replay = ByteBuffer(bytes: tunnelProbe)
+        tunnelProbe = []
+        return [.startClientTLS(certificateHost: sni ?? host, replay: replay)]
+    }
+
+    /// Not TLS, or TLS to a passthrough host: relay the tunnel as bytes (dissected if cleartext).
+    private func plainTunnel(host: String, port: Int) -> [Action] {
+        phase = .connecting
+        pendingToUpstream = [ByteBuffer(bytes: tunnelProbe)]
+        tunnelProbe = []
+        return [.connect(host: host, port: port, tls: nil)]
+    }
+
+    private func clientTLSEstablished() -> [Action] {
+        guard phase == .clientTLSHandshake else { return [] }
+        phase = .readingHead
+        return []
     }
 
     private var pendingDissect: ByteBuffer?
@@ -189,10 +295,12 @@ public final class RelaySession {
         var actions: [Action] = []
         var records = bufferedRecords
         bufferedRecords = []
-        if isTunnel {
-            var reply = ByteBuffer()
-            reply.writeString("HTTP/1.1 200 Connection Established\r\n\r\n")
-            actions.append(.send(.client, reply))
+        if isRawTunnel {
+            if !connectAnswered {
+                var reply = ByteBuffer()
+                reply.writeString("HTTP/1.1 200 Connection Established\r\n\r\n")
+                actions.append(.send(.client, reply))
+            }
             for buffer in pendingToUpstream {
                 clientBytes += UInt64(buffer.readableBytes)
                 actions.append(.send(.upstream, buffer))
@@ -217,6 +325,11 @@ public final class RelaySession {
     private func upstreamFailed(_ reason: String) -> [Action] {
         guard phase == .connecting else { return [] }
         let message = "cannot reach upstream \(upstreamLabel): \(reason)"
+        if connectAnswered && interceptedTarget == nil {
+            // The tunnel was already answered and the client speaks its own protocol in it: just close.
+            phase = .done
+            return [.close(.client)] + finish(reason: message, closedBy: "proxy")
+        }
         var actions = refuse(status: 502, reason: "Bad Gateway", message: message)
         // The request head was recorded already; keep those records before the end.
         if !bufferedRecords.isEmpty { actions.insert(.emit(bufferedRecords), at: 0) }
@@ -251,6 +364,7 @@ public final class RelaySession {
     }
 
     private func sideFailed(_ side: Side, reason: String) -> [Action] {
+        if side == .upstream && phase == .connecting { return upstreamFailed(reason) }
         noteEnd(side, how: reason.contains("reset") ? "reset" : "error: \(reason)")
         return [.close(.client), .close(.upstream)] + finish(reason: nil)
     }
@@ -300,13 +414,20 @@ public final class RelaySession {
     // MARK: - Dissection
 
     private func startDissector() {
-        dissector = StreamDissector(connection: connection, info: ConnectionInfo(client: clientAddress, server: proxyAddress), configuration: configuration)
+        var info = ConnectionInfo(client: clientAddress, server: proxyAddress, scheme: scheme)
+        if interceptedTarget != nil || tls.clientTLS {
+            info.clientTLS = TLSLegInfo(serverName: clientTLSServerName, verified: nil)
+        }
+        if let upstreamTLS {
+            info.upstreamTLS = TLSLegInfo(serverName: upstreamTLS.serverName, verified: tls.verifyUpstream)
+        }
+        dissector = StreamDissector(connection: connection, info: info, configuration: configuration)
     }
 
     private var tunnelChecked = false
 
     private func dissect(_ buffer: ByteBuffer, _ direction: Direction) -> [TapRecord]? {
-        if isTunnel && !tunnelChecked && direction == .clientToServer {
+        if isRawTunnel && !tunnelChecked && direction == .clientToServer {
             tunnelChecked = true
             // A TLS ClientHello starts with 0x16: opaque until interception exists; anything else may be HTTP.
             if buffer.getInteger(at: buffer.readerIndex, as: UInt8.self) != 0x16 {

@@ -16,12 +16,14 @@ struct ProxyCommand: AsyncParsableCommand {
             Reverse mode (--upstream given): every client connecting to --listen is relayed to the upstream; \
             the client's path and query are kept unless the upstream URL has a path.
             Forward mode (no --upstream): clients use wstap as their HTTP proxy and send absolute-form \
-            requests (GET ws://host:port/path) or CONNECT host:port.
+            requests (GET ws://host:port/path) or CONNECT host:port. TLS inside CONNECT is terminated with \
+            certificates from wstap's CA (see `wstap ca`), unless the host matches --passthrough.
 
             Examples:
               wstap proxy --upstream ws://127.0.0.1:9000
               wstap proxy --upstream ws://127.0.0.1:9000/socket --jsonl session.jsonl -v
               wstap proxy --listen 127.0.0.1:8888 --jsonl - -q | jq .
+              wstap proxy --listen-tls --upstream wss://echo.example.test --keylog keys.log
             """
     )
 
@@ -46,6 +48,24 @@ struct ProxyCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Stop inflating a compressed message after this many bytes (decompression bomb guard).", valueName: "bytes"))
     var maxInflate: UInt64 = 64 * 1024 * 1024
 
+    @Option(name: .long, help: ArgumentHelp("Directory of wstap's CA (created on first use; default $WSTAP_CA_DIR or ~/.wstap).", valueName: "dir"))
+    var caDir: String?
+
+    @Flag(name: .long, help: "Reverse mode: clients connect to wstap with TLS (wss://); certificates come from wstap's CA.")
+    var listenTLS = false
+
+    @Flag(name: .long, help: "Do not verify upstream TLS certificates (records say so).")
+    var insecure = false
+
+    @Option(name: .long, help: ArgumentHelp("Also trust the CA certificates in this PEM file for upstream TLS.", valueName: "file"))
+    var upstreamCA: String?
+
+    @Option(name: .long, help: ArgumentHelp("Append NSS key log lines for both TLS legs to this file (default $SSLKEYLOGFILE).", valueName: "file"))
+    var keylog: String?
+
+    @Option(name: .long, help: ArgumentHelp("Tunnel hosts matching this pattern (e.g. '*.bank.example') without interception; repeatable.", valueName: "pattern"))
+    var passthrough: [String] = []
+
     var parsedListen: (String, Int) {
         get throws {
             do {
@@ -65,9 +85,6 @@ struct ProxyCommand: AsyncParsableCommand {
             } catch {
                 throw ValidationError("--upstream: \(error). Example: --upstream ws://127.0.0.1:9000/chat")
             }
-            if url.scheme == "wss" {
-                throw ValidationError("--upstream \(upstream): wss:// upstreams need TLS, which this build does not have yet. Use a ws:// upstream.")
-            }
             return url
         }
     }
@@ -77,6 +94,10 @@ struct ProxyCommand: AsyncParsableCommand {
         _ = try parsedUpstream
         if maxPayload < 0 { throw ValidationError("--max-payload must be 0 or more bytes.") }
         if verbose && quiet { throw ValidationError("-v and -q contradict each other: choose one.") }
+        if listenTLS && upstream == nil { throw ValidationError("--listen-tls is for reverse mode: give --upstream too.") }
+        if let upstreamCA, access(upstreamCA, R_OK) != 0 {
+            throw ValidationError("--upstream-ca '\(upstreamCA)' cannot be read. Give a readable PEM file of CA certificates.")
+        }
     }
 
     func run() async throws {
@@ -100,11 +121,35 @@ struct ProxyCommand: AsyncParsableCommand {
             sinks.append(ConsoleSink(output: console, options: .init(verbose: verbose, color: color)))
         }
 
-        let mode: RelaySession.Mode = try parsedUpstream.map { .reverse($0) } ?? .forward
+        let upstreamURL = try parsedUpstream
+        let mode: RelaySession.Mode = upstreamURL.map { .reverse($0) } ?? .forward
+        var configuration = ProxyConfiguration(listenHost: host, listenPort: port, mode: mode, dissector: dissector, sink: FanoutSink(sinks))
+        let intercepting = upstreamURL == nil
+        configuration.tlsSettings = TLSSettings(interceptConnect: intercepting, passthrough: passthrough, clientTLS: listenTLS, verifyUpstream: !insecure)
+        var authority: CertificateAuthority?
+        if intercepting || listenTLS {
+            do {
+                authority = try CertificateAuthority.loadOrCreate(directory: caDir ?? CertificateAuthority.defaultDirectory)
+            } catch {
+                fail("\(error)")
+            }
+        }
+        var keyLogFile: OutputFile?
+        if let path = keylog ?? environment()["SSLKEYLOGFILE"], !path.isEmpty {
+            do {
+                keyLogFile = try OutputFile.open(path: path, append: true)
+            } catch {
+                fail("--keylog: \(error). Check that the directory exists and is writable.")
+            }
+        }
+        do {
+            configuration.tlsContexts = try TLSContexts(authority: authority, upstreamCAFile: upstreamCA, insecure: insecure, keyLog: keyLogFile)
+        } catch {
+            fail("cannot set up TLS: \(error)")
+        }
         let server: ProxyServer
         do {
-            server = try await ProxyServer.start(ProxyConfiguration(
-                listenHost: host, listenPort: port, mode: mode, dissector: dissector, sink: FanoutSink(sinks)))
+            server = try await ProxyServer.start(configuration)
         } catch {
             fail("\(error)")
         }
@@ -113,7 +158,11 @@ struct ProxyCommand: AsyncParsableCommand {
         case .reverse(let url): target = "relaying to \(url)"
         case .forward: target = "forward proxy mode (set it as the client's HTTP proxy)"
         }
-        let banner = "wstap listening on \(server.localAddress), \(target)" + (jsonl.map { ", records to \($0)" } ?? "") + "\n"
+        var banner = "wstap listening on \(server.localAddress)\(listenTLS ? " (TLS)" : ""), \(target)" + (jsonl.map { ", records to \($0)" } ?? "") + "\n"
+        if let authority, intercepting {
+            banner += "wstap: intercepting TLS with the CA in \(authority.directory); clients must trust \(authority.certificatePath) (see certs/README.md)\n"
+        }
+        if insecure { banner += "wstap: --insecure: upstream certificates are NOT verified\n" }
         OutputFile.standardError.write(Array(banner.utf8))
         try await server.wait()
     }

@@ -129,8 +129,13 @@ import WSTapRelay
 
 extension Array where Element == RelaySession.Action {
     var connectTarget: String? {
-        for case .connect(let host, let port) in self { return "\(host):\(port)" }
+        for case .connect(let host, let port, _) in self { return "\(host):\(port)" }
         return nil
+    }
+
+    var connectTLS: UpstreamTLS?? {
+        for case .connect(_, _, let tls) in self { return .some(tls) }
+        return .none
     }
 
     func sent(to side: RelaySession.Side) -> [UInt8] {
@@ -147,6 +152,53 @@ extension Array where Element == RelaySession.Action {
         for case .emit(let records) in self { all += records }
         return all
     }
+}
+
+@Suite struct InterceptionTests {
+    func forwardSession(passthrough: [String] = []) -> RelaySession {
+        RelaySession(connection: 3, mode: .forward, tls: TLSSettings(interceptConnect: true, passthrough: passthrough),
+                     clientAddress: "c", proxyAddress: "p", configuration: .init(), clock: { Timestamp(nanoseconds: 1) })
+    }
+
+    @Test func connectIsAnsweredAtOnceAndTheClientHelloDecides() throws {
+        let s = forwardSession()
+        let answered = s.handle(.clientData(ByteBuffer(string: "CONNECT localhost:9443 HTTP/1.1\r\nHost: localhost:9443\r\n\r\n")))
+        #expect(String(decoding: answered.sent(to: .client), as: UTF8.self) == "HTTP/1.1 200 Connection Established\r\n\r\n")
+        #expect(answered.connectTarget == nil)  // nothing is reached before the ClientHello is seen
+        let hello = TLSHelloBytes.withSNI
+        #expect(s.handle(.clientData(ByteBuffer(bytes: hello.prefix(40)))).isEmpty)  // incomplete record: wait
+        let tls = s.handle(.clientData(ByteBuffer(bytes: hello.dropFirst(40))))
+        guard case .startClientTLS(let host, let replay) = tls.first else { Issue.record("\(tls)"); return }
+        #expect(host == "foo.example" && Array(replay.readableBytesView) == hello)
+        _ = s.handle(.clientTLSEstablished)
+        let connect = s.handle(.clientData(ByteBuffer(string: RelaySessionTests.request)))
+        #expect(connect.connectTarget == "localhost:9443")
+        #expect(connect.connectTLS == .some(UpstreamTLS(serverName: "foo.example")))  // the client's SNI goes upstream
+    }
+
+    @Test func passthroughAndNonTLSTunnelsAreRelayedAsBytes() {
+        let s = forwardSession(passthrough: ["*.example"])
+        _ = s.handle(.clientData(ByteBuffer(string: "CONNECT 10.0.0.1:443 HTTP/1.1\r\n\r\n")))
+        let actions = s.handle(.clientData(ByteBuffer(bytes: TLSHelloBytes.withSNI)))
+        #expect(actions.connectTarget == "10.0.0.1:443" && actions.connectTLS == .some(nil))
+        let up = s.handle(.upstreamConnected(serverAddress: "10.0.0.1:443"))
+        #expect(up.sent(to: .upstream) == TLSHelloBytes.withSNI && up.sent(to: .client).isEmpty)  // no second 200
+
+        let plain = forwardSession()
+        _ = plain.handle(.clientData(ByteBuffer(string: "CONNECT 127.0.0.1:80 HTTP/1.1\r\n\r\n")))
+        #expect(plain.handle(.clientData(ByteBuffer(string: "GET / HTTP/1.1\r\n"))).connectTLS == .some(nil))
+    }
+
+    @Test func globPatterns() {
+        let settings = TLSSettings(passthrough: ["*.bank.example", "exact.test", "h?st"])
+        #expect(settings.isPassthrough("www.bank.example") && settings.isPassthrough("EXACT.test") && settings.isPassthrough("host"))
+        #expect(!settings.isPassthrough("bank.example.evil") && !settings.isPassthrough("exact.test.x"))
+    }
+}
+
+/// The ClientHello from WSTapWireTests, for transcript tests.
+enum TLSHelloBytes {
+    static var withSNI: [UInt8] { TLSHelloFixture.withSNI }
 }
 
 @Suite struct RelayOrderingTests {
