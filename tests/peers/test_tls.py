@@ -165,3 +165,26 @@ def test_keylog_has_secrets_for_both_legs(wstap, peer, tmp_path):
     randoms = {line.split()[1] for line in lines if line.startswith("CLIENT_HANDSHAKE_TRAFFIC_SECRET")}
     assert len(randoms) == 2, lines  # one TLS 1.3 handshake with the client, one with the upstream
     assert all(len(line.split()) == 3 for line in lines)
+
+
+def test_readme_app_workflow_https_proxy_and_ssl_cert_file(wstap, peer, tmp_path):
+    """README "Debug an app over wss": the app only gets HTTPS_PROXY and SSL_CERT_FILE."""
+    port = start_tls_server(peer)
+    ca = tmp_path / "ca"
+    proxy = wstap(None, ["--ca-dir", str(ca), "--upstream-ca", str(TEST_CA)])
+    app = f"""
+import asyncio
+from websockets.asyncio.client import connect
+async def main():
+    async with connect("wss://localhost:{port}/app") as ws:
+        await ws.send("from the app")
+        print(await ws.recv())
+asyncio.run(main())
+"""
+    env = {**os.environ, "HTTPS_PROXY": f"http://127.0.0.1:{proxy.port}", "SSL_CERT_FILE": str(ca / "wstap-ca.pem")}
+    env.pop("NO_PROXY", None)
+    env.pop("no_proxy", None)
+    result = subprocess.run([PYTHON, "-c", app], env=env, capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "from the app", result.stderr
+    records = proxy.wait_ended()
+    assert [m["text"] for m in messages(records, sender="client") if m["opcode"] == 1] == ["from the app"]
