@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs the third-party WebSocket peers the tests talk to: Python websockets, aiohttp and
 # websocket-client (PyPI, in a venv under .build/), Node ws (Debian node-ws), socat (raw relay for
-# the benchmark), openssl, headless Chromium and certutil (libnss3-tools) for the browser test. Idempotent.
+# the benchmark), openssl, headless Chromium and certutil (libnss3-tools) for the browser test, tshark as a decoding oracle.
+# Idempotent.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 "$root/scripts/setup.sh"
-apt_needed=(python3 python3-venv nodejs node-ws socat openssl chromium libnss3-tools)
+apt_needed=(python3 python3-venv nodejs node-ws socat openssl chromium libnss3-tools tshark)
 missing=()
 for pkg in "${apt_needed[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
 if [ ${#missing[@]} -gt 0 ]; then

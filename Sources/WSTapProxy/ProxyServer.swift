@@ -17,6 +17,8 @@ public struct ProxyConfiguration: Sendable {
     public var tlsSettings: TLSSettings = TLSSettings()
     /// Needed for interception, --listen-tls and wss:// upstreams.
     public var tlsContexts: TLSContexts?
+    /// --pcap: cleartext of both legs.
+    public var capture: DecryptedCapture?
     public var dissector: StreamDissector.Configuration
     public var sink: any RecordSink
 
@@ -60,13 +62,19 @@ public final class ProxyServer: Sendable {
                     if let listenContext {
                         try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: listenContext))
                     }
+                    // Reverse mode knows from the start that the stream is the application's (after TLS).
+                    // Forward mode may carry CONNECT and raw TLS first; its tap is added on interception.
+                    if let capture = configuration.capture, case .reverse = configuration.mode {
+                        try channel.pipeline.syncOperations.addHandler(capture.handler(mode: .server))
+                    }
                     let handler = RelaySideHandler(clientSideMaking: { channel in
                         let session = RelaySession(
                             connection: ids.next(), mode: configuration.mode, tls: configuration.tlsSettings,
                             clientAddress: channel.remoteAddress?.wstapText ?? "?",
                             proxyAddress: channel.localAddress?.wstapText ?? "?",
                             configuration: configuration.dissector, clock: Timestamp.now)
-                        return RelayConnection(session: session, client: channel, sink: configuration.sink, tls: configuration.tlsContexts)
+                        return RelayConnection(session: session, client: channel, sink: configuration.sink, tls: configuration.tlsContexts,
+                                               capture: configuration.capture)
                     })
                     try channel.pipeline.syncOperations.addHandler(handler)
                 }

@@ -13,6 +13,7 @@ final class RelayConnection {
     private let session: RelaySession
     private let sink: any RecordSink
     private let tls: TLSContexts?
+    private let capture: DecryptedCapture?
     private let client: Channel
     private var upstream: Channel?
     private var lastWrite: [RelaySession.Side: EventLoopFuture<Void>] = [:]
@@ -20,11 +21,12 @@ final class RelayConnection {
     private var heldRead: Set<RelaySession.Side> = []
     private var closing: Set<RelaySession.Side> = []
 
-    init(session: RelaySession, client: Channel, sink: any RecordSink, tls: TLSContexts?) {
+    init(session: RelaySession, client: Channel, sink: any RecordSink, tls: TLSContexts?, capture: DecryptedCapture?) {
         self.session = session
         self.client = client
         self.sink = sink
         self.tls = tls
+        self.capture = capture
     }
 
     func handle(_ event: RelaySession.Event) {
@@ -68,6 +70,10 @@ final class RelayConnection {
             guard let tls else { throw ProxyError(description: "no TLS configuration") }
             let handler = NIOSSLServerHandler(context: try tls.serverContext(for: certificateHost))
             try client.pipeline.syncOperations.addHandler(handler, position: .first)
+            if let capture {
+                // After TLS, so the capture holds the decrypted stream from its first byte.
+                try client.pipeline.syncOperations.addHandler(capture.handler(mode: .server), position: .after(handler))
+            }
             // The ClientHello was read before TLS was set up: feed it to the new handler first.
             client.pipeline.fireChannelRead(replay)
         } catch {
@@ -89,6 +95,7 @@ final class RelayConnection {
         let loop = client.eventLoop
         let bound = NIOLoopBound(self, eventLoop: loop)
         let tlsContext = upstreamTLS == nil ? nil : tls?.upstream
+        let capture = self.capture
         ClientBootstrap(group: loop)
             .channelOption(.allowRemoteHalfClosure, value: true)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -102,6 +109,7 @@ final class RelayConnection {
                         let handler = try NIOSSLClientHandler(context: tlsContext, serverHostname: upstreamTLS?.serverName)
                         try channel.pipeline.syncOperations.addHandler(handler)
                     }
+                    if let capture { try channel.pipeline.syncOperations.addHandler(capture.handler(mode: .client)) }
                     try channel.pipeline.syncOperations.addHandler(RelaySideHandler(side: .upstream, connection: bound.value))
                 }
             }

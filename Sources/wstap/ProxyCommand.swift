@@ -63,6 +63,9 @@ struct ProxyCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Append NSS key log lines for both TLS legs to this file (default $SSLKEYLOGFILE).", valueName: "file"))
     var keylog: String?
 
+    @Option(name: .long, help: ArgumentHelp("Write the cleartext of every connection (both legs, after TLS) to this pcap file.", valueName: "file"))
+    var pcap: String?
+
     @Option(name: .long, help: ArgumentHelp("Tunnel hosts matching this pattern (e.g. '*.bank.example') without interception; repeatable.", valueName: "pattern"))
     var passthrough: [String] = []
 
@@ -147,6 +150,13 @@ struct ProxyCommand: AsyncParsableCommand {
         } catch {
             fail("cannot set up TLS: \(error)")
         }
+        if let pcap {
+            do {
+                configuration.capture = try DecryptedCapture(path: pcap)
+            } catch {
+                fail("\(error)")
+            }
+        }
         let server: ProxyServer
         do {
             server = try await ProxyServer.start(configuration)
@@ -164,6 +174,11 @@ struct ProxyCommand: AsyncParsableCommand {
         }
         if insecure { banner += "wstap: --insecure: upstream certificates are NOT verified\n" }
         OutputFile.standardError.write(Array(banner.utf8))
+        // Ctrl-C and SIGTERM close files that need a clean end (the pcap); records are already on disk.
+        let capture = configuration.capture
+        ShutdownSignals.install {
+            capture?.close()
+        }
         try await server.wait()
     }
 }

@@ -1,0 +1,70 @@
+"""--pcap: the decrypted cleartext of both legs, read back by tshark (the oracle here): every message
+wstap recorded is found by tshark with the same payload, on the client leg and on the upstream leg."""
+import asyncio
+import shutil
+import signal
+import subprocess
+
+import pytest
+from websockets.asyncio.client import connect
+
+from conftest import PEERS, PYTHON, messages
+from test_tls import TEST_CA, client_context, start_tls_server
+
+TSHARK = shutil.which("tshark")
+TEXTS = ["first message", "ünïcödé ✓", "x" * 3000]
+
+
+def tshark_texts(pcap, ports):
+    decode = []
+    for port in ports:
+        decode += ["-d", f"tcp.port=={port},http"]
+    out = subprocess.run([TSHARK, "-r", str(pcap), *decode, "-Y", "websocket.payload.text", "-T", "fields",
+                          "-e", "tcp.srcport", "-e", "tcp.dstport", "-e", "websocket.payload.text"],
+                         capture_output=True, text=True, timeout=120).stdout
+    rows = [line.split("\t") for line in out.splitlines() if line]
+    return [(int(src), int(dst), text.replace("\\n", "\n")) for src, dst, text in rows]
+
+
+async def chat(url, **kwargs):
+    async with connect(url, max_size=None, **kwargs) as ws:
+        for text in TEXTS:
+            await ws.send(text)
+            assert await ws.recv() == text
+
+
+def stop_cleanly(proxy):
+    proxy.popen.send_signal(signal.SIGINT)
+    assert proxy.popen.wait(timeout=30) == 0
+
+
+@pytest.mark.skipif(TSHARK is None, reason="tshark is installed by scripts/install-test-peers.sh")
+def test_intercepted_wss_decrypts_into_the_pcap(wstap, peer, tmp_path):
+    port = start_tls_server(peer)
+    ca, pcap = tmp_path / "ca", tmp_path / "decrypted.pcap"
+    proxy = wstap(None, ["--ca-dir", str(ca), "--upstream-ca", str(TEST_CA), "--pcap", str(pcap)])
+    asyncio.run(chat(f"wss://localhost:{port}/p", ssl=client_context(ca / "wstap-ca.pem"), proxy=f"http://127.0.0.1:{proxy.port}"))
+    records = proxy.wait_ended()
+    stop_cleanly(proxy)
+
+    recorded = [m["text"] for m in messages(records) if m["opcode"] == 1]
+    assert recorded == [t for t in TEXTS for _ in ("client", "server")]
+    seen = tshark_texts(pcap, [port, proxy.port])
+    upstream_leg = [text for src, dst, text in seen if port in (src, dst)]
+    client_leg = [text for src, dst, text in seen if proxy.port in (src, dst)]
+    assert upstream_leg == recorded  # what the server exchanged
+    assert client_leg == recorded  # what the browser/app exchanged, decrypted
+
+
+@pytest.mark.skipif(TSHARK is None, reason="tshark is installed by scripts/install-test-peers.sh")
+def test_reverse_mode_pcap_has_both_legs(wstap, peer, tmp_path):
+    port = peer(PYTHON, str(PEERS / "websockets_echo_server.py"))
+    pcap = tmp_path / "reverse.pcap"
+    proxy = wstap(f"ws://127.0.0.1:{port}", ["--pcap", str(pcap)])
+    asyncio.run(chat(proxy.url + "/r"))
+    records = proxy.wait_ended()
+    stop_cleanly(proxy)
+    recorded = [m["text"] for m in messages(records) if m["opcode"] == 1]
+    seen = tshark_texts(pcap, [port, proxy.port])
+    assert [t for s, d, t in seen if port in (s, d)] == recorded
+    assert [t for s, d, t in seen if proxy.port in (s, d)] == recorded
