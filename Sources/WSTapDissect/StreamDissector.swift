@@ -256,7 +256,10 @@ public final class StreamDissector {
             openWebSocket(request: request, response: response, serverState: &serverState, offset: offset, records: &records)
             return
         }
-        records.append(record(.http(HTTPExchangeRecord(request: request, response: response, wasUpgradeAttempt: wasUpgrade))))
+        let httpURL = request.map { url(for: $0) }.map { text in
+            text.hasPrefix("wss://") ? "https://" + text.dropFirst(6) : text.hasPrefix("ws://") ? "http://" + text.dropFirst(5) : text
+        }
+        records.append(record(.http(HTTPExchangeRecord(url: httpURL, request: request, response: response, wasUpgradeAttempt: wasUpgrade))))
         if status == 101 {
             // Switched to something that is not WebSocket (h2c, TLS upgrade): nothing more to dissect.
             serverState.phase = .opaque

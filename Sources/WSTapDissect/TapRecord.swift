@@ -62,6 +62,8 @@ public struct OpenRecord: Sendable {
 
 /// A non-upgrade HTTP exchange, or an upgrade the server refused.
 public struct HTTPExchangeRecord: Sendable {
+    /// http(s)://host/path of the request, when there was one.
+    public var url: String?
     public var request: HTTPHead?
     public var response: HTTPHead
     public var wasUpgradeAttempt: Bool

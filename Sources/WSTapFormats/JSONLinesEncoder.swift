@@ -31,6 +31,7 @@ public enum JSONLinesEncoder {
             writer.key("client_tls"); encodeTLS(open.clientTLS, into: &writer)
             writer.key("upstream_tls"); encodeTLS(open.upstreamTLS, into: &writer)
         case .http(let exchange):
+            writer.key("url"); writer.stringOrNull(exchange.url)
             writer.key("upgrade"); writer.bool(exchange.wasUpgradeAttempt)
             writer.key("request")
             if let request = exchange.request { encodeHead(request, into: &writer) } else { writer.null() }

@@ -55,6 +55,9 @@ public struct JSONWriter {
 
     private mutating func append(_ array: [UInt8]) { array.withUnsafeBytes { append($0) } }
 
+    /// One byte written as is, outside the value/comma bookkeeping.
+    mutating func appendRaw(_ byte: UInt8) { append(byte) }
+
     public mutating func beginObject() { separator(); append(UInt8(ascii: "{")); needsComma = false }
     public mutating func endObject() { append(UInt8(ascii: "}")); needsComma = true }
     public mutating func beginArray() { separator(); append(UInt8(ascii: "[")); needsComma = false }

@@ -63,6 +63,9 @@ struct ProxyCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Append NSS key log lines for both TLS legs to this file (default $SSLKEYLOGFILE).", valueName: "file"))
     var keylog: String?
 
+    @Option(name: .long, help: ArgumentHelp("Write a HAR 1.2 log (Chrome's WebSocket format) to this file; valid even after Ctrl-C.", valueName: "file"))
+    var har: String?
+
     @Option(name: .long, help: ArgumentHelp("Write the cleartext of every connection (both legs, after TLS) to this pcap file.", valueName: "file"))
     var pcap: String?
 
@@ -115,6 +118,15 @@ struct ProxyCommand: AsyncParsableCommand {
                 sinks.append(JSONLinesSink(output: try OutputFile.open(path: jsonl)))
             } catch {
                 fail("--jsonl: \(error). Check that the directory exists and is writable.")
+            }
+        }
+        var harSink: HARSink?
+        if let har {
+            do {
+                harSink = try HARSink(path: har, creatorVersion: WSTap.configuration.version)
+                sinks.append(harSink!)
+            } catch {
+                fail("--har: \(error). Check that the directory exists and is writable.")
             }
         }
         // When JSON Lines go to stdout, the console moves to stderr so the two never mix.
@@ -176,8 +188,10 @@ struct ProxyCommand: AsyncParsableCommand {
         OutputFile.standardError.write(Array(banner.utf8))
         // Ctrl-C and SIGTERM close files that need a clean end (the pcap); records are already on disk.
         let capture = configuration.capture
+        let finalHAR = harSink
         ShutdownSignals.install {
             capture?.close()
+            finalHAR?.finish()
         }
         try await server.wait()
     }

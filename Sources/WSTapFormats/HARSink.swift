@@ -1,0 +1,215 @@
+import Synchronization
+import WSTapDissect
+import WSTapWire
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `--har FILE`: a HAR 1.2 log with one entry per WebSocket connection, in Chrome's format
+/// (`_resourceType: "websocket"`, `_webSocketMessages`), and one per plain HTTP exchange.
+///
+/// The file is valid JSON at every moment: each entry is written before the closing `]}}`, which is
+/// rewritten after it. A connection's messages are spooled to an unlinked temporary file while it is
+/// open, so memory does not grow with the number of messages; its entry is written when it ends, or
+/// by `finish()` (Ctrl-C) for connections still open.
+public final class HARSink: RecordSink {
+    private struct OpenEntry {
+        var prefix: [UInt8]   // the entry up to "_webSocketMessages":[
+        var spool: Int32      // messages, comma-separated
+        var messageCount = 0
+    }
+
+    private struct State {
+        var fd: Int32
+        var trailerOffset: off_t
+        var entries = 0
+        var open: [UInt64: OpenEntry] = [:]
+    }
+
+    private let state: Mutex<State>
+    private static let trailer = Array("]}}\n".utf8)
+
+    public struct OpenError: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    public init(path: String, creatorVersion: String) throws {
+        let fd = Glibc.open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw OpenError(description: "cannot open '\(path)' for writing: \(String(cString: strerror(errno)))") }
+        let header = Array("{\"log\":{\"version\":\"1.2\",\"creator\":{\"name\":\"wstap\",\"version\":\"\(creatorVersion)\"},\"pages\":[],\"entries\":[".utf8)
+        Self.writeAll(fd, header + Self.trailer, at: 0)
+        state = Mutex(State(fd: fd, trailerOffset: off_t(header.count)))
+    }
+
+    public func write(_ records: [TapRecord]) {
+        state.withLock { state in
+            for record in records { handle(record, &state) }
+        }
+    }
+
+    /// Writes entries for connections still open (their messages so far). Call once when stopping.
+    public func finish() {
+        state.withLock { state in
+            for conn in state.open.keys.sorted() { close(conn, &state) }
+        }
+    }
+
+    private func handle(_ record: TapRecord, _ state: inout State) {
+        switch record.body {
+        case .open(let open):
+            var writer = JSONWriter()
+            writeEntryStart(&writer, started: record.timestamp, request: open.request, url: open.url, response: open.response, websocket: true)
+            writer.key("_webSocketMessages")
+            var prefix = writer.bytes
+            prefix.append(UInt8(ascii: "["))
+            let spool = Self.makeSpool()
+            guard spool >= 0 else { return }
+            state.open[record.connection] = OpenEntry(prefix: prefix, spool: spool)
+        case .message(let message):
+            guard var entry = state.open[record.connection] else { return }
+            var writer = JSONWriter()
+            if entry.messageCount > 0 { writer.rawComma() }
+            writer.beginObject()
+            writer.key("type"); writer.string(message.direction == .clientToServer ? "send" : "receive")
+            writer.key("time"); writer.timestamp(nanoseconds: record.timestamp.nanoseconds)
+            writer.key("opcode"); writer.integer(message.opcode.rawValue)
+            writer.key("data")
+            if message.opcode == .text && !message.inflateFailed { writer.string(utf8: message.payload) } else { writer.base64(message.payload) }
+            writer.endObject()
+            writer.withBytes { Self.append(entry.spool, $0) }
+            entry.messageCount += 1
+            state.open[record.connection] = entry
+        case .end:
+            close(record.connection, &state)
+        case .http(let exchange):
+            var writer = JSONWriter()
+            let url = exchange.url ?? ""
+            writeEntryStart(&writer, started: record.timestamp, request: exchange.request, url: url, response: exchange.response, websocket: false)
+            writer.endObject()
+            appendEntry(writer.bytes, &state)
+        case .frame, .diagnostic:
+            break
+        }
+    }
+
+    private func close(_ conn: UInt64, _ state: inout State) {
+        guard let entry = state.open.removeValue(forKey: conn) else { return }
+        var bytes = entry.prefix
+        bytes += Self.readAll(entry.spool)
+        bytes += Array("]}".utf8)
+        Glibc.close(entry.spool)
+        appendEntry(bytes, &state)
+    }
+
+    private func appendEntry(_ entry: [UInt8], _ state: inout State) {
+        var bytes: [UInt8] = state.entries > 0 ? [UInt8(ascii: ",")] : []
+        bytes += entry
+        Self.writeAll(state.fd, bytes + Self.trailer, at: state.trailerOffset)
+        state.trailerOffset += off_t(bytes.count)
+        state.entries += 1
+    }
+
+    /// The fields HAR 1.2 requires of an entry, up to (not including) Chrome's extensions' values.
+    private func writeEntryStart(_ w: inout JSONWriter, started: Timestamp, request: HTTPHead?, url: String, response: HTTPHead, websocket: Bool) {
+        w.beginObject()
+        w.key("startedDateTime"); w.string(Self.iso8601(started))
+        w.key("time"); w.integer(0)
+        w.key("request"); w.beginObject()
+        w.key("method"); w.string(request?.method ?? "GET")
+        w.key("url"); w.string(url)
+        w.key("httpVersion"); w.string(request.map { if case .request(_, _, let v) = $0.startLine { v } else { "HTTP/1.1" } } ?? "HTTP/1.1")
+        w.key("headers"); Self.headers(request?.headers ?? [], &w)
+        w.key("queryString"); w.beginArray(); w.endArray()
+        w.key("cookies"); w.beginArray(); w.endArray()
+        w.key("headersSize"); w.integer(request?.byteCount ?? -1)
+        w.key("bodySize"); w.integer(0)
+        w.endObject()
+        w.key("response"); w.beginObject()
+        w.key("status"); w.integer(response.status ?? 0)
+        w.key("statusText"); w.string(response.reason ?? "")
+        w.key("httpVersion"); w.string(response.startLine.versionText)
+        w.key("headers"); Self.headers(response.headers, &w)
+        w.key("cookies"); w.beginArray(); w.endArray()
+        w.key("content"); w.beginObject(); w.key("size"); w.integer(0); w.key("mimeType"); w.string(response.value("content-type") ?? ""); w.endObject()
+        w.key("redirectURL"); w.string(response.value("location") ?? "")
+        w.key("headersSize"); w.integer(response.byteCount)
+        w.key("bodySize"); w.integer(-1)
+        w.endObject()
+        w.key("cache"); w.beginObject(); w.endObject()
+        w.key("timings"); w.beginObject(); w.key("send"); w.integer(0); w.key("wait"); w.integer(0); w.key("receive"); w.integer(0); w.endObject()
+        if websocket { w.key("_resourceType"); w.string("websocket") }
+    }
+
+    private static func headers(_ headers: [(name: String, value: String)], _ w: inout JSONWriter) {
+        w.beginArray()
+        for (name, value) in headers {
+            w.beginObject(); w.key("name"); w.string(name); w.key("value"); w.string(value); w.endObject()
+        }
+        w.endArray()
+    }
+
+    static func iso8601(_ ts: Timestamp) -> String {
+        var seconds = time_t(ts.nanoseconds / 1_000_000_000)
+        var parts = tm()
+        gmtime_r(&seconds, &parts)
+        func pad(_ v: Int32, _ width: Int = 2) -> String { String(repeating: "0", count: max(0, width - String(v).count)) + String(v) }
+        let millis = Int32(ts.nanoseconds / 1_000_000 % 1000)
+        return "\(pad(parts.tm_year + 1900, 4))-\(pad(parts.tm_mon + 1))-\(pad(parts.tm_mday))T\(pad(parts.tm_hour)):\(pad(parts.tm_min)):\(pad(parts.tm_sec)).\(pad(millis, 3))Z"
+    }
+
+    private static func makeSpool() -> Int32 {
+        var template = Array("\(ProcessEnvironment.temporaryDirectory)/wstap-har-XXXXXX".utf8CString)
+        let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+        if fd >= 0 { template.withUnsafeBufferPointer { _ = unlink($0.baseAddress!) } }  // gone when closed
+        return fd
+    }
+
+    private static func append(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) {
+        var offset = 0
+        while offset < bytes.count {
+            let n = Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset)
+            if n <= 0 { if errno == EINTR { continue }; return }
+            offset += n
+        }
+    }
+
+    private static func writeAll(_ fd: Int32, _ bytes: [UInt8], at offset: off_t) {
+        bytes.withUnsafeBytes { raw in
+            var done = 0
+            while done < raw.count {
+                let n = pwrite(fd, raw.baseAddress! + done, raw.count - done, offset + off_t(done))
+                if n <= 0 { if errno == EINTR { continue }; return }
+                done += n
+            }
+        }
+    }
+
+    private static func readAll(_ fd: Int32) -> [UInt8] {
+        let size = Int(lseek(fd, 0, SEEK_END))
+        guard size > 0 else { return [] }
+        var bytes = [UInt8](repeating: 0, count: size)
+        let read = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress!, size, 0) }
+        return read == size ? bytes : Array(bytes.prefix(max(0, read)))
+    }
+}
+
+enum ProcessEnvironment {
+    static var temporaryDirectory: String {
+        if let dir = getenv("TMPDIR") { return String(cString: dir) }
+        return "/tmp"
+    }
+}
+
+extension HTTPHead.StartLine {
+    var versionText: String {
+        switch self {
+        case .request(_, _, let version), .response(let version, _, _): version
+        }
+    }
+}
+
+extension JSONWriter {
+    /// A bare comma between two top-level values written by separate writers (HAR message spool).
+    mutating func rawComma() { appendRaw(UInt8(ascii: ",")) }
+}

@@ -1,0 +1,81 @@
+"""--har: a HAR 1.2 log in Chrome's WebSocket format, valid JSON even when wstap is stopped mid-session."""
+import asyncio
+import json
+import signal
+import socket
+
+from websockets.asyncio.client import connect
+
+from conftest import PEERS, PYTHON, messages
+from rawpeers import RawServer, frame, raw_client
+
+REQUIRED_ENTRY = {"startedDateTime", "time", "request", "response", "cache", "timings"}
+
+
+def check_har(path):
+    har = json.loads(path.read_text())
+    assert har["log"]["version"] == "1.2" and har["log"]["creator"]["name"] == "wstap"
+    for entry in har["log"]["entries"]:
+        assert REQUIRED_ENTRY <= set(entry)
+        assert {"method", "url", "httpVersion", "headers", "queryString", "cookies", "headersSize", "bodySize"} <= set(entry["request"])
+        assert {"status", "statusText", "httpVersion", "headers", "cookies", "content", "redirectURL", "headersSize", "bodySize"} <= set(entry["response"])
+    return har["log"]["entries"]
+
+
+def test_har_has_websocket_entries_matching_the_records(wstap, peer, tmp_path):
+    port = peer(PYTHON, str(PEERS / "websockets_echo_server.py"))
+    har = tmp_path / "session.har"
+    proxy = wstap(f"ws://127.0.0.1:{port}", ["--har", str(har)])
+
+    async def run():
+        async with connect(proxy.url + "/h?x=1") as ws:
+            await ws.send("har text ✓")
+            await ws.recv()
+            await ws.send(b"\x00\xffbin")
+            await ws.recv()
+
+    asyncio.run(run())
+    records = proxy.wait_ended()
+    entries = check_har(har)
+    assert len(entries) == 1
+    entry = entries[0]
+    assert entry["_resourceType"] == "websocket"
+    assert entry["request"]["url"] == f"ws://127.0.0.1:{port}/h?x=1" and entry["response"]["status"] == 101
+    got = [(m["type"], m["opcode"], m["data"]) for m in entry["_webSocketMessages"]]
+    recorded = [("send" if m["from"] == "client" else "receive", m["opcode"], m.get("text", m.get("base64", "")))
+                for m in messages(records) if m["opcode"] != 8] + [("send", 8, ""), ("receive", 8, "")]
+    assert got[:4] == recorded[:4] == [("send", 1, "har text ✓"), ("receive", 1, "har text ✓"), ("send", 2, "AP9iaW4="), ("receive", 2, "AP9iaW4=")]
+    assert all(isinstance(m["time"], float) for m in entry["_webSocketMessages"])
+
+
+def test_har_is_valid_after_ctrl_c_with_a_connection_still_open(wstap, tmp_path):
+    server = RawServer()
+    har = tmp_path / "interrupted.har"
+    proxy = wstap(f"ws://127.0.0.1:{server.port}", ["--har", str(har)])
+    sock, _ = raw_client(proxy.port)
+    sock.sendall(frame(1, b"before ctrl-c", mask=b"\1\2\3\4"))
+    proxy.wait_records(lambda r: any(x["type"] == "message" for x in r), "the message")
+    proxy.popen.send_signal(signal.SIGINT)
+    assert proxy.popen.wait(timeout=30) == 0
+    entries = check_har(har)  # valid JSON, with the open connection's messages so far
+    assert [m["data"] for m in entries[0]["_webSocketMessages"]] == ["before ctrl-c"]
+    sock.close()
+
+
+def test_plain_http_exchanges_are_entries_too(wstap, tmp_path):
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    har = tmp_path / "http.har"
+    proxy = wstap(f"ws://127.0.0.1:{port}", ["--har", str(har)])
+    client = socket.create_connection(("127.0.0.1", proxy.port))
+    client.sendall(b"GET /plain?q=2 HTTP/1.1\r\nHost: a\r\n\r\n")
+    conn, _ = listener.accept()
+    conn.recv(4096)
+    conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\nContent-Type: text/plain\r\n\r\nnope")
+    assert client.recv(4096).endswith(b"nope")
+    proxy.wait_records(lambda r: any(x["type"] == "http" for x in r), "the http record")
+    entries = check_har(har)
+    assert entries[0]["request"]["url"] == f"http://127.0.0.1:{port}/plain?q=2"
+    assert entries[0]["response"]["status"] == 404 and "_resourceType" not in entries[0]
+    client.close()
+    conn.close()
