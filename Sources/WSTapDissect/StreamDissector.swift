@@ -30,7 +30,16 @@ public final class StreamDissector {
     var client = DirectionState(direction: .clientToServer)
     var server = DirectionState(direction: .serverToClient)
     /// Requests not answered yet, oldest first (HTTP/1.1 pipelining keeps them in order).
-    private var pendingRequests: [HTTPHead] = []
+    private var pendingRequests: [PendingRequest] = []
+    /// The exchange whose response body is being read; its record is written when the body ends.
+    private var answering: HTTPExchangeRecord?
+    private var answeringStarted = Timestamp(nanoseconds: 0)
+
+    struct PendingRequest {
+        var head: HTTPHead
+        var started: Timestamp
+        var bodyBytes: UInt64 = 0
+    }
     private var deflate: PerMessageDeflate?
     /// An extension we cannot decode was negotiated: RSV bits may be legitimately set.
     private var rsvBitsClaimedByUnknownExtension = false
@@ -64,6 +73,7 @@ public final class StreamDissector {
     /// The connection is gone: report frames and messages it cut short.
     public func finish(at time: Timestamp, into records: inout [TapRecord]) {
         now = time
+        emitAnswered(&records)  // a response body delimited by the connection's end
         for direction in [Direction.clientToServer, .serverToClient] {
             var state = takeState(direction)
             if state.phase == .websocket {
@@ -182,10 +192,17 @@ public final class StreamDissector {
                     state.phase = .opaque
                     continue
                 }
-                state.offset += UInt64(index - before)
+                let consumed = UInt64(index - before)
+                state.offset += consumed
+                if state.direction == .clientToServer {
+                    if !pendingRequests.isEmpty { pendingRequests[pendingRequests.count - 1].bodyBytes += consumed }
+                } else {
+                    answering?.responseBodyBytes += consumed
+                }
                 if state.body?.isDone ?? true {
                     state.body = nil
                     state.phase = .httpHead
+                    if state.direction == .serverToClient { emitAnswered(&records) }
                 }
             case .websocket:
                 processFrames(bytes, index: &index, state: &state, records: &records)
@@ -224,7 +241,7 @@ public final class StreamDissector {
             state.phase = .opaque
             return
         }
-        pendingRequests.append(head)
+        pendingRequests.append(PendingRequest(head: head, started: now))
         if head.isWebSocketUpgradeRequest {
             state.phase = .awaitingUpgradeAnswer
             return
@@ -249,7 +266,8 @@ public final class StreamDissector {
         }
         // Interim responses (100 Continue, 103) leave the request waiting for its final answer.
         if (100..<200).contains(status) && status != 101 { return }
-        let request = pendingRequests.isEmpty ? nil : pendingRequests.removeFirst()
+        let pending = pendingRequests.isEmpty ? nil : pendingRequests.removeFirst()
+        let request = pending?.head
         let wasUpgrade = request?.isWebSocketUpgradeRequest ?? false
 
         if status == 101 && wasUpgrade, let request {
@@ -259,9 +277,13 @@ public final class StreamDissector {
         let httpURL = request.map { url(for: $0) }.map { text in
             text.hasPrefix("wss://") ? "https://" + text.dropFirst(6) : text.hasPrefix("ws://") ? "http://" + text.dropFirst(5) : text
         }
-        records.append(record(.http(HTTPExchangeRecord(url: httpURL, request: request, response: response, wasUpgradeAttempt: wasUpgrade))))
+        // Written when the response body ends, so it can carry sizes and duration.
+        answering = HTTPExchangeRecord(url: httpURL, request: request, response: response, wasUpgradeAttempt: wasUpgrade,
+                                       requestBodyBytes: pending?.bodyBytes ?? 0, responseBodyBytes: 0, durationNanoseconds: 0)
+        answeringStarted = pending?.started ?? now
         if status == 101 {
             // Switched to something that is not WebSocket (h2c, TLS upgrade): nothing more to dissect.
+            emitAnswered(&records)
             serverState.phase = .opaque
             client.phase = .opaque
             return
@@ -279,10 +301,13 @@ public final class StreamDissector {
             if !body.isDone {
                 serverState.body = body
                 serverState.phase = .httpBody
+            } else {
+                emitAnswered(&records)
             }
         } catch {
             diagnose(.malformedHTTP, serverState, offset: offset, "\(error)", &records)
             serverState.phase = .opaque
+            emitAnswered(&records)
         }
     }
 
@@ -341,6 +366,13 @@ public final class StreamDissector {
         }
         replayHeld(&clientState, records: &records)
         putState(clientState)
+    }
+
+    private func emitAnswered(_ records: inout [TapRecord]) {
+        guard var exchange = answering else { return }
+        answering = nil
+        exchange.durationNanoseconds = max(0, now.nanoseconds - answeringStarted.nanoseconds)
+        records.append(record(.http(exchange)))
     }
 
     /// Dissects client bytes that were held while the upgrade answer was pending.

@@ -67,6 +67,10 @@ public struct HTTPExchangeRecord: Sendable {
     public var request: HTTPHead?
     public var response: HTTPHead
     public var wasUpgradeAttempt: Bool
+    public var requestBodyBytes: UInt64
+    public var responseBodyBytes: UInt64
+    /// From the request head to the end of the response body.
+    public var durationNanoseconds: Int64
 }
 
 public struct FrameRecord: Sendable {

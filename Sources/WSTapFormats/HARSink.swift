@@ -59,7 +59,8 @@ public final class HARSink: RecordSink {
         switch record.body {
         case .open(let open):
             var writer = JSONWriter()
-            writeEntryStart(&writer, started: record.timestamp, request: open.request, url: open.url, response: open.response, websocket: true)
+            writeEntryStart(&writer, started: record.timestamp, request: open.request, url: open.url, response: open.response,
+                            websocket: true, sizes: (0, 0), durationNanoseconds: 0)
             writer.key("_webSocketMessages")
             var prefix = writer.bytes
             prefix.append(UInt8(ascii: "["))
@@ -85,7 +86,9 @@ public final class HARSink: RecordSink {
         case .http(let exchange):
             var writer = JSONWriter()
             let url = exchange.url ?? ""
-            writeEntryStart(&writer, started: record.timestamp, request: exchange.request, url: url, response: exchange.response, websocket: false)
+            let started = Timestamp(nanoseconds: record.timestamp.nanoseconds - exchange.durationNanoseconds)
+            writeEntryStart(&writer, started: started, request: exchange.request, url: url, response: exchange.response, websocket: false,
+                            sizes: (exchange.requestBodyBytes, exchange.responseBodyBytes), durationNanoseconds: exchange.durationNanoseconds)
             writer.endObject()
             appendEntry(writer.bytes, &state)
         case .frame, .diagnostic:
@@ -111,10 +114,11 @@ public final class HARSink: RecordSink {
     }
 
     /// The fields HAR 1.2 requires of an entry, up to (not including) Chrome's extensions' values.
-    private func writeEntryStart(_ w: inout JSONWriter, started: Timestamp, request: HTTPHead?, url: String, response: HTTPHead, websocket: Bool) {
+    private func writeEntryStart(_ w: inout JSONWriter, started: Timestamp, request: HTTPHead?, url: String, response: HTTPHead, websocket: Bool,
+                                 sizes: (request: UInt64, response: UInt64), durationNanoseconds: Int64) {
         w.beginObject()
         w.key("startedDateTime"); w.string(Self.iso8601(started))
-        w.key("time"); w.integer(0)
+        w.key("time"); w.number(milliseconds: durationNanoseconds)
         w.key("request"); w.beginObject()
         w.key("method"); w.string(request?.method ?? "GET")
         w.key("url"); w.string(url)
@@ -123,7 +127,7 @@ public final class HARSink: RecordSink {
         w.key("queryString"); w.beginArray(); w.endArray()
         w.key("cookies"); w.beginArray(); w.endArray()
         w.key("headersSize"); w.integer(request?.byteCount ?? -1)
-        w.key("bodySize"); w.integer(0)
+        w.key("bodySize"); w.integer(sizes.request)
         w.endObject()
         w.key("response"); w.beginObject()
         w.key("status"); w.integer(response.status ?? 0)
@@ -131,13 +135,13 @@ public final class HARSink: RecordSink {
         w.key("httpVersion"); w.string(response.startLine.versionText)
         w.key("headers"); Self.headers(response.headers, &w)
         w.key("cookies"); w.beginArray(); w.endArray()
-        w.key("content"); w.beginObject(); w.key("size"); w.integer(0); w.key("mimeType"); w.string(response.value("content-type") ?? ""); w.endObject()
+        w.key("content"); w.beginObject(); w.key("size"); w.integer(sizes.response); w.key("mimeType"); w.string(response.value("content-type") ?? ""); w.endObject()
         w.key("redirectURL"); w.string(response.value("location") ?? "")
         w.key("headersSize"); w.integer(response.byteCount)
-        w.key("bodySize"); w.integer(-1)
+        w.key("bodySize"); w.integer(sizes.response)
         w.endObject()
         w.key("cache"); w.beginObject(); w.endObject()
-        w.key("timings"); w.beginObject(); w.key("send"); w.integer(0); w.key("wait"); w.integer(0); w.key("receive"); w.integer(0); w.endObject()
+        w.key("timings"); w.beginObject(); w.key("send"); w.integer(0); w.key("wait"); w.number(milliseconds: durationNanoseconds); w.key("receive"); w.integer(0); w.endObject()
         if websocket { w.key("_resourceType"); w.string("websocket") }
     }
 

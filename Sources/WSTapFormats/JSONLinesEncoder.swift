@@ -36,6 +36,9 @@ public enum JSONLinesEncoder {
             writer.key("request")
             if let request = exchange.request { encodeHead(request, into: &writer) } else { writer.null() }
             writer.key("response"); encodeHead(exchange.response, into: &writer)
+            writer.key("request_body_bytes"); writer.integer(exchange.requestBodyBytes)
+            writer.key("response_body_bytes"); writer.integer(exchange.responseBodyBytes)
+            writer.key("duration_ms"); writer.number(milliseconds: exchange.durationNanoseconds)
         case .frame(let frame):
             let h = frame.header
             writer.key("from"); writer.string(frame.direction.sender)

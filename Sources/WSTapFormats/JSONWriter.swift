@@ -173,6 +173,16 @@ public struct JSONWriter {
         needsComma = true
     }
 
+    /// Milliseconds with 3 decimals (microsecond resolution), as a JSON number.
+    public mutating func number(milliseconds nanoseconds: Int64) {
+        separator()
+        let clamped = UInt64(max(0, nanoseconds))
+        appendDigits(clamped / 1_000_000)
+        append(UInt8(ascii: "."))
+        appendDigits(clamped % 1_000_000 / 1000, minimumWidth: 3)
+        needsComma = true
+    }
+
     private static let trueBytes: [UInt8] = Array("true".utf8)
     private static let falseBytes: [UInt8] = Array("false".utf8)
     private static let nullBytes: [UInt8] = Array("null".utf8)

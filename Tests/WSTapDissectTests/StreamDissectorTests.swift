@@ -150,3 +150,25 @@ struct SplitMix {
         return z ^ (z >> 31)
     }
 }
+
+@Suite struct HTTPExchangeTests {
+    @Test func exchangesCarrySizesAndDurationAcrossKeepAlive() {
+        let dissector = StreamDissector(connection: 1, info: ConnectionInfo(client: "c", server: "s"))
+        var records: [TapRecord] = []
+        func feed(_ text: String, _ direction: Direction, atMillis: Int64) {
+            dissector.feed(Array(text.utf8), from: direction, at: Timestamp(nanoseconds: atMillis * 1_000_000), into: &records)
+        }
+        feed("POST /upload HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n3\r\nabc\r\n0\r\n\r\n", c2s, atMillis: 1000)
+        feed("HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n", s2c, atMillis: 1010)
+        #expect(records.isEmpty)  // written when the response body ends
+        feed("ok", s2c, atMillis: 1025)
+        feed("GET /again HTTP/1.1\r\nHost: h\r\n\r\n", c2s, atMillis: 2000)
+        feed("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end", s2c, atMillis: 2005)
+        dissector.finish(at: Timestamp(nanoseconds: 2_050_000_000), into: &records)
+        let exchanges = records.compactMap { if case .http(let e) = $0.body { e } else { nil } }
+        #expect(exchanges.map(\.url) == ["http://h/upload", "http://h/again"])
+        #expect(exchanges.map(\.requestBodyBytes) == [23, 0])  // chunked framing bytes included: they are what was sent
+        #expect(exchanges.map(\.responseBodyBytes) == [2, 13])
+        #expect(exchanges.map(\.durationNanoseconds) == [25_000_000, 50_000_000])
+    }
+}
