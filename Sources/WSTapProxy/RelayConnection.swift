@@ -251,7 +251,11 @@ func describe(_ error: Error) -> String {
         }
         return "TLS handshake failed: \(code)"
     }
-    if let tls = error as? BoringSSLError { return "TLS error: \(tls)" }
+    if let tls = error as? BoringSSLError { return "TLS error: \(boringSSLReason(tls))" }
+    if let extra = error as? NIOSSLExtraError, extra == .failedToValidateHostname {
+        // Without SNI (IP-literal upstreams) NIOSSL matches the peer's IP address against the IP SANs.
+        return "TLS: the upstream certificate is not valid for the name or IP address wstap connected to; trust it with --insecure or connect by a name it covers"
+    }
     return "\(error)"
 }
 

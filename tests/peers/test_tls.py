@@ -188,3 +188,22 @@ asyncio.run(main())
     assert result.stdout.strip() == "from the app", result.stderr
     records = proxy.wait_ended()
     assert [m["text"] for m in messages(records, sender="client") if m["opcode"] == 1] == ["from the app"]
+
+
+def test_ip_literal_upstream_must_have_a_matching_ip_san(wstap, peer, tmp_path):
+    """A certificate from a trusted CA that names only a DNS host is refused for an IP-literal upstream."""
+    certs = TEST_CA.parent
+    key, csr, cert, ext = (tmp_path / n for n in ("k.pem", "c.csr", "c.pem", "c.ext"))
+    ext.write_text("subjectAltName=DNS:only-a-name.wstap.test\nextendedKeyUsage=serverAuth\n")
+    subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(key)], check=True)
+    subprocess.run(["openssl", "req", "-new", "-key", str(key), "-subj", "/CN=only-a-name.wstap.test", "-out", str(csr)], check=True)
+    subprocess.run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(certs / "test-ca.pem"), "-CAkey", str(certs / "test-ca-key.pem"),
+                    "-CAcreateserial", "-CAserial", str(tmp_path / "serial"), "-days", "2", "-extfile", str(ext), "-out", str(cert)],
+                   check=True, capture_output=True)
+    port = peer(PYTHON, str(PEERS / "websockets_tls_echo_server.py"), str(cert), str(key))
+    proxy = wstap(f"wss://127.0.0.1:{port}", ["--upstream-ca", str(TEST_CA)])
+    client = socket.create_connection(("127.0.0.1", proxy.port))
+    client.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    response = recv_until_closed(client)
+    assert response.startswith(b"HTTP/1.1 502 Bad Gateway"), response
+    assert b"not valid for the name or IP address" in response  # NIOSSL matches the peer IP against IP SANs
