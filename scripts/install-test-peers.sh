@@ -6,7 +6,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 "$root/scripts/setup.sh"
-apt_needed=(python3 python3-venv nodejs node-ws socat openssl chromium libnss3-tools tshark)
+apt_needed=(python3 python3-venv nodejs node-ws socat openssl chromium libnss3-tools tshark tcpdump)
 missing=()
 for pkg in "${apt_needed[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
 if [ ${#missing[@]} -gt 0 ]; then

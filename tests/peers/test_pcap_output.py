@@ -68,3 +68,31 @@ def test_reverse_mode_pcap_has_both_legs(wstap, peer, tmp_path):
     seen = tshark_texts(pcap, [port, proxy.port])
     assert [t for s, d, t in seen if port in (s, d)] == recorded
     assert [t for s, d, t in seen if proxy.port in (s, d)] == recorded
+
+
+@pytest.mark.skipif(TSHARK is None or shutil.which("tcpdump") is None, reason="tshark and tcpdump come from scripts/install-test-peers.sh")
+def test_keylog_decrypts_a_capture_of_the_real_traffic(wstap, peer, procs, tmp_path):
+    """tcpdump records the real, encrypted loopback traffic; wstap's --keylog lets tshark decrypt both legs."""
+    from conftest import Proc
+    port = start_tls_server(peer)
+    ca, keys, capture = tmp_path / "ca", tmp_path / "keys.log", tmp_path / "real.pcap"
+    proxy = wstap(None, ["--ca-dir", str(ca), "--upstream-ca", str(TEST_CA), "--keylog", str(keys)])
+    # --immediate-mode: otherwise the last packets can still be in the kernel buffer when tcpdump stops.
+    # -Z root: Debian's tcpdump otherwise drops to its own user, which cannot write into the temp dir.
+    dump = Proc(["tcpdump", "-i", "lo", "-U", "--immediate-mode", "-Z", "root", "-w", str(capture), f"tcp port {port} or tcp port {proxy.port}"],
+                stream="stderr")
+    procs.append(dump)
+    dump.wait_for(r"listening on lo")
+    asyncio.run(chat(f"wss://localhost:{port}/real", ssl=client_context(ca / "wstap-ca.pem"), proxy=f"http://127.0.0.1:{proxy.port}"))
+    records = proxy.wait_ended()
+    dump.popen.send_signal(signal.SIGINT)
+    dump.popen.wait(timeout=30)
+
+    out = subprocess.run([TSHARK, "-r", str(capture), "-o", f"tls.keylog_file:{keys}", "-d", f"tcp.port=={port},tls",
+                          "-d", f"tcp.port=={proxy.port},http", "-Y", "websocket.payload.text", "-T", "fields",
+                          "-e", "tcp.srcport", "-e", "tcp.dstport", "-e", "websocket.payload.text"],
+                         capture_output=True, text=True, timeout=120).stdout
+    seen = [line.split("\t") for line in out.splitlines() if line]
+    recorded = [m["text"] for m in messages(records) if m["opcode"] == 1]
+    assert [t for s, d, t in seen if str(port) in (s, d)] == recorded  # wstap <-> server, decrypted
+    assert [t for s, d, t in seen if str(proxy.port) in (s, d)] == recorded  # client <-> wstap, decrypted
