@@ -2,7 +2,7 @@ import WSTapWire
 
 /// Skips an HTTP/1.1 message body (RFC 9112 §6): by Content-Length, by chunked coding, or until the
 /// connection closes. The tap does not keep bodies; it only needs to know where the next head starts.
-struct HTTPBodyFraming: Sendable {
+public struct HTTPBodyFraming: Sendable {
     enum Mode: Sendable, Equatable {
         case length(UInt64)
         case chunkSizeLine
@@ -17,16 +17,16 @@ struct HTTPBodyFraming: Sendable {
     private var lineLength = 0
     private var line: [UInt8] = []
 
-    var isDone: Bool { mode == .done }
+    public var isDone: Bool { mode == .done }
 
     /// Framing of a request body; requests without Content-Length or chunked have none.
-    static func forRequest(_ head: HTTPHead) throws -> HTTPBodyFraming {
+    public static func forRequest(_ head: HTTPHead) throws -> HTTPBodyFraming {
         if head.tokens("transfer-encoding").last == "chunked" { return HTTPBodyFraming(mode: .chunkSizeLine) }
         return HTTPBodyFraming(mode: try contentLength(head).map { $0 == 0 ? .done : .length($0) } ?? .done)
     }
 
     /// Framing of a response body, given the request method it answers (HEAD and 1xx/204/304 have none).
-    static func forResponse(_ head: HTTPHead, requestMethod: String?) throws -> HTTPBodyFraming {
+    public static func forResponse(_ head: HTTPHead, requestMethod: String?) throws -> HTTPBodyFraming {
         let status = head.status ?? 0
         if requestMethod == "HEAD" || (100..<200).contains(status) || status == 204 || status == 304 {
             return HTTPBodyFraming(mode: .done)
@@ -46,7 +46,7 @@ struct HTTPBodyFraming: Sendable {
     private init(mode: Mode) { self.mode = mode }
 
     /// Consumes body bytes from `input` starting at `index`; stops at the end of the body.
-    mutating func consume(_ input: UnsafeRawBufferPointer, index: inout Int) throws {
+    public mutating func consume(_ input: UnsafeRawBufferPointer, index: inout Int) throws {
         while index < input.count {
             switch mode {
             case .done:

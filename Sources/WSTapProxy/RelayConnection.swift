@@ -51,6 +51,16 @@ final class RelayConnection {
                 connect(host: host, port: port, upstreamTLS: upstreamTLS)
             case .startClientTLS(let certificateHost, let replay):
                 startClientTLS(certificateHost: certificateHost, replay: replay)
+            case .switchUpstream(let host, let port, let upstreamTLS):
+                // The old upstream's close must not reach the session as the end of this connection.
+                if let old = upstream {
+                    (try? old.pipeline.syncOperations.handler(type: RelaySideHandler.self))?.detach()
+                    afterWrites(.upstream) { old.close(promise: nil) }
+                }
+                upstream = nil
+                lastWrite[.upstream] = nil
+                heldRead.remove(.upstream)
+                connect(host: host, port: port, upstreamTLS: upstreamTLS)
             }
         }
     }
@@ -139,8 +149,8 @@ final class RelayConnection {
     /// Whether the side's handler may read now: not while the other side cannot take more bytes.
     func mayRead(_ side: RelaySession.Side) -> Bool {
         if side == .client {
-            guard let upstream else { return session.isConnectingOrReadingHead ? session.wantsClientDataWhileConnecting : true }
-            return upstream.isWritable
+            guard let upstream else { return session.wantsClientData }
+            return upstream.isWritable && session.wantsClientData
         }
         return client.isWritable
     }
@@ -176,6 +186,9 @@ final class RelaySideHandler: ChannelDuplexHandler {
         self.side = .client
         self.makeConnection = make
     }
+
+    /// Stops forwarding this channel's events (an upstream replaced by another one).
+    func detach() { connection = nil }
 
     func channelActive(context: ChannelHandlerContext) {
         if connection == nil, let makeConnection { connection = makeConnection(context.channel) }

@@ -43,6 +43,9 @@ public final class RelaySession {
         /// Terminate TLS on the client connection with a certificate for `certificateHost`, feeding it
         /// `replay` (the ClientHello bytes already read) first.
         case startClientTLS(certificateHost: String, replay: ByteBuffer)
+        /// Forward-mode plain HTTP: the next request is for another host. Drop the current upstream
+        /// (its later events must be ignored) and connect to this one; report `upstreamConnected`.
+        case switchUpstream(host: String, port: Int, tls: UpstreamTLS?)
         case send(Side, ByteBuffer)
         /// Half-close: send FIN to that side after what was written.
         case shutdownOutput(Side)
@@ -86,6 +89,10 @@ public final class RelaySession {
     private var clientTLSServerName: String?
     private var upstreamTLS: UpstreamTLS?
     private var scheme = "ws"
+    /// Forward-mode plain HTTP (absolute-form requests): follows exchanges so each goes to its host.
+    private var forwardHTTP: ForwardHTTPTracker?
+    /// Client bytes to pass through `forwardHTTP` once the (new) upstream is connected.
+    private var forwardReplay: (head: ByteBuffer?, rest: ByteBuffer)?
     private var upstreamLabel = ""
     private var clientBytes: UInt64 = 0
     private var serverBytes: UInt64 = 0
@@ -107,7 +114,15 @@ public final class RelaySession {
     }
 
     /// Whether the shell should keep reading from the client before the upstream is connected.
-    public var wantsClientDataWhileConnecting: Bool { pendingToUpstream.reduce(0) { $0 + $1.readableBytes } < 1 << 20 }
+    public var wantsClientDataWhileConnecting: Bool { wantsClientData }
+
+    /// False while more than 1 MiB of client bytes wait inside the session (upstream not connected yet,
+    /// or a forward-mode host switch waiting for the previous host's responses): the shell stops reading.
+    public var wantsClientData: Bool {
+        let held = pendingToUpstream.reduce(0) { $0 + $1.readableBytes } + (forwardReplay?.rest.readableBytes ?? 0)
+            + (forwardHTTP?.heldByteCount ?? 0)
+        return held < 1 << 20
+    }
 
     public var isConnectingOrReadingHead: Bool { phase == .readingHead || phase == .connecting }
 
@@ -135,10 +150,20 @@ public final class RelaySession {
         case .clientTLSHandshake:
             return []  // bytes arrive decrypted once the handshake is done
         case .connecting:
+            if forwardHTTP != nil, let replay = forwardReplay {
+                // Still connecting (first request or a host switch): keep the bytes in order.
+                var rest = replay.rest
+                var copy = buffer
+                rest.writeBuffer(&copy)
+                forwardReplay = (replay.head, rest)
+                clientBytes += UInt64(buffer.readableBytes)
+                return []
+            }
             pendingToUpstream.append(buffer)
             return []
         case .relaying:
             clientBytes += UInt64(buffer.readableBytes)
+            if forwardHTTP != nil { return forwardClientBytes(buffer) }
             return recordThenForward(buffer, .clientToServer)
         case .done:
             return []
@@ -195,12 +220,21 @@ public final class RelaySession {
                         return answerConnectThenProbe(host: host, port: port, rest: rest)
                     }
                 } else if let url = try? UpstreamURL.parse(target) {
-                    (host, port) = (url.host, url.port)
-                    outgoing.startLine = .request(method: method, target: url.path ?? "/", version: head.httpVersion)
-                    outgoing.removeHeader("Proxy-Connection")
+                    // Every request of this connection, this one included, goes through the tracker.
+                    let first = ForwardHTTPTracker.Target(host: url.host, port: url.port,
+                                                          tls: url.scheme == "wss" ? .forHost(url.host) : nil, label: url.description)
+                    forwardHTTP = ForwardHTTPTracker(first: first)
                     upstreamLabel = url.description
                     scheme = url.scheme
-                    if url.scheme == "wss" { upstreamTLS = .forHost(url.host) }
+                    self.upstreamTLS = first.tls
+                    var replay = ByteBuffer(bytes: head.encoded())
+                    var restCopy = rest
+                    replay.writeBuffer(&restCopy)
+                    forwardReplay = (nil, replay)
+                    clientBytes += UInt64(consumed + rest.readableBytes)
+                    startDissector()
+                    phase = .connecting
+                    return [.connect(host: first.host, port: first.port, tls: first.tls)]
                 } else {
                     return refuse(status: 400, reason: "Bad Request",
                                   message: "wstap runs as a forward proxy (no --upstream): send absolute-form requests (GET ws://host:port/path) or CONNECT, or start wstap with --upstream ws://host:port")
@@ -276,6 +310,30 @@ public final class RelaySession {
         return [.connect(host: host, port: port, tls: nil)]
     }
 
+    private func forwardClientBytes(_ buffer: ByteBuffer) -> [Action] {
+        guard forwardHTTP != nil else { return [] }
+        return apply(forwardHTTP!.clientBytes(buffer))
+    }
+
+    private func apply(_ outputs: [ForwardHTTPTracker.Output]) -> [Action] {
+        var actions: [Action] = []
+        for output in outputs {
+            switch output {
+            case .forward(let bytes):
+                actions += recordThenForward(bytes, .clientToServer)
+            case .switchUpstream(let target, let head, let rest):
+                phase = .connecting
+                upstreamLabel = target.label
+                upstreamTLS = target.tls
+                forwardReplay = (head, rest)
+                actions.append(.switchUpstream(host: target.host, port: target.port, tls: target.tls))
+            case .malformed(let problem):
+                return actions + refuse(status: 400, reason: "Bad Request", message: "cannot follow the HTTP stream: \(problem)")
+            }
+        }
+        return actions
+    }
+
     private func clientTLSEstablished() -> [Action] {
         guard phase == .clientTLSHandshake else { return [] }
         phase = .readingHead
@@ -292,6 +350,14 @@ public final class RelaySession {
         phase = .relaying
         server = serverAddress
         dissector?.updateServer(serverAddress)
+        if forwardHTTP != nil, let replay = forwardReplay {
+            forwardReplay = nil
+            var actions: [Action] = []
+            if let head = replay.head { actions += recordThenForward(head, .clientToServer) }
+            actions += forwardClientBytes(replay.rest)
+            if inputClosed.contains(.client) && phase == .relaying { actions.append(.shutdownOutput(.upstream)) }
+            return actions
+        }
         var actions: [Action] = []
         var records = bufferedRecords
         bufferedRecords = []
@@ -340,7 +406,9 @@ public final class RelaySession {
     private func upstreamData(_ buffer: ByteBuffer) -> [Action] {
         guard phase == .relaying else { return [] }
         serverBytes += UInt64(buffer.readableBytes)
-        return recordThenForward(buffer, .serverToClient)
+        var actions = recordThenForward(buffer, .serverToClient)
+        if forwardHTTP != nil { actions += apply(forwardHTTP!.upstreamBytes(buffer)) }
+        return actions
     }
 
     /// Records go out before the bytes they describe: once a peer has seen a byte, its records are

@@ -1,3 +1,4 @@
+import Foundation
 import NIOCore
 import Testing
 import WSTapDissect
@@ -213,5 +214,57 @@ enum TLSHelloBytes {
             Issue.record("expected emit then send, got \(actions)")
             return
         }
+    }
+}
+
+@Suite struct ForwardHTTPTests {
+    func session() -> RelaySession {
+        RelaySession(connection: 9, mode: .forward, clientAddress: "c", proxyAddress: "p", configuration: .init(), clock: { Timestamp(nanoseconds: 1) })
+    }
+
+    @Test func eachRequestGoesToItsOwnHostInOriginForm() {
+        let s = session()
+        let first = s.handle(.clientData(ByteBuffer(string: "GET http://a.test:81/x HTTP/1.1\r\nHost: a.test:81\r\nProxy-Connection: keep-alive\r\n\r\n")))
+        #expect(first.connectTarget == "a.test:81")
+        let sent = s.handle(.upstreamConnected(serverAddress: "10.0.0.1:81"))
+        #expect(String(decoding: sent.sent(to: .upstream), as: UTF8.self) == "GET /x HTTP/1.1\r\nHost: a.test:81\r\n\r\n")
+
+        // A chunked POST to the same host is forwarded as it comes, body untouched.
+        let post = s.handle(.clientData(ByteBuffer(string: "POST http://a.test:81/up HTTP/1.1\r\nHost: a.test:81\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")))
+        #expect(String(decoding: post.sent(to: .upstream), as: UTF8.self) == "POST /up HTTP/1.1\r\nHost: a.test:81\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+
+        // A request for another host waits until a.test has answered both requests.
+        let other = s.handle(.clientData(ByteBuffer(string: "GET http://b.test:82/y HTTP/1.1\r\nHost: b.test:82\r\n\r\n")))
+        #expect(other.sent(to: .upstream).isEmpty && other.connectTarget == nil)
+        let answer1 = s.handle(.upstreamData(ByteBuffer(string: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")))
+        #expect(!answer1.switches)
+        let answer2 = s.handle(.upstreamData(ByteBuffer(string: "HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")))
+        #expect(String(decoding: answer2.sent(to: .client), as: UTF8.self).hasPrefix("HTTP/1.1 201"))
+        #expect(answer2.switchTarget == "b.test:82")
+        let moved = s.handle(.upstreamConnected(serverAddress: "10.0.0.2:82"))
+        #expect(String(decoding: moved.sent(to: .upstream), as: UTF8.self) == "GET /y HTTP/1.1\r\nHost: b.test:82\r\n\r\n")
+        let exchanges = (first + sent + post + answer1 + answer2 + moved).records.filter { if case .http = $0.body { true } else { false } }
+        #expect(exchanges.count == 2)
+    }
+
+    @Test func anUpgradeAfterPlainRequestsBecomesAPipe() {
+        let s = session()
+        _ = s.handle(.clientData(ByteBuffer(string: "GET http://a.test/poll HTTP/1.1\r\nHost: a.test\r\n\r\n")))
+        _ = s.handle(.upstreamConnected(serverAddress: "10.0.0.1:80"))
+        _ = s.handle(.upstreamData(ByteBuffer(string: "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")))
+        let upgrade = s.handle(.clientData(ByteBuffer(string: RelaySessionTests.request.replacingOccurrences(of: "GET /chat?x=1", with: "GET http://a.test/chat?x=1"))))
+        #expect(String(decoding: upgrade.sent(to: .upstream), as: UTF8.self).hasPrefix("GET /chat?x=1 HTTP/1.1"))
+        let opened = s.handle(.upstreamData(ByteBuffer(string: RelaySessionTests.response)))
+        #expect(opened.records.contains { if case .open = $0.body { true } else { false } })
+        let frame = s.handle(.clientData(ByteBuffer(bytes: RelaySessionTests.maskedHello)))
+        #expect(frame.sent(to: .upstream) == RelaySessionTests.maskedHello)
+    }
+}
+
+extension Array where Element == RelaySession.Action {
+    var switches: Bool { contains { if case .switchUpstream = $0 { true } else { false } } }
+    var switchTarget: String? {
+        for case .switchUpstream(let host, let port, _) in self { return "\(host):\(port)" }
+        return nil
     }
 }
