@@ -6,16 +6,8 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 "$root/scripts/setup.sh"
-apt_needed=(python3 python3-venv nodejs node-ws socat openssl chromium libnss3-tools tshark tcpdump)
-missing=()
-for pkg in "${apt_needed[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "peers: installing ${missing[*]}" >&2
-  sudo_cmd=""
-  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+source "$root/scripts/lib/apt.sh"
+ensure_debian_packages peers python3 python3-venv nodejs node-ws socat openssl chromium libnss3-tools tshark tcpdump
 venv="$root/.build/test-venv"
 # Prefer Debian's python3 so the venv works on a machine with nothing else; fall back to PATH.
 python=/usr/bin/python3

@@ -164,22 +164,20 @@ public struct JSONWriter {
     }
 
     /// Seconds since the epoch with 6 decimals, as a JSON number.
-    public mutating func timestamp(nanoseconds: Int64) {
-        separator()
-        let clamped = UInt64(max(0, nanoseconds))
-        appendDigits(clamped / 1_000_000_000)
-        append(UInt8(ascii: "."))
-        appendDigits(clamped % 1_000_000_000 / 1000, minimumWidth: 6)
-        needsComma = true
-    }
+    public mutating func timestamp(nanoseconds: Int64) { fixedPoint(nanoseconds, unit: 1_000_000_000, decimals: 6) }
 
     /// Milliseconds with 3 decimals (microsecond resolution), as a JSON number.
-    public mutating func number(milliseconds nanoseconds: Int64) {
+    public mutating func number(milliseconds nanoseconds: Int64) { fixedPoint(nanoseconds, unit: 1_000_000, decimals: 3) }
+
+    /// `nanoseconds / unit` with `decimals` digits after the point, clamped at 0.
+    private mutating func fixedPoint(_ nanoseconds: Int64, unit: UInt64, decimals: Int) {
         separator()
         let clamped = UInt64(max(0, nanoseconds))
-        appendDigits(clamped / 1_000_000)
+        var scale: UInt64 = 1
+        for _ in 0..<decimals { scale *= 10 }
+        appendDigits(clamped / unit)
         append(UInt8(ascii: "."))
-        appendDigits(clamped % 1_000_000 / 1000, minimumWidth: 3)
+        appendDigits(clamped % unit / (unit / scale), minimumWidth: decimals)
         needsComma = true
     }
 

@@ -12,8 +12,7 @@ struct CACommand: ParsableCommand {
             """
     )
 
-    @Option(name: .long, help: ArgumentHelp("Directory of wstap's CA (default $WSTAP_CA_DIR or ~/.wstap).", valueName: "dir"))
-    var caDir: String?
+    @OptionGroup var ca: CAOptions
 
     @Option(name: .long, help: ArgumentHelp("Write the CA certificate as PEM to this file ('-' for standard output).", valueName: "file"))
     var exportPem: String?
@@ -24,7 +23,7 @@ struct CACommand: ParsableCommand {
     func run() throws {
         let authority: CertificateAuthority
         do {
-            authority = try CertificateAuthority.loadOrCreate(directory: caDir ?? CertificateAuthority.defaultDirectory)
+            authority = try CertificateAuthority.loadOrCreate(directory: ca.directory)
         } catch {
             fail("\(error)")
         }

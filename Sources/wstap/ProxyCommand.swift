@@ -48,8 +48,7 @@ struct ProxyCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Stop inflating a compressed message after this many bytes (decompression bomb guard).", valueName: "bytes"))
     var maxInflate: UInt64 = 64 * 1024 * 1024
 
-    @Option(name: .long, help: ArgumentHelp("Directory of wstap's CA (created on first use; default $WSTAP_CA_DIR or ~/.wstap).", valueName: "dir"))
-    var caDir: String?
+    @OptionGroup var ca: CAOptions
 
     @Flag(name: .long, help: "Reverse mode: clients connect to wstap with TLS (wss://); certificates come from wstap's CA.")
     var listenTLS = false
@@ -144,7 +143,7 @@ struct ProxyCommand: AsyncParsableCommand {
         var authority: CertificateAuthority?
         if intercepting || listenTLS {
             do {
-                authority = try CertificateAuthority.loadOrCreate(directory: caDir ?? CertificateAuthority.defaultDirectory)
+                authority = try CertificateAuthority.loadOrCreate(directory: ca.directory)
             } catch {
                 fail("\(error)")
             }

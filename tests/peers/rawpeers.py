@@ -79,6 +79,14 @@ class RawServer:
     def send(self, data):
         self.sock.sendall(data)
 
+    def wait_received(self, count, timeout=30):
+        """Waits until at least `count` bytes arrived after the handshake (the server has seen them)."""
+        import time
+        deadline = time.monotonic() + timeout
+        while len(self.received) < count:
+            assert time.monotonic() < deadline, f"server got {len(self.received)} of {count} bytes"
+            time.sleep(0.005)  # polling a condition; the assertion is on content
+
     def shutdown_write(self):
         self.sock.shutdown(socket.SHUT_WR)
 

@@ -14,9 +14,12 @@ M = b"\x01\x02\x03\x04"
 
 
 def echo_once(proxy_port, server, text):
+    """The server answers only after it has received the client's frame, as a real echo server does."""
     sock, _ = raw_client(proxy_port)
-    sock.sendall(frame(1, text, mask=M))
+    sent = frame(1, text, mask=M)
+    sock.sendall(sent)
     assert server.connected.wait(30)
+    server.wait_received(len(sent))
     server.send(frame(1, b"echo: " + text))
     got = b""
     while len(got) < 2 + len(b"echo: " + text):

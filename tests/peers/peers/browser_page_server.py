@@ -9,7 +9,9 @@ import json
 import ssl
 from pathlib import Path
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
+
+from aiohttp_echo_server import handler as ws_echo
 
 CERTS = Path(__file__).resolve().parents[3] / "certs" / "test"
 
@@ -35,17 +37,6 @@ async function probe(url) {
   document.title = "done";
 })();
 </script>"""
-
-
-async def ws_echo(request):
-    ws = web.WebSocketResponse()
-    await ws.prepare(request)
-    async for msg in ws:
-        if msg.type == WSMsgType.TEXT:
-            await ws.send_str(msg.data)
-        elif msg.type == WSMsgType.BINARY:
-            await ws.send_bytes(msg.data)
-    return ws
 
 
 async def main():
