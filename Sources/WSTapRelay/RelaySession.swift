@@ -97,7 +97,6 @@ public final class RelaySession {
     private var clientBytes: UInt64 = 0
     private var serverBytes: UInt64 = 0
     private var inputClosed: Set<Side> = []
-    private var closedSides: Set<Side> = []
     private var firstEnd: (side: Side, how: String)?
     private var ended = false
 
@@ -113,9 +112,6 @@ public final class RelaySession {
         self.clock = clock
     }
 
-    /// Whether the shell should keep reading from the client before the upstream is connected.
-    public var wantsClientDataWhileConnecting: Bool { wantsClientData }
-
     /// False while more than 1 MiB of client bytes wait inside the session (upstream not connected yet,
     /// or a forward-mode host switch waiting for the previous host's responses): the shell stops reading.
     public var wantsClientData: Bool {
@@ -123,8 +119,6 @@ public final class RelaySession {
             + (forwardHTTP?.heldByteCount ?? 0)
         return held < 1 << 20
     }
-
-    public var isConnectingOrReadingHead: Bool { phase == .readingHead || phase == .connecting }
 
     public func handle(_ event: Event) -> [Action] {
         switch event {
@@ -438,7 +432,6 @@ public final class RelaySession {
     }
 
     private func sideClosed(_ side: Side) -> [Action] {
-        closedSides.insert(side)
         noteEnd(side, how: "closed")
         if side == .upstream && phase == .connecting { return [] }
         return [.close(side == .client ? .upstream : .client)] + finish(reason: nil)
