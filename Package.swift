@@ -19,12 +19,14 @@ let package = Package(
     ],
     targets: [
         .systemLibrary(name: "CZlib", providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "CPcap", providers: [.apt(["libpcap-dev"])]),
         .target(
             name: "WSTapWire",
             dependencies: ["CZlib", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .target(name: "WSTapDissect", dependencies: ["WSTapWire"]),
         .target(name: "WSTapRelay", dependencies: ["WSTapDissect"]),
+        .target(name: "WSTapCapture", dependencies: ["WSTapDissect", "CPcap"]),
         .target(name: "WSTapFormats", dependencies: ["WSTapDissect"]),
         .target(
             name: "WSTapProxy",
@@ -44,7 +46,7 @@ let package = Package(
         .executableTarget(
             name: "wstap",
             dependencies: [
-                "WSTapProxy", "WSTapFormats",
+                "WSTapProxy", "WSTapFormats", "WSTapCapture",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -52,5 +54,6 @@ let package = Package(
         .testTarget(name: "WSTapDissectTests", dependencies: ["WSTapDissect", "WSTapFormats"]),
         .testTarget(name: "WSTapRelayTests", dependencies: ["WSTapRelay"]),
         .testTarget(name: "WSTapProxyTests", dependencies: ["WSTapProxy"]),
+        .testTarget(name: "WSTapCaptureTests", dependencies: ["WSTapCapture", "WSTapFormats"]),
     ]
 )

@@ -3,4 +3,4 @@
 # it only calls apt-get when something is missing.
 set -euo pipefail
 source "$(dirname "$0")/lib/apt.sh"
-ensure_debian_packages setup zlib1g-dev
+ensure_debian_packages setup zlib1g-dev libpcap-dev

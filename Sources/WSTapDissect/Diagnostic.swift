@@ -39,13 +39,15 @@ public enum DiagnosticCode: String, CaseIterable, Sendable {
     case upgradeRefused = "upgrade-refused"
     case malformedHTTP = "malformed-http"
     case pipelinedBytesDropped = "pipelined-bytes-dropped"
+    // captures
+    case resynchronised = "resynchronised"
     // end of stream
     case truncatedFrame = "truncated-frame"
     case truncatedMessage = "truncated-message"
 
     public var severity: Severity {
         switch self {
-        case .upgradeRefused, .unsupportedExtension: .info
+        case .upgradeRefused, .unsupportedExtension, .resynchronised: .info
         case .nonMinimalLength, .frameAfterClose, .inflateLimitExceeded, .truncatedFrame, .truncatedMessage,
             .pipelinedBytesDropped:
             .warning
@@ -83,6 +85,7 @@ public enum DiagnosticCode: String, CaseIterable, Sendable {
         case .upgradeRefused: "server answered the upgrade with a status other than 101"
         case .malformedHTTP: "HTTP head or body framing could not be parsed; rest of direction not dissected"
         case .pipelinedBytesDropped: "too many bytes sent before the upgrade answer; they were relayed but not dissected"
+        case .resynchronised: "after a capture gap, bytes were skipped up to the next plausible frame header"
         case .truncatedFrame: "connection ended inside a frame"
         case .truncatedMessage: "connection ended inside a fragmented message"
         }

@@ -70,6 +70,40 @@ public final class StreamDissector {
         bytes.withUnsafeBytes { feed($0, from: direction, at: time, into: &records) }
     }
 
+    /// `bytes` of `direction` are missing (a capture lost them). Records a gap, reports what it cut
+    /// short, and resynchronises on the next plausible frame header.
+    public func gap(_ direction: Direction, bytes: UInt64, at time: Timestamp, into records: inout [TapRecord]) {
+        now = time
+        var state = takeState(direction)
+        records.append(record(.gap(GapRecord(direction: direction, bytes: bytes, offset: state.offset))))
+        state.offset += bytes
+        switch state.phase {
+        case .websocket:
+            if var message = state.fragmented {
+                message.incomplete = true
+                emitMessage(&message, state: &state, records: &records)
+                state.fragmented = nil
+            }
+            if var message = state.single, state.parser.isInsideFrame {
+                message.incomplete = true
+                emitMessage(&message, state: &state, records: &records)
+            }
+            state.single = nil
+            state.parser = FrameParser()
+            state.target = .discard
+            state.lastHeader = nil
+            // Whatever the sender compressed next may refer to what was lost; start from an empty window.
+            state.inflater?.reset()
+            state.resyncing = true
+        case .opaque:
+            break
+        default:
+            // HTTP framing cannot be trusted across a hole.
+            state.phase = .opaque
+        }
+        putState(state)
+    }
+
     /// The connection is gone: report frames and messages it cut short.
     public func finish(at time: Timestamp, into records: inout [TapRecord]) {
         now = time
@@ -122,6 +156,8 @@ public final class StreamDissector {
         var sentClose = false
         /// Header of the frame being read (the parser forgets it before `.frameEnd`).
         var lastHeader: FrameHeader?
+        /// After a gap: skip bytes until one looks like the start of a frame.
+        var resyncing = false
 
         init(direction: Direction) { self.direction = direction }
     }
@@ -403,6 +439,21 @@ public final class StreamDissector {
     // MARK: - Frames
 
     private func processFrames(_ bytes: UnsafeRawBufferPointer, index: inout Int, state: inout DirectionState, records: inout [TapRecord]) {
+        if state.resyncing {
+            let start = index
+            while index + 1 < bytes.count && !plausibleHeader(bytes[index], bytes[index + 1], state.direction) { index += 1 }
+            if index + 1 >= bytes.count { index = bytes.count }  // nothing plausible in this piece
+            let skipped = index - start
+            state.offset += UInt64(skipped)
+            if index < bytes.count {
+                state.resyncing = false
+                if skipped > 0 {
+                    diagnose(.resynchronised, state, offset: state.offset, "skipped \(skipped) bytes after a gap to the next plausible frame header", &records)
+                }
+            } else {
+                return
+            }
+        }
         while true {
             let before = index
             guard let event = state.parser.next(bytes, index: &index) else {
@@ -486,6 +537,17 @@ public final class StreamDissector {
         case .fragmented: state.fragmented!.frames += 1; state.fragmented!.wireLength += h.payloadLength
         case .discard: break
         }
+    }
+
+    /// A frame header that could start here: a defined opcode, no RSV bits an extension does not allow,
+    /// the mask bit this direction must use, and control frames unfragmented and short.
+    private func plausibleHeader(_ first: UInt8, _ second: UInt8, _ direction: Direction) -> Bool {
+        let opcode = Opcode(rawValue: first & 0x0F)
+        guard !opcode.isReserved, first & 0x30 == 0 else { return false }
+        if first & 0x40 != 0 && (deflate == nil || opcode.isControl || opcode == .continuation) { return false }
+        guard (second & 0x80 != 0) == (direction == .clientToServer) else { return false }
+        if opcode.isControl { return first & 0x80 != 0 && second & 0x7F <= 125 }
+        return true
     }
 
     private func newDataMessage(_ opcode: Opcode, rsv1: Bool, offset: UInt64) -> MessageAssembly {

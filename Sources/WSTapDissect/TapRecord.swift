@@ -139,8 +139,17 @@ public struct EndRecord: Sendable {
     }
 }
 
+/// Bytes of one direction that a capture does not have (lost packets, snap length).
+public struct GapRecord: Sendable {
+    public var direction: Direction
+    public var bytes: UInt64
+    /// Stream offset where the missing bytes start.
+    public var offset: UInt64
+}
+
 public struct TapRecord: Sendable {
     public enum Body: Sendable {
+        case gap(GapRecord)
         case open(OpenRecord)
         case http(HTTPExchangeRecord)
         case frame(FrameRecord)

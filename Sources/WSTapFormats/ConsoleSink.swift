@@ -68,6 +68,8 @@ public final class ConsoleSink: RecordSink {
             let colour = d.severity == .error ? 31 : d.severity == .warning ? 33 : 34
             let from = d.direction.map { arrow($0) } ?? " "
             return "\(prefix) \(from) \(paint("\(d.severity.rawValue) \(d.code.rawValue)", colour)) @\(d.offset): \(d.detail)"
+        case .gap(let gap):
+            return "\(prefix) \(arrow(gap.direction)) \(paint("gap", 33)) \(gap.bytes) bytes missing from the capture @\(gap.offset)"
         case .end(let end):
             return "\(prefix) \(paint("end", 32)) \(end.reason)  client sent \(Self.bytes(end.clientBytes)), server sent \(Self.bytes(end.serverBytes))"
         }

@@ -91,7 +91,7 @@ public final class HARSink: RecordSink {
                             sizes: (exchange.requestBodyBytes, exchange.responseBodyBytes), durationNanoseconds: exchange.durationNanoseconds)
             writer.endObject()
             appendEntry(writer.bytes, &state)
-        case .frame, .diagnostic:
+        case .frame, .diagnostic, .gap:
             break
         }
     }

@@ -16,6 +16,7 @@ public enum JSONLinesEncoder {
         case .message: writer.string("message")
         case .diagnostic: writer.string("diagnostic")
         case .end: writer.string("end")
+        case .gap: writer.string("gap")
         }
         writer.key("conn"); writer.integer(record.connection)
         writer.key("ts"); writer.timestamp(nanoseconds: record.timestamp.nanoseconds)
@@ -80,6 +81,10 @@ public enum JSONLinesEncoder {
             writer.key("from"); writer.stringOrNull(diagnostic.direction?.sender)
             writer.key("offset"); writer.integer(diagnostic.offset)
             writer.key("detail"); writer.string(diagnostic.detail)
+        case .gap(let gap):
+            writer.key("from"); writer.string(gap.direction.sender)
+            writer.key("bytes"); writer.integer(gap.bytes)
+            writer.key("offset"); writer.integer(gap.offset)
         case .end(let end):
             writer.key("reason"); writer.string(end.reason)
             writer.key("closed_by"); writer.stringOrNull(end.closedBy)
