@@ -10,7 +10,10 @@ public final class CaptureSession {
     private let reassembler = TCPReassembler()
     private var dissectors: [UInt64: StreamDissector] = [:]
     private var connections: [UInt64: TCPReassembler.Connection] = [:]
-    private var undecided: Set<UInt64> = []
+    /// Connections whose client has not yet sent enough bytes to tell whether it speaks HTTP; what
+    /// arrived meanwhile is held (at most `decisionBytes` from the client, a little from the server).
+    private var undecided: [UInt64: [(Direction, [UInt8], Timestamp)]] = [:]
+    private static let decisionBytes = 8
     private var bytes: [UInt64: (client: UInt64, server: UInt64)] = [:]
     private var events: [TCPReassembler.Event] = []
     public private(set) var packets = 0
@@ -40,20 +43,28 @@ public final class CaptureSession {
             switch event {
             case .opened(let connection, _):
                 connections[connection.id] = connection
-                undecided.insert(connection.id)
+                undecided[connection.id] = []
                 bytes[connection.id] = (0, 0)
             case .data(let id, let direction, let data, let time):
-                if undecided.contains(id) {
-                    // Decide on the client's first bytes: an HTTP request, or nothing to dissect.
-                    guard direction == .clientToServer else { continue }
-                    undecided.remove(id)
-                    guard Self.looksLikeHTTPRequest(data), let connection = connections[id] else { continue }
-                    dissectors[id] = StreamDissector(connection: id, info: ConnectionInfo(client: connection.client.description, server: connection.server.description),
-                                                     configuration: configuration)
+                if var held = undecided[id] {
+                    held.append((direction, data, time))
+                    let clientBytes = held.filter { $0.0 == .clientToServer }.flatMap(\.1)
+                    switch Self.httpRequestVerdict(clientBytes) {
+                    case nil where held.count < 64:
+                        undecided[id] = held  // not enough yet
+                        continue
+                    case true?:
+                        undecided[id] = nil
+                        guard let connection = connections[id] else { continue }
+                        dissectors[id] = StreamDissector(connection: id, info: ConnectionInfo(client: connection.client.description, server: connection.server.description),
+                                                         configuration: configuration)
+                        for (d, bytes, t) in held { feed(id, d, bytes, t, into: &records) }
+                    default:
+                        undecided[id] = nil  // not HTTP: nothing to dissect on this connection
+                    }
+                    continue
                 }
-                guard let dissector = dissectors[id] else { continue }
-                if direction == .clientToServer { bytes[id]!.client += UInt64(data.count) } else { bytes[id]!.server += UInt64(data.count) }
-                dissector.feed(data, from: direction, at: time, into: &records)
+                feed(id, direction, data, time, into: &records)
             case .gap(let id, let direction, let count, let time):
                 dissectors[id]?.gap(direction, bytes: count, at: time, into: &records)
             case .truncated:
@@ -67,14 +78,24 @@ public final class CaptureSession {
                         reason: reason, closedBy: closedBy, clientBytes: counts.client, serverBytes: counts.server))))
                 }
                 connections[id] = nil
-                undecided.remove(id)
+                undecided[id] = nil
                 bytes[id] = nil
             }
         }
     }
 
-    static func looksLikeHTTPRequest(_ data: [UInt8]) -> Bool {
-        let text = String(decoding: data.prefix(8), as: UTF8.self)
-        return ["GET ", "POST ", "PUT ", "HEAD ", "OPTIONS ", "DELETE ", "PATCH "].contains(where: text.hasPrefix)
+    private func feed(_ id: UInt64, _ direction: Direction, _ data: [UInt8], _ time: Timestamp, into records: inout [TapRecord]) {
+        guard let dissector = dissectors[id] else { return }
+        if direction == .clientToServer { bytes[id]!.client += UInt64(data.count) } else { bytes[id]!.server += UInt64(data.count) }
+        dissector.feed(data, from: direction, at: time, into: &records)
+    }
+
+    private static let methods = ["GET ", "POST ", "PUT ", "HEAD ", "OPTIONS ", "DELETE ", "PATCH "].map { Array($0.utf8) }
+
+    /// true: starts with an HTTP method; false: cannot; nil: too few bytes to tell.
+    static func httpRequestVerdict(_ data: [UInt8]) -> Bool? {
+        if methods.contains(where: { data.starts(with: $0) }) { return true }
+        if methods.contains(where: { $0.starts(with: data.prefix($0.count)) && data.count < $0.count }) { return nil }
+        return false
     }
 }
