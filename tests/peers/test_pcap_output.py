@@ -96,3 +96,23 @@ def test_keylog_decrypts_a_capture_of_the_real_traffic(wstap, peer, procs, tmp_p
     recorded = [m["text"] for m in messages(records) if m["opcode"] == 1]
     assert [t for s, d, t in seen if str(port) in (s, d)] == recorded  # wstap <-> server, decrypted
     assert [t for s, d, t in seen if str(proxy.port) in (s, d)] == recorded  # client <-> wstap, decrypted
+
+
+def test_decrypted_pcap_reads_back_into_the_same_records(wstap, peer, tmp_path):
+    """wstap's own --pcap output (BSD loopback link type) through `wstap read`: same messages as live."""
+    import json
+    from conftest import WSTAP
+    port = start_tls_server(peer)
+    ca, pcap, offline_jsonl = tmp_path / "ca", tmp_path / "decrypted.pcap", tmp_path / "offline.jsonl"
+    proxy = wstap(None, ["--ca-dir", str(ca), "--upstream-ca", str(TEST_CA), "--pcap", str(pcap)])
+    asyncio.run(chat(f"wss://localhost:{port}/back", ssl=client_context(ca / "wstap-ca.pem"), proxy=f"http://127.0.0.1:{proxy.port}"))
+    live = proxy.wait_ended()
+    stop_cleanly(proxy)
+    result = subprocess.run([WSTAP, "read", str(pcap), "--jsonl", str(offline_jsonl), "-q"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    offline = [json.loads(line) for line in offline_jsonl.read_text().splitlines()]
+    live_texts = [(m["from"], m["text"]) for m in messages(live) if m["opcode"] == 1]
+    legs = {r["conn"] for r in offline if r["type"] == "open"}
+    assert len(legs) == 2  # the client leg and the upstream leg
+    for conn in legs:
+        assert [(m["from"], m["text"]) for m in messages(offline, conn=conn) if m["opcode"] == 1] == live_texts
