@@ -33,17 +33,7 @@ struct ProxyCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Relay every connection to this WebSocket server (ws://host[:port][/path]).", valueName: "url"))
     var upstream: String?
 
-    @Option(name: .long, help: ArgumentHelp("Write JSON Lines records to this file ('-' for standard output).", valueName: "path"))
-    var jsonl: String?
-
-    @Flag(name: .shortAndLong, help: "Also print one line per frame (FIN, RSV, opcode, mask, length encoding).")
-    var verbose = false
-
-    @Flag(name: .shortAndLong, help: "Print nothing on the console (records still go to --jsonl).")
-    var quiet = false
-
-    @Option(name: .long, help: ArgumentHelp("Bytes of each message payload kept in records; longer ones are marked truncated.", valueName: "bytes"))
-    var maxPayload: Int = 64 * 1024
+    @OptionGroup var output: OutputOptions
 
     @Option(name: .long, help: ArgumentHelp("Stop inflating a compressed message after this many bytes (decompression bomb guard).", valueName: "bytes"))
     var maxInflate: UInt64 = 64 * 1024 * 1024
@@ -97,8 +87,6 @@ struct ProxyCommand: AsyncParsableCommand {
     func validate() throws {
         _ = try parsedListen
         _ = try parsedUpstream
-        if maxPayload < 0 { throw ValidationError("--max-payload must be 0 or more bytes.") }
-        if verbose && quiet { throw ValidationError("-v and -q contradict each other: choose one.") }
         if listenTLS && upstream == nil { throw ValidationError("--listen-tls is for reverse mode: give --upstream too.") }
         if let upstreamCA, access(upstreamCA, R_OK) != 0 {
             throw ValidationError("--upstream-ca '\(upstreamCA)' cannot be read. Give a readable PEM file of CA certificates.")
@@ -108,17 +96,10 @@ struct ProxyCommand: AsyncParsableCommand {
     func run() async throws {
         let (host, port) = try parsedListen
         var dissector = StreamDissector.Configuration()
-        dissector.payloadCap = maxPayload
+        dissector.payloadCap = output.maxPayload
         dissector.maxInflatedMessage = maxInflate
 
-        var sinks: [any RecordSink] = []
-        if let jsonl {
-            do {
-                sinks.append(JSONLinesSink(output: try OutputFile.open(path: jsonl)))
-            } catch {
-                fail("--jsonl: \(error). Check that the directory exists and is writable.")
-            }
-        }
+        var sinks = output.makeSinks()
         var harSink: HARSink?
         if let har {
             do {
@@ -128,13 +109,6 @@ struct ProxyCommand: AsyncParsableCommand {
                 fail("--har: \(error). Check that the directory exists and is writable.")
             }
         }
-        // When JSON Lines go to stdout, the console moves to stderr so the two never mix.
-        let console = jsonl == "-" ? OutputFile.standardError : OutputFile.standardOutput
-        if !quiet {
-            let color = ConsoleSink.wantsColor(console, environment: environment())
-            sinks.append(ConsoleSink(output: console, options: .init(verbose: verbose, color: color)))
-        }
-
         let upstreamURL = try parsedUpstream
         let mode: RelaySession.Mode = upstreamURL.map { .reverse($0) } ?? .forward
         var configuration = ProxyConfiguration(listenHost: host, listenPort: port, mode: mode, dissector: dissector, sink: FanoutSink(sinks))
@@ -179,7 +153,7 @@ struct ProxyCommand: AsyncParsableCommand {
         case .reverse(let url): target = "relaying to \(url)"
         case .forward: target = "forward proxy mode (set it as the client's HTTP proxy)"
         }
-        var banner = "wstap listening on \(server.localAddress)\(listenTLS ? " (TLS)" : ""), \(target)" + (jsonl.map { ", records to \($0)" } ?? "") + "\n"
+        var banner = "wstap listening on \(server.localAddress)\(listenTLS ? " (TLS)" : ""), \(target)" + (output.jsonl.map { ", records to \($0)" } ?? "") + "\n"
         if let authority, intercepting {
             banner += "wstap: intercepting TLS with the CA in \(authority.directory); clients must trust \(authority.certificatePath) (see certs/README.md)\n"
         }
