@@ -7,6 +7,12 @@ import WSTapDissect
 /// a busy capture yields records only for HTTP and WebSocket traffic.
 public final class CaptureSession {
     public let configuration: StreamDissector.Configuration
+    /// Ports whose connections are WebSocket from their first captured byte (`--decode-as`).
+    public var decodeAsPorts: Set<UInt16> = []
+    /// Also treat a connection as WebSocket when its first bytes are a plausible frame (not HTTP, not TLS).
+    public var heuristic = true
+    /// Connections whose client and server the reassembler guessed the wrong way round.
+    private var swapped: Set<UInt64> = []
     private let reassembler = TCPReassembler()
     private var dissectors: [UInt64: StreamDissector] = [:]
     private var connections: [UInt64: TCPReassembler.Connection] = [:]
@@ -43,8 +49,14 @@ public final class CaptureSession {
             switch event {
             case .opened(let connection, _):
                 connections[connection.id] = connection
-                undecided[connection.id] = []
                 bytes[connection.id] = (0, 0)
+                if let port = [connection.server.port, connection.client.port].first(where: decodeAsPorts.contains) {
+                    // The decode-as port is the server's.
+                    startMidstream(connection, clientIsReally: connection.client.port == port ? connection.server : connection.client,
+                                   discovery: "decode-as port \(port)")
+                } else {
+                    undecided[connection.id] = []
+                }
             case .data(let id, let direction, let data, let time):
                 if var held = undecided[id] {
                     held.append((direction, data, time))
@@ -60,13 +72,21 @@ public final class CaptureSession {
                                                          configuration: configuration)
                         for (d, bytes, t) in held { feed(id, d, bytes, t, into: &records) }
                     default:
-                        undecided[id] = nil  // not HTTP: nothing to dissect on this connection
+                        undecided[id] = nil
+                        // Not HTTP. A capture that began after the upgrade still shows frames.
+                        guard heuristic, let connection = connections[id], let (d, first, _) = held.first,
+                              let masked = Self.plausibleFrameStart(first) else { continue }
+                        // Only clients mask (RFC 6455 §5.1): the masked side is the client.
+                        let sender = d == .clientToServer ? connection.client : connection.server
+                        let receiver = d == .clientToServer ? connection.server : connection.client
+                        startMidstream(connection, clientIsReally: masked ? sender : receiver, discovery: "heuristic")
+                        for (d, bytes, t) in held { feed(id, d, bytes, t, into: &records) }
                     }
                     continue
                 }
                 feed(id, direction, data, time, into: &records)
             case .gap(let id, let direction, let count, let time):
-                dissectors[id]?.gap(direction, bytes: count, at: time, into: &records)
+                dissectors[id]?.gap(swapped.contains(id) ? direction.opposite : direction, bytes: count, at: time, into: &records)
             case .truncated:
                 break  // reported as the gap that follows
             case .closed(let id, let reason, let time):
@@ -80,11 +100,40 @@ public final class CaptureSession {
                 connections[id] = nil
                 undecided[id] = nil
                 bytes[id] = nil
+                swapped.remove(id)
             }
         }
     }
 
+    private func startMidstream(_ connection: TCPReassembler.Connection, clientIsReally client: Endpoint, discovery: String) {
+        let server = client == connection.client ? connection.server : connection.client
+        if client != connection.client { swapped.insert(connection.id) }
+        dissectors[connection.id] = StreamDissector(connection: connection.id, info: ConnectionInfo(client: client.description, server: server.description),
+                                                    configuration: configuration, midstream: discovery)
+    }
+
+    /// Whether `data` starts with a frame header a WebSocket peer could send mid-session: a defined
+    /// opcode, RSV2/RSV3 clear (RSV1 may be permessage-deflate), short unfragmented control frames, and
+    /// the frame fitting in what is there or at least its header. Returns the mask bit, or nil.
+    /// TLS records (0x16 0x03) and HTTP text never pass: their second byte fails the checks below.
+    static func plausibleFrameStart(_ data: [UInt8]) -> Bool? {
+        guard data.count >= 2 else { return nil }
+        let first = data[0], second = data[1]
+        let opcode = first & 0x0F
+        guard [0, 1, 2, 8, 9, 10].contains(opcode), first & 0x30 == 0 else { return nil }
+        if first == 0x16 && second == 0x03 { return nil }
+        let masked = second & 0x80 != 0
+        let length7 = Int(second & 0x7F)
+        if opcode >= 8 && (first & 0x80 == 0 || length7 > 125 || first & 0x40 != 0) { return nil }
+        // A short frame (7-bit length) fits in one segment: text that happens to pass the bit checks
+        // usually claims more bytes than the segment has.
+        let header = 2 + (length7 == 126 ? 2 : length7 == 127 ? 8 : 0) + (masked ? 4 : 0)
+        if length7 < 126 && data.count < header + length7 { return nil }
+        return masked
+    }
+
     private func feed(_ id: UInt64, _ direction: Direction, _ data: [UInt8], _ time: Timestamp, into records: inout [TapRecord]) {
+        let direction = swapped.contains(id) ? direction.opposite : direction
         guard let dissector = dissectors[id] else { return }
         if direction == .clientToServer { bytes[id]!.client += UInt64(data.count) } else { bytes[id]!.server += UInt64(data.count) }
         dissector.feed(data, from: direction, at: time, into: &records)

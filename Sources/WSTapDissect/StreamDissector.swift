@@ -54,6 +54,23 @@ public final class StreamDissector {
         self.configuration = configuration
     }
 
+    /// For captures that start after the upgrade: both directions are WebSocket from their first byte
+    /// (resynchronising on the first plausible header), and RSV1 is taken as permessage-deflate with
+    /// unknown parameters. `discovery` says why the connection is believed to be WebSocket.
+    public convenience init(connection: UInt64, info: ConnectionInfo, configuration: Configuration = Configuration(), midstream discovery: String) {
+        self.init(connection: connection, info: info, configuration: configuration)
+        midstreamDiscovery = discovery
+        isWebSocket = true
+        client.phase = .websocket
+        server.phase = .websocket
+        client.resyncing = true
+        server.resyncing = true
+    }
+
+    /// Set for mid-stream sessions; the `open` record is written with the first bytes.
+    private var midstreamDiscovery: String?
+    private var midstreamOpened = false
+
     /// The shell learns the server's address only once connected; records after that carry it.
     public func updateServer(_ address: String) { info.server = address }
 
@@ -61,6 +78,13 @@ public final class StreamDissector {
 
     public func feed(_ bytes: UnsafeRawBufferPointer, from direction: Direction, at time: Timestamp, into records: inout [TapRecord]) {
         now = time
+        if let discovery = midstreamDiscovery, !midstreamOpened {
+            midstreamOpened = true
+            var open = OpenRecord(client: info.client, server: info.server, url: "\(info.scheme)://\(info.server)/", request: nil, response: nil,
+                                  subprotocol: nil, extensions: nil, clientTLS: info.clientTLS, upstreamTLS: info.upstreamTLS)
+            open.discovery = discovery
+            records.append(record(.open(open)))
+        }
         var state = takeState(direction)
         process(bytes, state: &state, records: &records)
         putState(state)
@@ -480,7 +504,7 @@ public final class StreamDissector {
             records.append(record(.frame(FrameRecord(direction: state.direction, header: h, offset: at))))
         }
         if !rsvBitsClaimedByUnknownExtension {
-            if h.rsv1 && deflate == nil { diagnose(.rsvWithoutExtension, state, offset: at, "RSV1 set, no extension negotiated", &records) }
+            if h.rsv1 && deflate == nil && midstreamDiscovery == nil { diagnose(.rsvWithoutExtension, state, offset: at, "RSV1 set, no extension negotiated", &records) }
             if h.rsv2 { diagnose(.rsvWithoutExtension, state, offset: at, "RSV2 set", &records) }
             if h.rsv3 { diagnose(.rsvWithoutExtension, state, offset: at, "RSV3 set", &records) }
         }
@@ -494,7 +518,9 @@ public final class StreamDissector {
         }
         if state.sentClose { diagnose(.frameAfterClose, state, offset: at, "\(h.opcode) frame after close", &records) }
 
-        let compressedAllowed = deflate != nil
+        // Mid-stream the negotiation was not captured: RSV1 on a data frame is taken as permessage-deflate.
+        let compressedAllowed = deflate != nil || midstreamDiscovery != nil
+        if compressedAllowed && h.rsv1 && state.inflater == nil { state.inflater = Inflater() }
         if h.opcode.isControl {
             if !h.fin { diagnose(.fragmentedControlFrame, state, offset: at, "\(h.opcode) with FIN=0", &records) }
             if h.payloadLength > 125 { diagnose(.controlFrameTooLong, state, offset: at, "\(h.opcode) of \(h.payloadLength) bytes", &records) }
@@ -544,7 +570,8 @@ public final class StreamDissector {
     private func plausibleHeader(_ first: UInt8, _ second: UInt8, _ direction: Direction) -> Bool {
         let opcode = Opcode(rawValue: first & 0x0F)
         guard !opcode.isReserved, first & 0x30 == 0 else { return false }
-        if first & 0x40 != 0 && (deflate == nil || opcode.isControl || opcode == .continuation) { return false }
+        let deflatePossible = deflate != nil || midstreamDiscovery != nil
+        if first & 0x40 != 0 && (!deflatePossible || opcode.isControl || opcode == .continuation) { return false }
         guard (second & 0x80 != 0) == (direction == .clientToServer) else { return false }
         if opcode.isControl { return first & 0x80 != 0 && second & 0x7F <= 125 }
         return true

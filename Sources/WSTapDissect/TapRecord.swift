@@ -51,13 +51,16 @@ public struct OpenRecord: Sendable {
     public var client: String
     public var server: String
     public var url: String
-    public var request: HTTPHead
-    public var response: HTTPHead
+    /// The upgrade; nil when the capture started after it (then `discovery` says how it was found).
+    public var request: HTTPHead?
+    public var response: HTTPHead?
     public var subprotocol: String?
     /// The negotiated Sec-WebSocket-Extensions value, or nil when none was accepted.
     public var extensions: String?
     public var clientTLS: TLSLegInfo?
     public var upstreamTLS: TLSLegInfo?
+    /// "handshake", or for captures that start after the upgrade: "decode-as port N" or "heuristic".
+    public var discovery: String = "handshake"
 }
 
 /// A non-upgrade HTTP exchange, or an upgrade the server refused.

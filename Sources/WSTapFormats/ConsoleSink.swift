@@ -45,6 +45,7 @@ public final class ConsoleSink: RecordSink {
             var line = "\(prefix) \(paint("open", 32)) \(open.url)  \(open.client) ⇄ \(open.server)"
             if let proto = open.subprotocol { line += "  protocol=\(proto)" }
             if let ext = open.extensions { line += "  extensions=\(ext)" }
+            if open.discovery != "handshake" { line += "  (mid-stream, found by \(open.discovery))" }
             return line
         case .http(let exchange):
             let request = exchange.request.map { "\($0.method ?? "?") \($0.target ?? "?")" } ?? "(no request)"

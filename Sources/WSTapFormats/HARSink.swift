@@ -59,7 +59,9 @@ public final class HARSink: RecordSink {
         switch record.body {
         case .open(let open):
             var writer = JSONWriter()
-            writeEntryStart(&writer, started: record.timestamp, request: open.request, url: open.url, response: open.response,
+            // A session found mid-stream has no captured upgrade; HAR still wants a response.
+            let response = open.response ?? HTTPHead(startLine: .response(version: "HTTP/1.1", status: 101, reason: "Switching Protocols (not captured)"), headers: [], byteCount: 0)
+            writeEntryStart(&writer, started: record.timestamp, request: open.request, url: open.url, response: response,
                             websocket: true, sizes: (0, 0), durationNanoseconds: 0)
             writer.key("_webSocketMessages")
             var prefix = writer.bytes

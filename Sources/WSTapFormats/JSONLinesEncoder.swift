@@ -25,12 +25,15 @@ public enum JSONLinesEncoder {
             writer.key("client"); writer.string(open.client)
             writer.key("server"); writer.string(open.server)
             writer.key("url"); writer.string(open.url)
-            writer.key("request"); encodeHead(open.request, into: &writer)
-            writer.key("response"); encodeHead(open.response, into: &writer)
+            writer.key("request")
+            if let request = open.request { encodeHead(request, into: &writer) } else { writer.null() }
+            writer.key("response")
+            if let response = open.response { encodeHead(response, into: &writer) } else { writer.null() }
             writer.key("subprotocol"); writer.stringOrNull(open.subprotocol)
             writer.key("extensions"); writer.stringOrNull(open.extensions)
             writer.key("client_tls"); encodeTLS(open.clientTLS, into: &writer)
             writer.key("upstream_tls"); encodeTLS(open.upstreamTLS, into: &writer)
+            writer.key("discovery"); writer.string(open.discovery)
         case .http(let exchange):
             writer.key("url"); writer.stringOrNull(exchange.url)
             writer.key("upgrade"); writer.bool(exchange.wasUpgradeAttempt)

@@ -75,3 +75,45 @@ struct SharedCaptureTests {
         #expect(SharedCaptures.messages(records).count >= 4)
     }
 }
+
+@Suite(.enabled(if: FileManager.default.fileExists(atPath: SharedCaptures.directory.path)))
+struct MidstreamCaptureTests {
+    static func records(_ name: String, decodeAs: Set<UInt16> = [], heuristic: Bool = true) throws -> [TapRecord] {
+        let session = CaptureSession()
+        session.decodeAsPorts = decodeAs
+        session.heuristic = heuristic
+        var all: [TapRecord] = []
+        try PcapFile.read(path: SharedCaptures.directory.appendingPathComponent(name).path, session: session) { all += $0 }
+        return all
+    }
+
+    static func opens(_ records: [TapRecord]) -> [OpenRecord] {
+        records.compactMap { if case .open(let o) = $0.body { o } else { nil } }
+    }
+
+    /// tshark 4.0 shows nothing here without Decode As; the truth is in the .tshark.tsv made with it.
+    @Test(arguments: [(Set<UInt16>(), "heuristic"), (Set<UInt16>([9123]), "decode-as port 9123")])
+    func captureStartingAfterTheUpgrade(decodeAs: Set<UInt16>, discovery: String) throws {
+        let records = try Self.records("gen-ws-midstream.pcap", decodeAs: decodeAs)
+        #expect(Self.opens(records).map(\.discovery) == [discovery])
+        #expect(Self.opens(records).first?.server == "127.0.0.1:9123")
+        let messages = SharedCaptures.messages(records)
+        #expect(messages.map { "\($0.direction.sender) \($0.opcode.rawValue)" } == ["client 1", "server 1", "client 2", "client 9", "server 10", "client 8", "server 8"])
+        #expect(SharedCaptures.text(messages[0]) == "captured after the upgrade")
+        #expect(messages.last?.closeReason == "done")
+        #expect(SharedCaptures.codes(records).isEmpty)
+    }
+
+    @Test func compressedFrameWithoutItsContextIsReportedNotGuessed() throws {
+        let records = try Self.records("pub-eririmba-socketio-sample-midstream.pcap")
+        let message = try #require(SharedCaptures.messages(records).first)
+        #expect(message.compressed && message.inflateFailed)
+        #expect(message.payload == [0x22, 0x20, 0x0F, 0x00])  // the bytes tshark shows with Decode As
+        #expect(SharedCaptures.codes(records) == ["inflate-failed"])
+    }
+
+    @Test func heuristicNeverTakesTLSOrCanBeSwitchedOff() throws {
+        #expect(Self.opens(try Self.records("gen-wss-keylog.pcapng")).isEmpty)
+        #expect(Self.opens(try Self.records("gen-ws-midstream.pcap", heuristic: false)).isEmpty)
+    }
+}
