@@ -99,6 +99,16 @@ public final class RelaySession {
     private var inputClosed: Set<Side> = []
     private var firstEnd: (side: Side, how: String)?
     private var ended = false
+    /// The CONNECT target, while the first tunnel bytes decide between interception and a raw tunnel.
+    private var connectHost: (host: String, port: Int)?
+    /// Client bytes after the request head, dissected once the upstream is connected.
+    private var pendingDissect: ByteBuffer?
+    /// Records of the request head, emitted with the connect result (before the 502 if it fails).
+    private var bufferedRecords: [TapRecord] = []
+    /// The upstream's address once connected, for records of a tunnel dissected later.
+    private var server = ""
+    /// A raw tunnel's first client bytes were looked at (cleartext is dissected, TLS is not).
+    private var tunnelChecked = false
 
     /// - Parameter clock: the shell's clock; the session never reads time itself.
     public init(connection: UInt64, mode: Mode, tls: TLSSettings = TLSSettings(), clientAddress: String, proxyAddress: String,
@@ -271,7 +281,6 @@ public final class RelaySession {
         return actions
     }
 
-    private var connectHost: (host: String, port: Int)?
 
     private func probeTunnel(_ buffer: ByteBuffer) -> [Action] {
         guard let (host, port) = connectHost else { return [] }
@@ -334,8 +343,6 @@ public final class RelaySession {
         return []
     }
 
-    private var pendingDissect: ByteBuffer?
-    private var bufferedRecords: [TapRecord] = []
 
     // MARK: - Upstream side
 
@@ -380,7 +387,6 @@ public final class RelaySession {
         return actions
     }
 
-    private var server = ""
 
     private func upstreamFailed(_ reason: String) -> [Action] {
         guard phase == .connecting else { return [] }
@@ -485,7 +491,6 @@ public final class RelaySession {
         dissector = StreamDissector(connection: connection, info: info, configuration: configuration)
     }
 
-    private var tunnelChecked = false
 
     private func dissect(_ buffer: ByteBuffer, _ direction: Direction) -> [TapRecord]? {
         if isRawTunnel && !tunnelChecked && direction == .clientToServer {
