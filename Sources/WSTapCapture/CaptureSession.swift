@@ -24,6 +24,8 @@ public final class CaptureSession {
     private var events: [TCPReassembler.Event] = []
     public private(set) var packets = 0
     public private(set) var tcpSegments = 0
+    /// Connections dissected so far (HTTP or WebSocket; others are skipped).
+    public private(set) var connectionsSeen = 0
 
     public init(configuration: StreamDissector.Configuration = .init()) {
         self.configuration = configuration
@@ -68,6 +70,7 @@ public final class CaptureSession {
                     case true?:
                         undecided[id] = nil
                         guard let connection = connections[id] else { continue }
+                        connectionsSeen += 1
                         dissectors[id] = StreamDissector(connection: id, info: ConnectionInfo(client: connection.client.description, server: connection.server.description),
                                                          configuration: configuration)
                         for (d, bytes, t) in held { feed(id, d, bytes, t, into: &records) }
@@ -108,6 +111,7 @@ public final class CaptureSession {
     private func startMidstream(_ connection: TCPReassembler.Connection, clientIsReally client: Endpoint, discovery: String) {
         let server = client == connection.client ? connection.server : connection.client
         if client != connection.client { swapped.insert(connection.id) }
+        connectionsSeen += 1
         dissectors[connection.id] = StreamDissector(connection: connection.id, info: ConnectionInfo(client: client.description, server: server.description),
                                                     configuration: configuration, midstream: discovery)
     }

@@ -7,44 +7,82 @@ public enum PcapFile {
         public let description: String
     }
 
+    /// How far a read has got, for a progress line.
+    public struct Progress {
+        public var bytesRead: Int64
+        public var packets: Int
+        public var connections: Int
+    }
+
     /// Reads `path` to its end, handing records to `emit` as they are produced. A damaged file is read
     /// up to the damage; then this throws, and everything read before has been emitted.
-    public static func read(path: String, session: CaptureSession, emit: ([TapRecord]) -> Void) throws {
+    /// `progress` is called about every 4,096 packets with the file position.
+    public static func read(path: String, session: CaptureSession, emit: ([TapRecord]) -> Void,
+                            progress: ((Progress) -> Void)? = nil) throws {
         var errorBuffer = [CChar](repeating: 0, count: Int(PCAP_ERRBUF_SIZE))
-        guard let handle = pcap_open_offline(path, &errorBuffer) else {
+        guard let handle = pcap_open_offline_with_tstamp_precision(path, UInt32(PCAP_TSTAMP_PRECISION_NANO), &errorBuffer) else {
             let reason = errorBuffer.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
             throw Failure(description: "cannot read '\(path)': \(reason)")
         }
         defer { pcap_close(handle) }
-        let linkValue = pcap_datalink(handle)
-        guard let link = LinkType(rawValue: linkValue) else {
-            throw Failure(description: "'\(path)': link type \(linkValue) is not supported (Ethernet, loopback, Linux SLL/SLL2 and raw IP are)")
-        }
+        let link = try PacketFeed.linkType(of: handle, name: "'\(path)'")
+        var feed = PacketFeed(session: session, link: link, nanosecondTimestamps: true)
         var header: UnsafeMutablePointer<pcap_pkthdr>?
         var data: UnsafePointer<UInt8>?
-        var records: [TapRecord] = []
-        var last = Timestamp(nanoseconds: 0)
-        let nanosecondFile = pcap_get_tstamp_precision(handle) == Int32(PCAP_TSTAMP_PRECISION_NANO)
+        let file = pcap_file(handle)
         while true {
             let status = pcap_next_ex(handle, &header, &data)
             if status == 1, let header, let data {
-                let h = header.pointee
-                let fraction = Int64(h.ts.tv_usec) * (nanosecondFile ? 1 : 1000)
-                last = Timestamp(nanoseconds: Int64(h.ts.tv_sec) * 1_000_000_000 + fraction)
-                let frame = Array(UnsafeBufferPointer(start: data, count: Int(h.caplen)))
-                records.removeAll(keepingCapacity: true)
-                session.packet(link: link, frame: frame, originalLength: Int(h.len), at: last, into: &records)
-                if !records.isEmpty { emit(records) }
+                feed.packet(header.pointee, data, emit: emit)
+                if let progress, session.packets & 4095 == 0 {
+                    progress(Progress(bytesRead: file.map { Int64(ftello($0)) } ?? 0, packets: session.packets, connections: session.connectionsSeen))
+                }
             } else if status == -2 {
                 break  // end of file
             } else {
                 let reason = String(cString: pcap_geterr(handle))
-                records.removeAll()
-                session.finish(at: last, into: &records)
-                emit(records)
+                feed.finish(emit: emit)
                 throw Failure(description: "'\(path)' is damaged after \(session.packets) packets: \(reason). Records up to there were written.")
             }
         }
+        feed.finish(emit: emit)
+    }
+}
+
+/// The step shared by files and live captures: one libpcap packet into the session, records out.
+struct PacketFeed {
+    let session: CaptureSession
+    let link: LinkType
+    let nanosecondTimestamps: Bool
+    private var records: [TapRecord] = []
+    private(set) var last = Timestamp(nanoseconds: 0)
+
+    init(session: CaptureSession, link: LinkType, nanosecondTimestamps: Bool) {
+        self.session = session
+        self.link = link
+        self.nanosecondTimestamps = nanosecondTimestamps
+    }
+
+    static func linkType(of handle: OpaquePointer, name: String) throws -> LinkType {
+        let value = pcap_datalink(handle)
+        guard let link = LinkType(rawValue: value) else {
+            let linkName = pcap_datalink_val_to_name(value).map { String(cString: $0) } ?? "\(value)"
+            throw PcapFile.Failure(description: "\(name): link type \(linkName) is not supported (Ethernet, loopback, Linux SLL/SLL2 and raw IP are)")
+        }
+        return link
+    }
+
+    mutating func packet(_ header: pcap_pkthdr, _ data: UnsafePointer<UInt8>, emit: ([TapRecord]) -> Void) {
+        let fraction = Int64(header.ts.tv_usec) * (nanosecondTimestamps ? 1 : 1000)
+        last = Timestamp(nanoseconds: Int64(header.ts.tv_sec) * 1_000_000_000 + fraction)
+        let frame = Array(UnsafeBufferPointer(start: data, count: Int(header.caplen)))
+        records.removeAll(keepingCapacity: true)
+        session.packet(link: link, frame: frame, originalLength: Int(header.len), at: last, into: &records)
+        if !records.isEmpty { emit(records) }
+    }
+
+    /// Ends every connection still open (their records say the capture ended).
+    mutating func finish(emit: ([TapRecord]) -> Void) {
         records.removeAll()
         session.finish(at: last, into: &records)
         if !records.isEmpty { emit(records) }

@@ -1,7 +1,8 @@
 import ArgumentParser
+import WSTapDissect
 import WSTapFormats
 
-/// Where records go, shared by `proxy` and `read`.
+/// Where records go and how much of each is kept, shared by `proxy`, `read` and `capture`.
 struct OutputOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("Write JSON Lines records to this file ('-' for standard output).", valueName: "path"))
     var jsonl: String?
@@ -15,19 +16,48 @@ struct OutputOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("Bytes of each message payload kept in records; longer ones are marked truncated.", valueName: "bytes"))
     var maxPayload: Int = 64 * 1024
 
+    @Option(name: .long, help: ArgumentHelp("Stop inflating a compressed message after this many bytes (decompression bomb guard).", valueName: "bytes"))
+    var maxInflate: UInt64 = 64 * 1024 * 1024
+
+    @Option(name: .long, help: ArgumentHelp("Write a HAR 1.2 log (Chrome's WebSocket format) to this file; valid even after Ctrl-C.", valueName: "file"))
+    var har: String?
+
+    var dissectorConfiguration: StreamDissector.Configuration {
+        var configuration = StreamDissector.Configuration()
+        configuration.payloadCap = maxPayload
+        configuration.maxInflatedMessage = maxInflate
+        return configuration
+    }
+
     func validate() throws {
         if maxPayload < 0 { throw ValidationError("--max-payload must be 0 or more bytes.") }
         if verbose && quiet { throw ValidationError("-v and -q contradict each other: choose one.") }
     }
 
-    /// The JSON Lines sink (if asked for) and the console (unless -q); exits with one line on failure.
-    func makeSinks() -> [any RecordSink] {
+    /// Every sink asked for, as one; `har` is also returned alone because it needs `finish()` at the end.
+    struct Sinks {
+        let all: FanoutSink
+        let har: HARSink?
+    }
+
+    /// The JSON Lines sink (if asked for), the HAR log (if asked for) and the console (unless -q);
+    /// exits with one line on failure.
+    func makeSinks() -> Sinks {
         var sinks: [any RecordSink] = []
+        var harSink: HARSink?
         if let jsonl {
             do {
                 sinks.append(JSONLinesSink(output: try OutputFile.open(path: jsonl)))
             } catch {
                 fail("--jsonl: \(error). Check that the directory exists and is writable.")
+            }
+        }
+        if let har {
+            do {
+                harSink = try HARSink(path: har, creatorVersion: WSTap.configuration.version)
+                sinks.append(harSink!)
+            } catch {
+                fail("--har: \(error). Check that the directory exists and is writable.")
             }
         }
         // When JSON Lines go to stdout, the console moves to stderr so the two never mix.
@@ -36,6 +66,6 @@ struct OutputOptions: ParsableArguments {
             let color = ConsoleSink.wantsColor(console, environment: environment())
             sinks.append(ConsoleSink(output: console, options: .init(verbose: verbose, color: color)))
         }
-        return sinks
+        return Sinks(all: FanoutSink(sinks), har: harSink)
     }
 }

@@ -35,9 +35,6 @@ struct ProxyCommand: AsyncParsableCommand {
 
     @OptionGroup var output: OutputOptions
 
-    @Option(name: .long, help: ArgumentHelp("Stop inflating a compressed message after this many bytes (decompression bomb guard).", valueName: "bytes"))
-    var maxInflate: UInt64 = 64 * 1024 * 1024
-
     @OptionGroup var ca: CAOptions
 
     @Flag(name: .long, help: "Reverse mode: clients connect to wstap with TLS (wss://); certificates come from wstap's CA.")
@@ -51,9 +48,6 @@ struct ProxyCommand: AsyncParsableCommand {
 
     @Option(name: .long, help: ArgumentHelp("Append NSS key log lines for both TLS legs to this file (default $SSLKEYLOGFILE).", valueName: "file"))
     var keylog: String?
-
-    @Option(name: .long, help: ArgumentHelp("Write a HAR 1.2 log (Chrome's WebSocket format) to this file; valid even after Ctrl-C.", valueName: "file"))
-    var har: String?
 
     @Option(name: .long, help: ArgumentHelp("Write the cleartext of every connection (both legs, after TLS) to this pcap file.", valueName: "file"))
     var pcap: String?
@@ -95,23 +89,12 @@ struct ProxyCommand: AsyncParsableCommand {
 
     func run() async throws {
         let (host, port) = try parsedListen
-        var dissector = StreamDissector.Configuration()
-        dissector.payloadCap = output.maxPayload
-        dissector.maxInflatedMessage = maxInflate
-
-        var sinks = output.makeSinks()
-        var harSink: HARSink?
-        if let har {
-            do {
-                harSink = try HARSink(path: har, creatorVersion: WSTap.configuration.version)
-                sinks.append(harSink!)
-            } catch {
-                fail("--har: \(error). Check that the directory exists and is writable.")
-            }
-        }
+        let dissector = output.dissectorConfiguration
+        let sinks = output.makeSinks()
+        let harSink = sinks.har
         let upstreamURL = try parsedUpstream
         let mode: RelaySession.Mode = upstreamURL.map { .reverse($0) } ?? .forward
-        var configuration = ProxyConfiguration(listenHost: host, listenPort: port, mode: mode, dissector: dissector, sink: FanoutSink(sinks))
+        var configuration = ProxyConfiguration(listenHost: host, listenPort: port, mode: mode, dissector: dissector, sink: sinks.all)
         let intercepting = upstreamURL == nil
         configuration.tlsSettings = TLSSettings(interceptConnect: intercepting, passthrough: passthrough, clientTLS: listenTLS, verifyUpstream: !insecure)
         var authority: CertificateAuthority?

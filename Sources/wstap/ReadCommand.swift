@@ -3,6 +3,10 @@ import WSTapCapture
 import WSTapDissect
 import WSTapFormats
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 struct ReadCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "read",
@@ -25,28 +29,79 @@ struct ReadCommand: ParsableCommand {
     var files: [String]
 
     @OptionGroup var output: OutputOptions
-
-    @Option(name: .long, help: ArgumentHelp("Treat connections on this port as WebSocket from their first captured byte (captures that start after the upgrade); repeatable.", valueName: "port"))
-    var decodeAs: [UInt16] = []
-
-    @Flag(name: .long, help: "Do not guess WebSocket on connections that do not start with an HTTP request.")
-    var noHeuristic = false
+    @OptionGroup var discovery: DiscoveryOptions
 
     func run() throws {
         let sinks = output.makeSinks()
-        let sink = FanoutSink(sinks)
-        var configuration = StreamDissector.Configuration()
-        configuration.payloadCap = output.maxPayload
+        // A progress line only where it cannot mix with records: stderr is a terminal and the console
+        // records are not going to that same terminal.
+        let showProgress = isatty(STDERR_FILENO) == 1 && (output.quiet || output.jsonl == "-" || isatty(STDOUT_FILENO) == 0)
         for file in files {
             // One session per file: connection ids restart, as each file is its own capture.
-            let session = CaptureSession(configuration: configuration)
-            session.decodeAsPorts = Set(decodeAs)
-            session.heuristic = !noHeuristic
+            let session = discovery.makeSession(output.dissectorConfiguration)
+            let progress = showProgress ? ProgressLine(file: file) : nil
             do {
-                try PcapFile.read(path: file, session: session) { sink.write($0) }
+                try PcapFile.read(path: file, session: session, emit: { sinks.all.write($0) }, progress: progress.map { line in { line.update($0) } })
+                progress?.clear()
             } catch {
+                progress?.clear()
+                sinks.har?.finish()
                 fail("\(error)")
             }
         }
+        sinks.har?.finish()
     }
+}
+
+/// "reading big.pcap: 41% of 100.0 MB, 120,345 packets, 87 connections" on stderr, redrawn in place at
+/// most four times a second.
+final class ProgressLine {
+    private let file: String
+    private let total: Int64
+    private var lastDraw: UInt64 = 0
+
+    init(file: String) {
+        self.file = file
+        var info = stat()
+        total = stat(file, &info) == 0 ? Int64(info.st_size) : 0
+    }
+
+    func update(_ progress: PcapFile.Progress) {
+        let now = monotonicMilliseconds()
+        guard now - lastDraw >= 250 else { return }
+        lastDraw = now
+        let share = total > 0 ? " \(min(100, progress.bytesRead * 100 / total))% of \(megabytes(total))," : ""
+        let text = "\rreading \(file):\(share) \(counted(progress.packets, "packet")), \(counted(progress.connections, "connection"))\u{1B}[K"
+        OutputFile.standardError.write(Array(text.utf8))
+    }
+
+    func clear() {
+        if lastDraw != 0 { OutputFile.standardError.write(Array("\r\u{1B}[K".utf8)) }
+    }
+
+    private func megabytes(_ bytes: Int64) -> String {
+        let tenths = bytes * 10 / 1_000_000
+        return "\(tenths / 10).\(tenths % 10) MB"
+    }
+}
+
+func grouped(_ value: Int) -> String {
+    let digits = Array(String(value))
+    var out = ""
+    for (index, digit) in digits.enumerated() {
+        if index > 0 && (digits.count - index) % 3 == 0 { out.append(",") }
+        out.append(digit)
+    }
+    return out
+}
+
+/// "1 packet", "12,345 packets".
+func counted(_ value: Int, _ noun: String) -> String {
+    "\(grouped(value)) \(noun)\(value == 1 ? "" : "s")"
+}
+
+func monotonicMilliseconds() -> UInt64 {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return UInt64(now.tv_sec) * 1000 + UInt64(now.tv_nsec) / 1_000_000
 }

@@ -84,23 +84,35 @@ class Wstap(Proc):
         self.url = f"ws://127.0.0.1:{self.port}"
 
     def records(self):
-        if not self.jsonl.exists():
-            return []
-        with open(self.jsonl) as f:
-            return [json.loads(line) for line in f if line.strip()]
+        return read_records(self.jsonl)
 
     def wait_records(self, condition, what="records"):
-        """Waits until condition(records) is true: records are written as events happen."""
-        deadline = time.monotonic() + DEADLINE
-        while time.monotonic() < deadline:
-            recs = self.records()
-            if condition(recs):
-                return recs
-            time.sleep(0.02)  # polling a file for a condition; the assertion is on content, not time
-        raise AssertionError(f"timed out waiting for {what}; last records: {self.records()[-10:]}")
+        return wait_records(self.jsonl, condition, what)
 
     def wait_ended(self, count=1):
-        return self.wait_records(lambda r: sum(1 for x in r if x["type"] == "end") >= count, f"{count} end record(s)")
+        return wait_ended(self.jsonl, count)
+
+
+def read_records(path):
+    if not path.exists():
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def wait_records(path, condition, what="records"):
+    """Waits until condition(records) holds for the JSONL file at path: records are written as events happen."""
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        recs = read_records(path)
+        if condition(recs):
+            return recs
+        time.sleep(0.02)  # polling a file for a condition; the assertion is on content, not time
+    raise AssertionError(f"timed out waiting for {what}; last records: {read_records(path)[-10:]}")
+
+
+def wait_ended(path, count=1):
+    return wait_records(path, lambda r: sum(1 for x in r if x["type"] == "end") >= count, f"{count} end record(s)")
 
 
 def start_peer(*args, env=None):
