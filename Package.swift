@@ -26,8 +26,8 @@ let package = Package(
         ),
         .target(name: "WSTapDissect", dependencies: ["WSTapWire"]),
         .target(name: "WSTapRelay", dependencies: ["WSTapDissect"]),
-        .target(name: "WSTapCapture", dependencies: ["WSTapDissect", "CPcap"]),
-        .target(name: "WSTapFormats", dependencies: ["WSTapDissect"]),
+        .target(name: "WSTapCapture", dependencies: ["WSTapDissect", "CPcap", .product(name: "Crypto", package: "swift-crypto")]),
+        .target(name: "WSTapFormats", dependencies: ["WSTapDissect", "WSTapWire"]),
         .target(
             name: "WSTapProxy",
             dependencies: [

@@ -24,6 +24,12 @@ public final class CaptureSession {
     private var events: [TCPReassembler.Event] = []
     public private(set) var packets = 0
     public private(set) var tcpSegments = 0
+    /// Secrets for TLS connections (`--keylog`, pcapng Decryption Secrets Blocks); nil: TLS is skipped.
+    public var keyLog: TLSKeyLog?
+    private var decryptors: [UInt64: TLSStreamDecryptor] = [:]
+    /// TLS connections whose application data was decrypted, and why the others were not (reason → count).
+    public private(set) var tlsDecrypted = 0
+    public private(set) var tlsNotDecrypted: [String: Int] = [:]
     /// Connections dissected so far (HTTP or WebSocket; others are skipped).
     public private(set) var connectionsSeen = 0
 
@@ -60,34 +66,17 @@ public final class CaptureSession {
                     undecided[connection.id] = []
                 }
             case .data(let id, let direction, let data, let time):
-                if var held = undecided[id] {
-                    held.append((direction, data, time))
-                    let clientBytes = held.filter { $0.0 == .clientToServer }.flatMap(\.1)
-                    switch Self.httpRequestVerdict(clientBytes) {
-                    case nil where held.count < 64:
-                        undecided[id] = held  // not enough yet
-                        continue
-                    case true?:
-                        undecided[id] = nil
-                        guard let connection = connections[id] else { continue }
-                        connectionsSeen += 1
-                        dissectors[id] = StreamDissector(connection: id, info: ConnectionInfo(client: connection.client.description, server: connection.server.description),
-                                                         configuration: configuration)
-                        for (d, bytes, t) in held { feed(id, d, bytes, t, into: &records) }
-                    default:
-                        undecided[id] = nil
-                        // Not HTTP. A capture that began after the upgrade still shows frames.
-                        guard heuristic, let connection = connections[id], let (d, first, _) = held.first,
-                              let masked = Self.plausibleFrameStart(first) else { continue }
-                        // Only clients mask (RFC 6455 §5.1): the masked side is the client.
-                        let sender = d == .clientToServer ? connection.client : connection.server
-                        let receiver = d == .clientToServer ? connection.server : connection.client
-                        startMidstream(connection, clientIsReally: masked ? sender : receiver, discovery: "heuristic")
-                        for (d, bytes, t) in held { feed(id, d, bytes, t, into: &records) }
-                    }
-                    continue
+                if let decryptor = decryptors[id] {
+                    let cleartext = decryptor.feed(data, from: direction)
+                    if !cleartext.isEmpty { received(id, direction, cleartext, time, into: &records) }
+                } else if let keyLog, undecided[id]?.isEmpty == true, direction == .clientToServer, Self.startsTLSHandshake(data) {
+                    // TLS with a key log: everything from here on goes through the decryptor first.
+                    let decryptor = TLSStreamDecryptor(keyLog: keyLog)
+                    decryptors[id] = decryptor
+                    _ = decryptor.feed(data, from: direction)
+                } else {
+                    received(id, direction, data, time, into: &records)
                 }
-                feed(id, direction, data, time, into: &records)
             case .gap(let id, let direction, let count, let time):
                 dissectors[id]?.gap(swapped.contains(id) ? direction.opposite : direction, bytes: count, at: time, into: &records)
             case .truncated:
@@ -100,6 +89,9 @@ public final class CaptureSession {
                     records.append(TapRecord(connection: id, timestamp: time, body: .end(EndRecord(
                         reason: reason, closedBy: closedBy, clientBytes: counts.client, serverBytes: counts.server))))
                 }
+                if let decryptor = decryptors.removeValue(forKey: id) {
+                    if decryptor.state == .decrypting { tlsDecrypted += 1 } else { tlsNotDecrypted[decryptor.reasonIfUnfinished, default: 0] += 1 }
+                }
                 connections[id] = nil
                 undecided[id] = nil
                 bytes[id] = nil
@@ -108,12 +100,60 @@ public final class CaptureSession {
         }
     }
 
+    /// Cleartext bytes of a connection (after TLS decryption, if any): decides whether it is HTTP or
+    /// WebSocket while undecided, then feeds its dissector.
+    private func received(_ id: UInt64, _ direction: Direction, _ data: [UInt8], _ time: Timestamp, into records: inout [TapRecord]) {
+        if var held = undecided[id] {
+            held.append((direction, data, time))
+            let clientBytes = held.filter { $0.0 == .clientToServer }.flatMap(\.1)
+            switch Self.httpRequestVerdict(clientBytes) {
+            case nil where held.count < 64:
+                undecided[id] = held  // not enough yet
+                return
+            case true?:
+                undecided[id] = nil
+                guard let connection = connections[id] else { return }
+                connectionsSeen += 1
+                dissectors[id] = StreamDissector(connection: id, info: info(id, client: connection.client, server: connection.server),
+                                                 configuration: configuration)
+                for (d, bytes, t) in held { feed(id, d, bytes, t, into: &records) }
+            default:
+                undecided[id] = nil
+                if decryptors[id] == nil && Self.startsTLSHandshake(clientBytes) { tlsNotDecrypted["no key log given (--keylog FILE, or a pcapng with embedded secrets)", default: 0] += 1 }
+                // Not HTTP. A capture that began after the upgrade still shows frames.
+                guard heuristic, let connection = connections[id], let (d, first, _) = held.first,
+                      let masked = Self.plausibleFrameStart(first) else { return }
+                // Only clients mask (RFC 6455 §5.1): the masked side is the client.
+                let sender = d == .clientToServer ? connection.client : connection.server
+                let receiver = d == .clientToServer ? connection.server : connection.client
+                startMidstream(connection, clientIsReally: masked ? sender : receiver, discovery: "heuristic")
+                for (d, bytes, t) in held { feed(id, d, bytes, t, into: &records) }
+            }
+            return
+        }
+        feed(id, direction, data, time, into: &records)
+    }
+
     private func startMidstream(_ connection: TCPReassembler.Connection, clientIsReally client: Endpoint, discovery: String) {
         let server = client == connection.client ? connection.server : connection.client
         if client != connection.client { swapped.insert(connection.id) }
         connectionsSeen += 1
-        dissectors[connection.id] = StreamDissector(connection: connection.id, info: ConnectionInfo(client: client.description, server: server.description),
+        dissectors[connection.id] = StreamDissector(connection: connection.id, info: info(connection.id, client: client, server: server),
                                                     configuration: configuration, midstream: discovery)
+    }
+
+    /// Addresses, and for a decrypted TLS connection the scheme and the SNI its client sent.
+    private func info(_ id: UInt64, client: Endpoint, server: Endpoint) -> ConnectionInfo {
+        var info = ConnectionInfo(client: client.description, server: server.description)
+        if let decryptor = decryptors[id] {
+            info.scheme = "wss"
+            info.clientTLS = TLSLegInfo(serverName: decryptor.serverName, verified: nil)
+        }
+        return info
+    }
+
+    static func startsTLSHandshake(_ data: [UInt8]) -> Bool {
+        data.count >= 2 && data[0] == 0x16 && data[1] == 0x03
     }
 
     /// Whether `data` starts with a frame header a WebSocket peer could send mid-session: a defined

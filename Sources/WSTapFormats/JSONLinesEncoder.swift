@@ -65,13 +65,20 @@ public enum JSONLinesEncoder {
             writer.key("wire_length"); writer.integer(message.wireLength)
             writer.key("length"); writer.integer(message.length)
             writer.key("compressed"); writer.bool(message.compressed)
-            if message.opcode == .text && !message.inflateFailed {
-                writer.key("text"); writer.string(utf8: validPrefix(message.payload, truncated: message.truncated))
+            let text = message.opcode == .text && !message.inflateFailed ? validPrefix(message.payload, truncated: message.truncated) : nil
+            if let text, UTF8Validator.isValid(text) {
+                writer.key("text"); writer.string(utf8: text)
             } else if message.opcode == .close {
                 writer.key("code")
                 if let code = message.closeCode { writer.integer(code) } else { writer.null() }
                 writer.key("reason"); writer.stringOrNull(message.closeReason)
+                // A body that is not code + UTF-8 reason (1 byte, invalid UTF-8) is kept as it was sent.
+                let body = message.payload
+                if body.count == 1 || (body.count > 2 && !UTF8Validator.isValid(Array(body[2...]))) {
+                    writer.key("base64"); writer.base64(body)
+                }
             } else {
+                // Binary and control payloads, and text that is not valid UTF-8 (exact bytes, not U+FFFD).
                 writer.key("base64"); writer.base64(message.payload)
             }
             if message.truncated { writer.key("truncated"); writer.bool(true) }

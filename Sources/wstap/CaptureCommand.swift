@@ -82,6 +82,7 @@ struct CaptureCommand: ParsableCommand {
             fail("\(error)")
         }
         sinks.har?.finish()
+        discovery.reportTLS(of: session)
         var line = "wstap: captured \(counted(summary.packets, "packet")) (\(counted(summary.tcpSegments, "TCP segment"))), "
             + "\(counted(summary.connections, "connection")) dissected; dropped \(summary.droppedByKernel) in the kernel, \(summary.droppedByInterface) by the interface"
         if summary.droppedByKernel > 0 { line += " (records may show gaps; a narrower --filter helps)" }

@@ -16,12 +16,14 @@ struct ReadCommand: ParsableCommand {
             starts with an HTTP request is dissected: upgrades, frames, messages, diagnostics. Captures that \
             start after the upgrade are found by a heuristic (plausible frames, RSV1 included; never HTTP or \
             TLS) or by --decode-as PORT; their open record says which. Records carry the capture's \
-            addresses and the capture time of the packet that completed them.
+            addresses and the capture time of the packet that completed them. TLS connections are decrypted \
+            (TLS 1.2 and 1.3, AES-GCM and ChaCha20-Poly1305) with --keylog or with secrets embedded in a pcapng.
 
             Examples:
               wstap read session.pcapng
               wstap read capture.pcap --jsonl records.jsonl -q
               wstap read late-start.pcap --decode-as 9123
+              wstap read wss-traffic.pcap --keylog $SSLKEYLOGFILE
             """
     )
 
@@ -38,11 +40,12 @@ struct ReadCommand: ParsableCommand {
         let showProgress = isatty(STDERR_FILENO) == 1 && (output.quiet || output.jsonl == "-" || isatty(STDOUT_FILENO) == 0)
         for file in files {
             // One session per file: connection ids restart, as each file is its own capture.
-            let session = discovery.makeSession(output.dissectorConfiguration)
+            let session = discovery.makeSession(output.dissectorConfiguration, file: file)
             let progress = showProgress ? ProgressLine(file: file) : nil
             do {
                 try PcapFile.read(path: file, session: session, emit: { sinks.all.write($0) }, progress: progress.map { line in { line.update($0) } })
                 progress?.clear()
+                discovery.reportTLS(of: session)
             } catch {
                 progress?.clear()
                 sinks.har?.finish()

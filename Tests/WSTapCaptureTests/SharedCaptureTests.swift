@@ -8,8 +8,9 @@ import WSTapFormats
 enum SharedCaptures {
     static let directory = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../../shared/captures").standardized
 
-    static func records(_ name: String) throws -> [TapRecord] {
+    static func records(_ name: String, keyLog: TLSKeyLog? = nil) throws -> [TapRecord] {
         let session = CaptureSession()
+        session.keyLog = keyLog
         var all: [TapRecord] = []
         try PcapFile.read(path: directory.appendingPathComponent(name).path, session: session) { all += $0 }
         return all
@@ -36,6 +37,24 @@ struct SharedCaptureTests {
         #expect(messages.contains { $0.opcode == .binary && $0.length == 70000 && $0.direction == .serverToClient })
         #expect(messages.filter { $0.opcode == .close }.map(\.closeReason) == ["bye", "bye"])
         #expect(messages.contains { $0.opcode == .text && $0.length == 0 })  // the empty text frame
+    }
+
+    /// TLS 1.3 (TLS_AES_256_GCM_SHA384) decrypted with the secrets in the pcapng's Decryption Secrets Block.
+    @Test func wssCaptureDecryptsWithEmbeddedSecrets() throws {
+        let path = SharedCaptures.directory.appendingPathComponent("gen-wss-keylog.pcapng").path
+        let embedded = try #require(PcapngSecrets.keyLogText(path: path))
+        let keyLog = TLSKeyLog()
+        #expect(keyLog.add(text: embedded) == 5)
+        let records = try SharedCaptures.records("gen-wss-keylog.pcapng", keyLog: keyLog)
+        let messages = SharedCaptures.messages(records)
+        #expect(messages.map(\.opcode) == [.text, .text, .binary, .close, .close])
+        #expect(SharedCaptures.text(messages[0]) == "secret hello over TLS")
+        #expect(SharedCaptures.text(messages[1]) == "compressed reply over TLS, compressed reply over TLS")
+        #expect(messages[2].payload == (0..<4).flatMap { _ in Array(0..<32).map(UInt8.init) })
+        #expect(messages.filter { $0.opcode == .close }.map(\.closeReason) == ["tls bye", "tls bye"])
+        #expect(SharedCaptures.codes(records).isEmpty)
+        // Without the secrets the connection is TLS, not WebSocket: nothing is made up.
+        #expect(SharedCaptures.messages(try SharedCaptures.records("gen-wss-keylog.pcapng")).isEmpty)
     }
 
     /// tshark 4.0 bugs: interleaved fragments take the wrong opcode; an empty final fragment is ignored.

@@ -11,10 +11,24 @@ import WSTapWire
         #expect(line == #"{"v":1,"type":"message","conn":18446744073709551615,"ts":1700000000.000042,"from":"server","opcode":1,"frames":1,"wire_length":12,"length":12,"compressed":false,"text":"q\"b\\s\n\r\t\u0001\u007fé","offset":0}"# + "\n")
     }
 
-    @Test func invalidUTF8TextStaysValidJSON() {
+    /// Text that is not UTF-8 keeps its exact bytes (as base64) instead of a lossy U+FFFD string; a text
+    /// cut at --max-payload inside a character is still text.
+    @Test func invalidUTF8TextKeepsItsExactBytes() {
         let line = JSONLinesEncoder.line(TapRecord(connection: 1, timestamp: Timestamp(nanoseconds: 0), body: .message(MessageRecordBuilder.text([0x61, 0xFF, 0x62]))))
-        #expect(line.contains(#""text":"a\#u{FFFD}b""#))
+        #expect(line.contains(#""base64":"Yf9i""#))
+        #expect(!line.contains(#""text""#))
         #expect(line.contains(#""ts":0.000000"#))
+        var cut = MessageRecordBuilder.text(Array("aé".utf8))
+        cut.payload.removeLast()
+        cut.truncated = true
+        #expect(JSONLinesEncoder.line(TapRecord(connection: 1, timestamp: Timestamp(nanoseconds: 0), body: .message(cut))).contains(#""text":"a""#))
+    }
+
+    @Test func closeBodyThatIsNotCodeAndReasonIsKept() {
+        var close = MessageRecordBuilder.text([0x03])
+        close.opcode = .close
+        let line = JSONLinesEncoder.line(TapRecord(connection: 1, timestamp: Timestamp(nanoseconds: 0), body: .message(close)))
+        #expect(line.contains(#""code":null,"reason":null,"base64":"Aw==""#))
     }
 
     @Test func frameRecordHasExactKeys() {

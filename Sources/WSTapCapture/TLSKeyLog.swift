@@ -1,0 +1,147 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// TLS secrets in the NSS key log format (SSLKEYLOGFILE): `LABEL <client random hex> <secret hex>` per
+/// line, `#` comments. Secrets come from a file (re-read when it grows, so a live capture can decrypt
+/// handshakes whose keys a browser logs while wstap runs) and from pcapng Decryption Secrets Blocks.
+public final class TLSKeyLog {
+    /// client random (hex) → label → secret
+    private var secrets: [String: [String: [UInt8]]] = [:]
+    private let path: String?
+    private var consumed: Int64 = 0
+
+    public var isEmpty: Bool { secrets.isEmpty && path == nil }
+    public var count: Int { secrets.count }
+
+    public init() { path = nil }
+
+    /// Reads `path` now; later lookups of unknown client randoms read what was appended since.
+    public init(path: String) throws {
+        self.path = path
+        guard let text = Self.readFile(path, from: 0) else {
+            throw PcapFile.Failure(description: "--keylog: cannot read '\(path)': \(String(cString: strerror(errno))). Give the file your client writes with SSLKEYLOGFILE.")
+        }
+        consumed = Int64(text.utf8.count)
+        add(text: text)
+    }
+
+    /// Adds every well-formed line of `text`; returns how many were taken.
+    @discardableResult
+    public func add(text: String) -> Int {
+        var taken = 0
+        for line in text.split(whereSeparator: { $0 == "\n" || $0 == "\r" }) {
+            let fields = line.split(separator: " ")
+            guard fields.count == 3, !line.hasPrefix("#"),
+                  let random = Self.bytes(fromHex: fields[1]), random.count == 32,
+                  let secret = Self.bytes(fromHex: fields[2]) else { continue }
+            secrets[fields[1].lowercased(), default: [:]][String(fields[0])] = secret
+            taken += 1
+        }
+        return taken
+    }
+
+    func secret(_ label: String, clientRandom: [UInt8]) -> [UInt8]? {
+        let key = Self.hex(clientRandom)
+        if let found = secrets[key]?[label] { return found }
+        reloadAppended()
+        return secrets[key]?[label]
+    }
+
+    private func reloadAppended() {
+        guard let path, let text = Self.readFile(path, from: consumed), !text.isEmpty else { return }
+        // Only whole lines: a line still being written is read next time.
+        guard let lastNewline = text.utf8.lastIndex(of: UInt8(ascii: "\n")) else { return }
+        let complete = String(text[...lastNewline])
+        consumed += Int64(complete.utf8.count)
+        add(text: complete)
+    }
+
+    private static func readFile(_ path: String, from offset: Int64) -> String? {
+        let descriptor = open(path, O_RDONLY)
+        guard descriptor >= 0 else { return nil }
+        defer { close(descriptor) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65_536)
+        var position = offset
+        while true {
+            let count = chunk.withUnsafeMutableBytes { pread(descriptor, $0.baseAddress, $0.count, off_t(position)) }
+            if count < 0 { return nil }
+            if count == 0 { break }
+            bytes += chunk[..<count]
+            position += Int64(count)
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    static func hex(_ bytes: [UInt8]) -> String {
+        let digits = Array("0123456789abcdef".utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity(bytes.count * 2)
+        for byte in bytes {
+            out.append(digits[Int(byte >> 4)])
+            out.append(digits[Int(byte & 0x0F)])
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    static func bytes(fromHex text: Substring) -> [UInt8]? {
+        let utf8 = Array(text.utf8)
+        guard utf8.count % 2 == 0 else { return nil }
+        var out: [UInt8] = []
+        out.reserveCapacity(utf8.count / 2)
+        var index = 0
+        while index < utf8.count {
+            guard let high = nibble(utf8[index]), let low = nibble(utf8[index + 1]) else { return nil }
+            out.append(high << 4 | low)
+            index += 2
+        }
+        return out
+    }
+
+    private static func nibble(_ c: UInt8) -> UInt8? {
+        switch c {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): return c - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): return c - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): return c - UInt8(ascii: "A") + 10
+        default: return nil
+        }
+    }
+}
+
+/// Finds the TLS key log lines embedded in a pcapng file's Decryption Secrets Blocks (type 0x0000000A,
+/// secrets type 0x544C534B), which `editcap --inject-secrets` writes and libpcap skips.
+public enum PcapngSecrets {
+    public static func keyLogText(path: String) -> String? {
+        let descriptor = open(path, O_RDONLY)
+        guard descriptor >= 0 else { return nil }
+        defer { close(descriptor) }
+        var header = [UInt8](repeating: 0, count: 16)
+        func readHeader(at offset: Int64) -> Bool {
+            header.withUnsafeMutableBytes { pread(descriptor, $0.baseAddress, 16, off_t(offset)) } >= 12
+        }
+        guard readHeader(at: 0), header[0] == 0x0A, header[1] == 0x0D, header[2] == 0x0D, header[3] == 0x0A else { return nil }
+        // The Section Header Block's byte-order magic says how every number in the section is written.
+        var bigEndian = header[8] == 0x1A
+        func u32(_ at: Int) -> UInt32 {
+            let bytes = header[at..<(at + 4)].map(UInt32.init)
+            return bigEndian ? bytes[0] << 24 | bytes[1] << 16 | bytes[2] << 8 | bytes[3]
+                             : bytes[3] << 24 | bytes[2] << 16 | bytes[1] << 8 | bytes[0]
+        }
+        var text = ""
+        var offset: Int64 = 0
+        while readHeader(at: offset) {
+            if u32(0) == 0x0A0D_0D0A { bigEndian = header[8] == 0x1A }
+            let blockType = u32(0), blockLength = Int64(u32(4))
+            guard blockLength >= 12, blockLength % 4 == 0 else { break }  // damaged: libpcap will say so
+            if blockType == 0x0000_000A, u32(8) == 0x544C_534B {
+                let length = Int(u32(12))
+                var secrets = [UInt8](repeating: 0, count: length)
+                let got = secrets.withUnsafeMutableBytes { pread(descriptor, $0.baseAddress, length, off_t(offset + 16)) }
+                if got == length { text += String(decoding: secrets, as: UTF8.self) + "\n" }
+            }
+            offset += blockLength
+        }
+        return text.isEmpty ? nil : text
+    }
+}
