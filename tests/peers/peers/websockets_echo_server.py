@@ -1,4 +1,4 @@
-"""Echo server on Python `websockets`. Args: [--no-compression]. Prints 'ready PORT'."""
+"""Echo server on Python `websockets`. Args: [--no-compression] [--host ADDRESS] (default 127.0.0.1). Prints 'ready PORT'."""
 import asyncio
 import sys
 
@@ -16,7 +16,8 @@ async def echo(ws):
 
 async def main():
     compression = None if "--no-compression" in sys.argv else "deflate"
-    async with serve(echo, "127.0.0.1", 0, compression=compression, max_size=None) as server:
+    host = sys.argv[sys.argv.index("--host") + 1] if "--host" in sys.argv else "127.0.0.1"
+    async with serve(echo, host, 0, compression=compression, max_size=None) as server:
         port = server.sockets[0].getsockname()[1]
         print(f"ready {port}", flush=True)
         await asyncio.get_running_loop().create_future()
