@@ -159,6 +159,16 @@ public final class LiveCapture {
             }
             if wrote, let dumper { pcap_dump_flush(dumper) }
         }
+        // Packets the kernel already holds arrived before the stop: record them too (tcpdump does not,
+        // which can cut the end of a conversation that finished just before Ctrl-C). Bounded, so a busy
+        // interface cannot keep the stop waiting.
+        var drained = 0
+        while drained < 100_000, limit.map({ seen < $0 }) ?? true, pcap_next_ex(handle, &header, &data) == 1, let header, let data {
+            seen += 1
+            drained += 1
+            if let dumper { pcap_dump(UnsafeMutablePointer<UInt8>(dumper), header, data) }
+            feed.packet(header.pointee, data, emit: emit)
+        }
         if let dumper { pcap_dump_flush(dumper) }
         feed.finish(emit: emit)
         var stats = pcap_stat()

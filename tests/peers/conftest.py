@@ -7,6 +7,7 @@ import json
 import os
 import queue
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -113,6 +114,24 @@ def wait_records(path, condition, what="records"):
 
 def wait_ended(path, count=1):
     return wait_records(path, lambda r: sum(1 for x in r if x["type"] == "end") >= count, f"{count} end record(s)")
+
+
+def stop_tcpdump(dump, path, fins):
+    """Stops a tcpdump writing `path` once its file holds `fins` FIN segments. tcpdump exits on SIGINT
+    without draining what the kernel still buffers, so stopping it as soon as the peers are done can
+    lose the end of the conversation (this made capture tests fail now and then)."""
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        # Parsed from tcpdump's own listing: a `tcp[tcpflags]` filter would only match IPv4.
+        out = subprocess.run(["tcpdump", "-r", str(path), "-nn"], capture_output=True, text=True, timeout=60).stdout
+        found = sum(1 for line in out.splitlines() if re.search(r"Flags \[[^\]]*F", line))
+        if found >= fins:
+            break
+        if time.monotonic() > deadline:
+            raise AssertionError(f"tcpdump wrote {found} of {fins} FINs to {path}")
+        time.sleep(0.05)  # polling a file for a condition, not waiting for time to pass
+    dump.popen.send_signal(signal.SIGINT)
+    dump.popen.wait(timeout=30)
 
 
 def start_peer(*args, env=None):

@@ -3,13 +3,12 @@
 import asyncio
 import json
 import shutil
-import signal
 import subprocess
 
 import pytest
 from websockets.asyncio.client import connect
 
-from conftest import PEERS, PYTHON, WSTAP, Proc, messages
+from conftest import PEERS, PYTHON, WSTAP, Proc, messages, stop_tcpdump
 
 KEYS = ("from", "opcode", "frames", "wire_length", "length", "compressed", "text", "base64", "code", "reason", "truncated")
 
@@ -43,8 +42,7 @@ def test_offline_records_match_live_records(wstap, peer, procs, tmp_path, compre
     dump.wait_for(r"listening on lo")
     asyncio.run(conversation(proxy.url + "/parity", compression))
     live = proxy.wait_ended()
-    dump.popen.send_signal(signal.SIGINT)
-    dump.popen.wait(timeout=30)
+    stop_tcpdump(dump, capture, fins=4)  # client leg and upstream leg, closed both ways
 
     offline_jsonl = tmp_path / "offline.jsonl"
     result = subprocess.run([WSTAP, "read", str(capture), "--jsonl", str(offline_jsonl), "-q"], capture_output=True, text=True, timeout=300)

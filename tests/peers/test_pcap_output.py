@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from websockets.asyncio.client import connect
 
-from conftest import PEERS, PYTHON, messages
+from conftest import PEERS, PYTHON, messages, stop_tcpdump
 from test_tls import TEST_CA, client_context, start_tls_server
 
 TSHARK = shutil.which("tshark")
@@ -85,8 +85,7 @@ def test_keylog_decrypts_a_capture_of_the_real_traffic(wstap, peer, procs, tmp_p
     dump.wait_for(r"listening on lo")
     asyncio.run(chat(f"wss://localhost:{port}/real", ssl=client_context(ca / "wstap-ca.pem"), proxy=f"http://127.0.0.1:{proxy.port}"))
     records = proxy.wait_ended()
-    dump.popen.send_signal(signal.SIGINT)
-    dump.popen.wait(timeout=30)
+    stop_tcpdump(dump, capture, fins=4)  # client leg and upstream leg, closed both ways
 
     out = subprocess.run([TSHARK, "-r", str(capture), "-o", f"tls.keylog_file:{keys}", "-d", f"tcp.port=={port},tls",
                           "-d", f"tcp.port=={proxy.port},http", "-Y", "websocket.payload.text", "-T", "fields",
