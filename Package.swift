@@ -50,7 +50,7 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        .testTarget(name: "WSTapWireTests", dependencies: ["WSTapWire"]),
+        .testTarget(name: "WSTapWireTests", dependencies: ["WSTapWire", "CZlib"]),
         .testTarget(name: "WSTapDissectTests", dependencies: ["WSTapDissect", "WSTapFormats"]),
         .testTarget(name: "WSTapRelayTests", dependencies: ["WSTapRelay"]),
         .testTarget(name: "WSTapProxyTests", dependencies: ["WSTapProxy"]),

@@ -656,7 +656,7 @@ public final class StreamDissector {
     private func inflateFailed(_ message: inout MessageAssembly, error: Error, state: inout DirectionState, records: inout [TapRecord]) {
         message.inflateFailed = true
         let detail: String
-        if case Inflater.Failure.zlib(_, let text) = error { detail = text } else { detail = "\(error)" }
+        if case Inflater.Failure.invalid(let text) = error { detail = text } else { detail = "\(error)" }
         let context = state.resetsContext ? "" : "; context reset, later messages that refer back will fail too"
         diagnose(.inflateFailed, state, offset: message.offset, "\(detail)\(context)", &records)
         // Out of sync: start from an empty window so messages that do not refer back can still decode.
