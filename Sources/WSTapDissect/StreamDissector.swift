@@ -719,7 +719,8 @@ public final class StreamDissector {
                 closeReason = String(decoding: reason, as: UTF8.self)
             }
         }
-        if let utf8 = message.utf8, !message.inflateFailed, !message.inflateStopped, !message.incomplete, !(utf8.isValid && utf8.isComplete) {
+        let textIsValid = message.utf8.map { $0.isValid && $0.isComplete } ?? false
+        if let utf8 = message.utf8, !message.inflateFailed, !message.inflateStopped, !message.incomplete, !textIsValid {
             diagnose(.invalidUTF8Text, state, offset: message.offset, utf8.isValid ? "text ends inside a UTF-8 sequence" : "invalid UTF-8 byte sequence", &records)
         }
         let payload = message.inflateFailed ? message.rawPayload : message.payload
@@ -728,7 +729,8 @@ public final class StreamDissector {
             direction: state.direction, opcode: message.opcode, frames: message.frames, wireLength: message.wireLength,
             length: length, compressed: message.compressed, payload: payload,
             truncated: message.truncated || UInt64(payload.count) < length, closeCode: closeCode, closeReason: closeReason,
-            inflateFailed: message.inflateFailed, incomplete: message.incomplete, offset: message.offset))))
+            inflateFailed: message.inflateFailed, incomplete: message.incomplete, offset: message.offset,
+            textIsValidUTF8: textIsValid && !message.inflateFailed))))
     }
 
     // MARK: - Helpers

@@ -107,10 +107,13 @@ public struct MessageRecord: Sendable {
     /// Set when the connection ended before the message's final frame.
     public var incomplete: Bool
     public var offset: UInt64
+    /// The dissector checked every payload byte of this text message and found valid, complete UTF-8,
+    /// so encoders need not check the preview again (any prefix cut at a character boundary is valid).
+    public var textIsValidUTF8: Bool
 
     public init(direction: Direction, opcode: Opcode, frames: Int, wireLength: UInt64, length: UInt64, compressed: Bool,
                 payload: [UInt8], truncated: Bool, closeCode: UInt16?, closeReason: String?, inflateFailed: Bool,
-                incomplete: Bool, offset: UInt64) {
+                incomplete: Bool, offset: UInt64, textIsValidUTF8: Bool = false) {
         self.direction = direction
         self.opcode = opcode
         self.frames = frames
@@ -124,6 +127,7 @@ public struct MessageRecord: Sendable {
         self.inflateFailed = inflateFailed
         self.incomplete = incomplete
         self.offset = offset
+        self.textIsValidUTF8 = textIsValidUTF8
     }
 }
 

@@ -66,8 +66,8 @@ public enum JSONLinesEncoder {
             writer.key("length"); writer.integer(message.length)
             writer.key("compressed"); writer.bool(message.compressed)
             let text = message.opcode == .text && !message.inflateFailed ? validPrefix(message.payload, truncated: message.truncated) : nil
-            if let text, UTF8Validator.isValid(text) {
-                writer.key("text"); writer.string(utf8: text)
+            if let text, message.textIsValidUTF8 || UTF8Validator.isValid(text) {
+                writer.key("text"); writer.string(validUTF8: text)
             } else if message.opcode == .close {
                 writer.key("code")
                 if let code = message.closeCode { writer.integer(code) } else { writer.null() }

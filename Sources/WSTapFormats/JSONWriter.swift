@@ -100,6 +100,13 @@ public struct JSONWriter {
         value.withUnsafeBytes { raw in
             storage.count += Base64Text.encode(raw, to: UnsafeMutableRawBufferPointer(start: storage.base + start, count: storage.capacity - start))
         }
+    /// A string the caller has already checked is valid UTF-8 (escaped, not checked again).
+    public mutating func string(validUTF8 value: [UInt8]) {
+        separator()
+        value.withUnsafeBufferPointer { appendEscaped($0) }
+        needsComma = true
+    }
+
         append(UInt8(ascii: "\""))
         needsComma = true
     }
