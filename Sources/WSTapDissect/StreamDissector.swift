@@ -533,11 +533,11 @@ public final class StreamDissector {
             if state.fragmented == nil {
                 diagnose(.continuationWithoutMessage, state, offset: at, "no fragmented message is open", &records)
                 // Keep its payload visible as a message of its own, opcode 0.
-                state.fragmented = newDataMessage(.continuation, rsv1: false, offset: at)
+                state.fragmented = newDataMessage(.continuation, rsv1: false, offset: at, firstFrameLength: h.payloadLength)
             }
             state.target = .fragmented
         } else {
-            let message = newDataMessage(h.opcode, rsv1: h.rsv1 && compressedAllowed, offset: at)
+            let message = newDataMessage(h.opcode, rsv1: h.rsv1 && compressedAllowed, offset: at, firstFrameLength: h.payloadLength)
             if var open = state.fragmented {
                 diagnose(.dataFrameInsideFragmentedMessage, state, offset: at, "\(h.opcode) frame while a \(open.opcode) message is open", &records)
                 if !h.fin {
@@ -577,9 +577,18 @@ public final class StreamDissector {
         return true
     }
 
-    private func newDataMessage(_ opcode: Opcode, rsv1: Bool, offset: UInt64) -> MessageAssembly {
+    private func newDataMessage(_ opcode: Opcode, rsv1: Bool, offset: UInt64, firstFrameLength: UInt64) -> MessageAssembly {
         var message = MessageAssembly(opcode: opcode, offset: offset, compressed: rsv1)
         if opcode == .text { message.utf8 = UTF8Validator() }
+        // Size the previews from the first frame once, rather than growing them segment by segment
+        // (for 64 KiB previews that was a copy of the payload's first 128 KiB per message).
+        let cap = UInt64(configuration.payloadCap)
+        if rsv1 {
+            message.rawPayload.reserveCapacity(Int(min(cap, firstFrameLength)))
+            message.payload.reserveCapacity(Int(min(cap, firstFrameLength.multipliedReportingOverflow(by: 4).partialValue)))
+        } else {
+            message.payload.reserveCapacity(Int(min(cap, firstFrameLength)))
+        }
         return message
     }
 

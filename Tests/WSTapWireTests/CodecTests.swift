@@ -12,6 +12,24 @@ import Testing
         #expect(Base64.encode([0xFF, 0xFE, 0xFD, 0x00]) == "//79AA==")
     }
 
+    /// The fast path works six bytes at a time: every length around its boundaries, against the
+    /// textbook bit-by-bit encoding.
+    @Test func base64MatchesTheTextbookEncodingAtEveryLength() {
+        let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+        var seed: UInt32 = 1
+        let bytes = (0..<300).map { _ -> UInt8 in seed = seed &* 1_103_515_245 &+ 12_345; return UInt8(truncatingIfNeeded: seed >> 16) }
+        for length in 0...bytes.count {
+            let input = Array(bytes[..<length])
+            var bits = input.flatMap { byte in (0..<8).reversed().map { byte >> $0 & 1 } }
+            while bits.count % 6 != 0 { bits.append(0) }
+            var expected = stride(from: 0, to: bits.count, by: 6).map { start in
+                String(alphabet[bits[start..<start + 6].reduce(0) { Int($0) << 1 | Int($1) }])
+            }.joined()
+            while expected.count % 4 != 0 { expected += "=" }
+            #expect(Base64.encode(input) == expected, "length \(length)")
+        }
+    }
+
     @Test func utf8ValidatorAcrossSplits() {
         let text = Array("héllo €𝄞 ok".utf8)
         for split in 0...text.count {
