@@ -37,9 +37,24 @@ public final class CaptureSession {
         self.configuration = configuration
     }
 
+    /// Connections opened (true) and closed (false) by the reassembler, in order, when `tracksLifecycle`
+    /// is set. A reader that spreads connections over several sessions numbers them from these.
+    public var tracksLifecycle = false
+    public private(set) var lifecycle: [(id: UInt64, opened: Bool)] = []
+
+    public func takeLifecycle() -> [(id: UInt64, opened: Bool)] {
+        defer { lifecycle.removeAll(keepingCapacity: true) }
+        return lifecycle
+    }
+
     public func packet(link: LinkType, frame: [UInt8], originalLength: Int, at time: Timestamp, into records: inout [TapRecord]) {
         packets += 1
         guard let segment = PacketDecoder.tcpSegment(link: link, frame: frame, originalLength: originalLength) else { return }
+        add(segment, at: time, into: &records)
+    }
+
+    /// A TCP segment already decoded from its packet.
+    public func add(_ segment: TCPSegment, at time: Timestamp, into records: inout [TapRecord]) {
         tcpSegments += 1
         events.removeAll(keepingCapacity: true)
         reassembler.add(segment, at: time, into: &events)
@@ -56,6 +71,7 @@ public final class CaptureSession {
         for event in events {
             switch event {
             case .opened(let connection, _):
+                if tracksLifecycle { lifecycle.append((connection.id, true)) }
                 connections[connection.id] = connection
                 bytes[connection.id] = (0, 0)
                 if let port = [connection.server.port, connection.client.port].first(where: decodeAsPorts.contains) {
@@ -92,6 +108,7 @@ public final class CaptureSession {
                 if let decryptor = decryptors.removeValue(forKey: id) {
                     if decryptor.state == .decrypting { tlsDecrypted += 1 } else { tlsNotDecrypted[decryptor.reasonIfUnfinished, default: 0] += 1 }
                 }
+                if tracksLifecycle { lifecycle.append((id, false)) }
                 connections[id] = nil
                 undecided[id] = nil
                 bytes[id] = nil

@@ -31,6 +31,14 @@ public struct JSONWriter {
 
     public init(capacity: Int = 512) { storage = Storage(capacity: capacity) }
 
+    /// Forgets what was written, keeping the storage for reuse.
+    public mutating func removeAll() {
+        storage.count = 0
+        needsComma = false
+    }
+
+    public var capacity: Int { storage.capacity }
+
     /// The bytes written so far (a copy; use `withBytes` on hot paths).
     public var bytes: [UInt8] { withBytes { Array($0) } }
 
@@ -92,6 +100,13 @@ public struct JSONWriter {
         }
     }
 
+    /// A string the caller has already checked is valid UTF-8 (escaped, not checked again).
+    public mutating func string(validUTF8 value: [UInt8]) {
+        separator()
+        value.withUnsafeBufferPointer { appendEscaped($0) }
+        needsComma = true
+    }
+
     public mutating func base64(_ value: [UInt8]) {
         separator()
         append(UInt8(ascii: "\""))
@@ -100,13 +115,6 @@ public struct JSONWriter {
         value.withUnsafeBytes { raw in
             storage.count += Base64Text.encode(raw, to: UnsafeMutableRawBufferPointer(start: storage.base + start, count: storage.capacity - start))
         }
-    /// A string the caller has already checked is valid UTF-8 (escaped, not checked again).
-    public mutating func string(validUTF8 value: [UInt8]) {
-        separator()
-        value.withUnsafeBufferPointer { appendEscaped($0) }
-        needsComma = true
-    }
-
         append(UInt8(ascii: "\""))
         needsComma = true
     }
@@ -224,3 +232,7 @@ public struct JSONWriter {
 
 import WSTapWire
 typealias Base64Text = Base64
+
+/// A writer is used by one thread at a time; `JSONLinesSink` hands a spare one from thread to thread
+/// through a mutex, never sharing it while in use.
+extension JSONWriter: @unchecked Sendable {}

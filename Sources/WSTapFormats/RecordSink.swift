@@ -76,13 +76,19 @@ public final class OutputFile: Sendable {
 
 public final class JSONLinesSink: RecordSink {
     private let output: OutputFile
+    /// An encoding buffer kept between calls (taken out while in use, so concurrent callers each get
+    /// one): a large batch otherwise grows a fresh buffer by doubling and hands it back to the kernel.
+    private let spare = Mutex<JSONWriter?>(nil)
 
     public init(output: OutputFile) { self.output = output }
 
     public func write(_ records: [TapRecord]) {
-        var writer = JSONWriter(capacity: 320 * records.count)
+        var writer = spare.withLock { $0.take() } ?? JSONWriter(capacity: 320 * records.count)
+        writer.removeAll()
         for record in records { JSONLinesEncoder.encode(record, into: &writer) }
         writer.withBytes { output.write($0) }
+        // Keep buffers up to 4 MiB; a rare huge batch should not pin its memory.
+        if writer.capacity <= 4 << 20 { spare.withLock { $0 = writer } }
     }
 }
 

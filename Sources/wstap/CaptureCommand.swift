@@ -62,7 +62,7 @@ struct CaptureCommand: ParsableCommand {
         } catch {
             fail("\(error)")
         }
-        let sinks = output.makeSinks()
+        let sinks = output.makeSinks(background: true)
         let session = discovery.makeSession(output.dissectorConfiguration)
 
         // Ctrl-C only asks the capture loop to stop (it looks at least every 100 ms); the loop then ends
@@ -78,11 +78,11 @@ struct CaptureCommand: ParsableCommand {
         do {
             summary = try capture.run(session: session, limit: count, shouldStop: { stop.requested }, emit: { sinks.all.write($0) })
         } catch {
-            sinks.har?.finish()
+            sinks.finish()
             fail("\(error)")
         }
-        sinks.har?.finish()
-        discovery.reportTLS(of: session)
+        sinks.finish()
+        discovery.reportTLS(of: [session])
         var line = "wstap: captured \(counted(summary.packets, "packet")) (\(counted(summary.tcpSegments, "TCP segment"))), "
             + "\(counted(summary.connections, "connection")) dissected; dropped \(summary.droppedByKernel) in the kernel, \(summary.droppedByInterface) by the interface"
         if summary.droppedByKernel > 0 { line += " (records may show gaps; a narrower --filter helps)" }

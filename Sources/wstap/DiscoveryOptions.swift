@@ -16,28 +16,39 @@ struct DiscoveryOptions: ParsableArguments {
 
     /// A session for one capture; `file` is read for embedded TLS secrets (pcapng Decryption Secrets Blocks).
     func makeSession(_ configuration: StreamDissector.Configuration, file: String? = nil) -> CaptureSession {
-        let session = CaptureSession(configuration: configuration)
-        session.decodeAsPorts = Set(decodeAs)
-        session.heuristic = !noHeuristic
-        var keyLog: TLSKeyLog?
-        if let keylog {
-            do {
-                keyLog = try TLSKeyLog(path: keylog)
-            } catch {
-                fail("\(error)")
+        makeSessions(configuration, count: 1, file: file)[0]
+    }
+
+    /// `count` sessions set up alike, for a read that spreads connections over threads. Each has its
+    /// own key log (they are used from different threads); the file is searched for secrets once.
+    func makeSessions(_ configuration: StreamDissector.Configuration, count: Int, file: String? = nil) -> [CaptureSession] {
+        let embedded = file.flatMap { PcapngSecrets.keyLogText(path: $0) }
+        return (0..<count).map { _ in
+            let session = CaptureSession(configuration: configuration)
+            session.decodeAsPorts = Set(decodeAs)
+            session.heuristic = !noHeuristic
+            var keyLog: TLSKeyLog?
+            if let keylog {
+                do {
+                    keyLog = try TLSKeyLog(path: keylog)
+                } catch {
+                    fail("\(error)")
+                }
             }
+            if let embedded {
+                keyLog = keyLog ?? TLSKeyLog()
+                keyLog!.add(text: embedded)
+            }
+            session.keyLog = keyLog
+            return session
         }
-        if let file, let embedded = PcapngSecrets.keyLogText(path: file) {
-            keyLog = keyLog ?? TLSKeyLog()
-            keyLog!.add(text: embedded)
-        }
-        session.keyLog = keyLog
-        return session
     }
 
     /// One line per reason some TLS connections stayed encrypted, so a missing key log is not a mystery.
-    func reportTLS(of session: CaptureSession) {
-        for (reason, count) in session.tlsNotDecrypted.sorted(by: { $0.key < $1.key }) {
+    func reportTLS(of sessions: [CaptureSession]) {
+        var reasons: [String: Int] = [:]
+        for session in sessions { reasons.merge(session.tlsNotDecrypted, uniquingKeysWith: +) }
+        for (reason, count) in reasons.sorted(by: { $0.key < $1.key }) {
             OutputFile.standardError.write(Array("wstap: \(counted(count, "TLS connection")) not decrypted: \(reason)\n".utf8))
         }
     }

@@ -34,15 +34,26 @@ struct OutputOptions: ParsableArguments {
         if verbose && quiet { throw ValidationError("-v and -q contradict each other: choose one.") }
     }
 
-    /// Every sink asked for, as one; `har` is also returned alone because it needs `finish()` at the end.
+    /// Every sink asked for, as one. `finish()` must run before exit: it writes what is still queued and
+    /// closes the HAR log.
     struct Sinks {
-        let all: FanoutSink
+        let all: any RecordSink
         let har: HARSink?
+        let background: BackgroundSink?
+
+        /// Waits until every record handed over so far is written.
+        func drain() { background?.drain() }
+
+        func finish() {
+            background?.finish()
+            har?.finish()
+        }
     }
 
     /// The JSON Lines sink (if asked for), the HAR log (if asked for) and the console (unless -q);
-    /// exits with one line on failure.
-    func makeSinks() -> Sinks {
+    /// exits with one line on failure. `background` puts encoding and writing on a thread of their own
+    /// (for `read` and `capture`; the proxy writes each batch before forwarding the bytes it describes).
+    func makeSinks(background: Bool = false) -> Sinks {
         var sinks: [any RecordSink] = []
         var harSink: HARSink?
         if let jsonl {
@@ -66,6 +77,8 @@ struct OutputOptions: ParsableArguments {
             let color = ConsoleSink.wantsColor(console, environment: environment())
             sinks.append(ConsoleSink(output: console, options: .init(verbose: verbose, color: color)))
         }
-        return Sinks(all: FanoutSink(sinks), har: harSink)
+        let all: any RecordSink = sinks.count == 1 ? sinks[0] : FanoutSink(sinks)
+        let queue = background ? BackgroundSink(all) : nil
+        return Sinks(all: queue ?? all, har: harSink, background: queue)
     }
 }

@@ -33,26 +33,49 @@ struct ReadCommand: ParsableCommand {
     @OptionGroup var output: OutputOptions
     @OptionGroup var discovery: DiscoveryOptions
 
+    @Option(name: .long, help: ArgumentHelp("Threads that dissect connections in parallel (default: one per core; 1 reads on a single thread). The records are the same either way.", valueName: "n"))
+    var threads: Int?
+
+    func validate() throws {
+        if let threads, threads < 1 || threads > 64 { throw ValidationError("--threads must be between 1 and 64.") }
+    }
+
     func run() throws {
-        let sinks = output.makeSinks()
+        let sinks = output.makeSinks(background: true)
         // A progress line only where it cannot mix with records: stderr is a terminal and the console
         // records are not going to that same terminal.
         let showProgress = isatty(STDERR_FILENO) == 1 && (output.quiet || output.jsonl == "-" || isatty(STDOUT_FILENO) == 0)
         for file in files {
             // One session per file: connection ids restart, as each file is its own capture.
-            let session = discovery.makeSession(output.dissectorConfiguration, file: file)
+            let sessions = discovery.makeSessions(output.dissectorConfiguration, count: dissectingThreads, file: file)
             let progress = showProgress ? ProgressLine(file: file) : nil
+            let report = progress.map { line in { (progress: PcapFile.Progress) in line.update(progress) } }
             do {
-                try PcapFile.read(path: file, session: session, emit: { sinks.all.write($0) }, progress: progress.map { line in { line.update($0) } })
+                if sessions.count == 1 {
+                    try PcapFile.read(path: file, session: sessions[0], emit: { sinks.all.write($0) }, progress: report)
+                } else {
+                    try PcapFile.read(path: file, sessions: sessions, emit: { sinks.all.write($0) }, progress: report)
+                }
+                sinks.drain()
                 progress?.clear()
-                discovery.reportTLS(of: session)
+                discovery.reportTLS(of: sessions)
             } catch {
+                // Everything read before the damage is written before the error line.
+                sinks.finish()
                 progress?.clear()
-                sinks.har?.finish()
                 fail("\(error)")
             }
         }
-        sinks.har?.finish()
+        sinks.finish()
+    }
+}
+
+extension ReadCommand {
+    /// One per core by default: reading and writing records take threads of their own too, but they
+    /// mostly wait, and connections are what there is most of to do.
+    var dissectingThreads: Int {
+        if let threads { return threads }
+        return max(1, min(8, sysconf(Int32(_SC_NPROCESSORS_ONLN))))
     }
 }
 

@@ -136,3 +136,42 @@ struct MidstreamCaptureTests {
         #expect(Self.opens(try Self.records("gen-ws-midstream.pcap", heuristic: false)).isEmpty)
     }
 }
+
+/// A read spread over several sessions (threads) must give exactly what one session gives: the same
+/// records in the same order, connections numbered alike.
+@Suite(.enabled(if: FileManager.default.fileExists(atPath: SharedCaptures.directory.path)))
+struct ShardedReadTests {
+    static func lines(_ path: String, shards: Int, keyLog: () -> TLSKeyLog?) throws -> [String] {
+        var all: [TapRecord] = []
+        if shards == 1 {
+            let session = CaptureSession()
+            session.keyLog = keyLog()
+            try PcapFile.read(path: path, session: session) { all += $0 }
+        } else {
+            let sessions = (0..<shards).map { _ in CaptureSession() }
+            for session in sessions { session.keyLog = keyLog() }
+            try PcapFile.read(path: path, sessions: sessions) { all += $0 }
+        }
+        return all.map(JSONLinesEncoder.line)
+    }
+
+    @Test func everySharedCaptureReadsTheSameOnOneOrManyThreads() throws {
+        let names = try FileManager.default.contentsOfDirectory(atPath: SharedCaptures.directory.path)
+            .filter { $0.hasSuffix(".pcap") || $0.hasSuffix(".pcapng") }.sorted()
+        #expect(names.count >= 15)
+        for name in names {
+            let path = SharedCaptures.directory.appendingPathComponent(name).path
+            let keyLog: () -> TLSKeyLog? = {
+                guard let text = PcapngSecrets.keyLogText(path: path) else { return nil }
+                let log = TLSKeyLog()
+                _ = log.add(text: text)
+                return log
+            }
+            let single = try Self.lines(path, shards: 1, keyLog: keyLog)
+            #expect(!single.isEmpty, "\(name)")
+            for shards in [2, 3] {
+                #expect(try Self.lines(path, shards: shards, keyLog: keyLog) == single, "\(name) on \(shards) threads")
+            }
+        }
+    }
+}
