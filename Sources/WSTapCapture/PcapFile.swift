@@ -19,11 +19,7 @@ public enum PcapFile {
     /// `progress` is called about every 4,096 packets with the file position.
     public static func read(path: String, session: CaptureSession, emit: ([TapRecord]) -> Void,
                             progress: ((Progress) -> Void)? = nil) throws {
-        var errorBuffer = [CChar](repeating: 0, count: Int(PCAP_ERRBUF_SIZE))
-        guard let handle = pcap_open_offline_with_tstamp_precision(path, UInt32(PCAP_TSTAMP_PRECISION_NANO), &errorBuffer) else {
-            let reason = errorBuffer.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
-            throw Failure(description: "cannot read '\(path)': \(reason)")
-        }
+        let handle = try open(path)
         defer { pcap_close(handle) }
         let link = try PacketFeed.linkType(of: handle, name: "'\(path)'")
         var feed = PacketFeed(session: session, link: link, nanosecondTimestamps: true)
@@ -46,6 +42,18 @@ public enum PcapFile {
             }
         }
         feed.finish(emit: emit)
+    }
+}
+
+extension PcapFile {
+    /// A libpcap handle for a capture file, timestamps in nanoseconds; close it with `pcap_close`.
+    static func open(_ path: String) throws -> OpaquePointer {
+        var errorBuffer = [CChar](repeating: 0, count: Int(PCAP_ERRBUF_SIZE))
+        guard let handle = pcap_open_offline_with_tstamp_precision(path, UInt32(PCAP_TSTAMP_PRECISION_NANO), &errorBuffer) else {
+            let reason = errorBuffer.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+            throw Failure(description: "cannot read '\(path)': \(reason)")
+        }
+        return handle
     }
 }
 

@@ -17,11 +17,7 @@ extension PcapFile {
     public static func read(path: String, sessions: [CaptureSession], emit: ([TapRecord]) -> Void,
                             progress: ((Progress) -> Void)? = nil) throws {
         precondition(!sessions.isEmpty)
-        var errorBuffer = [CChar](repeating: 0, count: Int(PCAP_ERRBUF_SIZE))
-        guard let handle = pcap_open_offline_with_tstamp_precision(path, UInt32(PCAP_TSTAMP_PRECISION_NANO), &errorBuffer) else {
-            let reason = errorBuffer.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
-            throw Failure(description: "cannot read '\(path)': \(reason)")
-        }
+        let handle = try open(path)
         defer { pcap_close(handle) }
         let link = try PacketFeed.linkType(of: handle, name: "'\(path)'")
         for session in sessions { session.tracksLifecycle = true }

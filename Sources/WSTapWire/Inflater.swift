@@ -178,20 +178,15 @@ public final class Inflater {
                         n -= codeLength
                         out[op] = UInt8(truncatingIfNeeded: entry >> 16)
                         op += 1
-                        // Literals come in runs: decode up to two more from the bits already loaded.
-                        entry = literalTable[Int(truncatingIfNeeded: b) & HuffmanTable.literalMask]
-                        if entry & HuffmanTable.kindMask == HuffmanTable.literal && Int(entry & 0xFF) <= n {
+                        // Literals come in runs: decode up to two more from the bits already loaded
+                        // (the slack past `limit` has room for them).
+                        for _ in 0..<2 {
+                            entry = literalTable[Int(truncatingIfNeeded: b) & HuffmanTable.literalMask]
+                            guard entry & HuffmanTable.kindMask == HuffmanTable.literal && Int(entry & 0xFF) <= n else { break }
                             b &>>= UInt64(entry & 0xFF)
                             n -= Int(entry & 0xFF)
                             out[op] = UInt8(truncatingIfNeeded: entry >> 16)
                             op += 1
-                            entry = literalTable[Int(truncatingIfNeeded: b) & HuffmanTable.literalMask]
-                            if entry & HuffmanTable.kindMask == HuffmanTable.literal && Int(entry & 0xFF) <= n {
-                                b &>>= UInt64(entry & 0xFF)
-                                n -= Int(entry & 0xFF)
-                                out[op] = UInt8(truncatingIfNeeded: entry >> 16)
-                                op += 1
-                            }
                         }
                         continue symbols
                     }
