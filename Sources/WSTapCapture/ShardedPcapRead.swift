@@ -73,8 +73,8 @@ extension PcapFile {
 
 /// The dissecting threads: each owns one session and works through its share of every chunk.
 final class ShardPool: @unchecked Sendable {
-    // @unchecked: `chunks`, `pending` and every chunk's results are guarded by `lock`; a chunk's
-    // items are only read by the shard they belong to, after `submit` published them under the lock.
+    // @unchecked: the queues, `inFlight` and every chunk's fields are read and written under `lock`
+    // once a chunk is submitted; the merger reads a chunk's outputs only after all shards finished it.
     static let chunkSize = 512
     /// Chunks submitted but not yet merged; bounds memory when dissecting is slower than reading.
     static let maxInFlight = 4
@@ -188,10 +188,14 @@ final class ShardPool: @unchecked Sendable {
                 return
             }
             let chunk = queues[shard].removeFirst()
+            // Take this shard's items under the lock: the other shards write their own slots of the
+            // same arrays, and an unlocked read of the array could race with that write.
+            let items = chunk.items[shard]
+            chunk.items[shard] = []
             pthread_mutex_unlock(lock)
 
             var outputs: [Output] = []
-            for item in chunk.items[shard] {
+            for item in items {
                 records.removeAll(keepingCapacity: true)
                 session.add(item.segment, at: item.time, into: &records)
                 let lifecycle = session.takeLifecycle()
@@ -201,7 +205,6 @@ final class ShardPool: @unchecked Sendable {
             }
 
             pthread_mutex_lock(lock)
-            chunk.items[shard] = []
             chunk.outputs[shard] = outputs
             chunk.unfinished -= 1
             pthread_cond_broadcast(changed)
