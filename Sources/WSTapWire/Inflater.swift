@@ -2,9 +2,10 @@
 ///
 /// Written here rather than wrapping zlib because inflating is most of the work when reading a deflate
 /// capture, and zlib's general state machine does about 300 MB/s on JSON-like WebSocket payloads. This one
-/// decodes whole symbols from a 64-bit bit buffer through two-level lookup tables and copies matches
-/// eight bytes at a time, which is where the speed comes from (the approach of libdeflate, which cannot
-/// be used directly: it keeps no window between calls, and context takeover needs one).
+/// decodes whole symbols from a 64-bit bit buffer through two-level lookup tables (one lookup yields two
+/// literals where both codes are short), looks up the next symbol while a match is being copied, and copies
+/// matches sixteen bytes at a time, which is where the speed comes from (the approach of libdeflate, which
+/// cannot be used directly: it keeps no window between calls, and context takeover needs one).
 ///
 /// Compressed payload is fed piece by piece as it arrives, split anywhere. A symbol or block header that
 /// straddles two pieces is not half-decoded: the bytes it needs are kept (a few, or a few hundred for a
@@ -152,6 +153,83 @@ public final class Inflater {
             case .huffman:
                 let literalTable = literals
                 let distanceTable = distances
+                // Fast loop, while at least 16 input bytes remain: a refill then leaves 56 or more bits, which
+                // covers the longest length code with its extra bits plus the longest distance code with its
+                // extra bits (48 bits), so no symbol here checks for bits. The next symbol's table entry is
+                // looked up before the current match is copied, so that load overlaps the copy. End of block,
+                // invalid codes and the last bytes of input go to the careful loop below, symbol unconsumed.
+                if end - ip >= 16 {
+                    b |= UInt64(littleEndian: UnsafeRawPointer(ip).loadUnaligned(as: UInt64.self)) &<< UInt64(n)
+                    ip += (63 - n) >> 3
+                    n |= 56
+                    var entry = literalTable[Int(truncatingIfNeeded: b) & HuffmanTable.literalMask]
+                    fast: while true {
+                        if op > limit { op = slide(op, sink) }
+                        if entry & HuffmanTable.kindMask == HuffmanTable.link {
+                            entry = literalTable[HuffmanTable.subtableIndex(entry, b &>> UInt64(HuffmanTable.literalBits))]
+                        }
+                        let kind = entry & HuffmanTable.kindMask
+                        if kind == HuffmanTable.literal {
+                            // Up to three literals from one refill: 15 + 10 + 10 bits, and 10 more for the lookahead.
+                            b &>>= UInt64(entry & 0xFF)
+                            n -= Int(entry & 0xFF)
+                            UnsafeMutableRawPointer(out + op).storeBytes(of: UInt16(truncatingIfNeeded: entry >> 16), as: UInt16.self)
+                            op += Int((entry >> 8) & 0xF)
+                            entry = literalTable[Int(truncatingIfNeeded: b) & HuffmanTable.literalMask]
+                            if entry & HuffmanTable.kindMask == HuffmanTable.literal {
+                                b &>>= UInt64(entry & 0xFF)
+                                n -= Int(entry & 0xFF)
+                                UnsafeMutableRawPointer(out + op).storeBytes(of: UInt16(truncatingIfNeeded: entry >> 16), as: UInt16.self)
+                                op += Int((entry >> 8) & 0xF)
+                                entry = literalTable[Int(truncatingIfNeeded: b) & HuffmanTable.literalMask]
+                                if entry & HuffmanTable.kindMask == HuffmanTable.literal {
+                                    b &>>= UInt64(entry & 0xFF)
+                                    n -= Int(entry & 0xFF)
+                                    UnsafeMutableRawPointer(out + op).storeBytes(of: UInt16(truncatingIfNeeded: entry >> 16), as: UInt16.self)
+                                    op += Int((entry >> 8) & 0xF)
+                                    entry = literalTable[Int(truncatingIfNeeded: b) & HuffmanTable.literalMask]
+                                }
+                            }
+                        } else if kind == HuffmanTable.lengthOrDistance {
+                            let codeLength = entry & 0xFF
+                            let lengthExtra = (entry >> 8) & 0xF
+                            let length = Int(entry >> 16) + (Int(truncatingIfNeeded: b &>> UInt64(codeLength)) & ((1 << Int(lengthExtra)) - 1))
+                            b &>>= UInt64(codeLength + lengthExtra)
+                            n -= Int(codeLength + lengthExtra)
+                            var distanceEntry = distanceTable[Int(truncatingIfNeeded: b) & HuffmanTable.distanceMask]
+                            if distanceEntry & HuffmanTable.kindMask == HuffmanTable.link {
+                                distanceEntry = distanceTable[HuffmanTable.subtableIndex(distanceEntry, b &>> UInt64(HuffmanTable.distanceBits))]
+                            }
+                            guard distanceEntry & HuffmanTable.kindMask == HuffmanTable.lengthOrDistance else {
+                                error = "invalid distance code"
+                                break decoding
+                            }
+                            let distanceLength = distanceEntry & 0xFF
+                            let distanceExtra = (distanceEntry >> 8) & 0xF
+                            let distance = Int(distanceEntry >> 16)
+                                + (Int(truncatingIfNeeded: b &>> UInt64(distanceLength)) & ((1 << Int(distanceExtra)) - 1))
+                            b &>>= UInt64(distanceLength + distanceExtra)
+                            n -= Int(distanceLength + distanceExtra)
+                            guard distance <= op else {
+                                error = "invalid distance too far back"
+                                break decoding
+                            }
+                            // The top refill advanced at most 7 bytes, so 8 more can be loaded here.
+                            b |= UInt64(littleEndian: UnsafeRawPointer(ip).loadUnaligned(as: UInt64.self)) &<< UInt64(n)
+                            ip += (63 - n) >> 3
+                            n |= 56
+                            entry = literalTable[Int(truncatingIfNeeded: b) & HuffmanTable.literalMask]
+                            copyMatch(out + op, distance: distance, length: length)
+                            op += length
+                        } else {
+                            break fast
+                        }
+                        guard end - ip >= 16 else { break fast }
+                        b |= UInt64(littleEndian: UnsafeRawPointer(ip).loadUnaligned(as: UInt64.self)) &<< UInt64(n)
+                        ip += (63 - n) >> 3
+                        n |= 56
+                    }
+                }
                 symbols: while true {
                     if op > limit { op = slide(op, sink) }
                     if end - ip >= 8 {
@@ -176,8 +254,8 @@ public final class Inflater {
                         guard codeLength <= n else { break decoding }
                         b &>>= UInt64(codeLength)
                         n -= codeLength
-                        out[op] = UInt8(truncatingIfNeeded: entry >> 16)
-                        op += 1
+                        UnsafeMutableRawPointer(out + op).storeBytes(of: UInt16(truncatingIfNeeded: entry >> 16), as: UInt16.self)
+                        op += Int((entry >> 8) & 0xF)
                         // Literals come in runs: decode up to two more from the bits already loaded
                         // (the slack past `limit` has room for them).
                         for _ in 0..<2 {
@@ -185,8 +263,8 @@ public final class Inflater {
                             guard entry & HuffmanTable.kindMask == HuffmanTable.literal && Int(entry & 0xFF) <= n else { break }
                             b &>>= UInt64(entry & 0xFF)
                             n -= Int(entry & 0xFF)
-                            out[op] = UInt8(truncatingIfNeeded: entry >> 16)
-                            op += 1
+                            UnsafeMutableRawPointer(out + op).storeBytes(of: UInt16(truncatingIfNeeded: entry >> 16), as: UInt16.self)
+                            op += Int((entry >> 8) & 0xF)
                         }
                         continue symbols
                     }
@@ -428,8 +506,11 @@ private struct BitCursor {
 
 /// Decode tables for canonical Huffman codes (RFC 1951 §3.2.2). An entry is a `UInt32`:
 /// bits 0–7 the code length to consume, 8–11 the extra bits of a length or distance (or the width of a
-/// subtable), 12–15 the kind, 16–31 the literal, base value or subtable offset. Codes longer than the
-/// root width go through a subtable; its entries carry the full code length.
+/// subtable, or how many literals a literal/length entry holds), 12–15 the kind, 16–31 the literal (two
+/// literals: bits 16–23 then 24–31), base value or subtable offset. Codes longer than the root width go
+/// through a subtable; its entries carry the full code length. A literal/length root entry whose literal
+/// code leaves room for the whole code of a second literal holds both, so runs of short literals (digits,
+/// punctuation) take half the lookups.
 enum HuffmanTable {
     enum Kind { case literalLength, distance, precode }
 
@@ -466,7 +547,7 @@ enum HuffmanTable {
         case .precode:
             return UInt32(symbol) << 16 | literal
         case .literalLength:
-            if symbol < 256 { return UInt32(symbol) << 16 | literal }
+            if symbol < 256 { return UInt32(symbol) << 16 | 1 << 8 | literal }
             if symbol == 256 { return endOfBlock }
             if symbol <= 285 { return lengthBase[symbol - 257] << 16 | lengthExtra[symbol - 257] << 8 | lengthOrDistance }
             return invalid
@@ -565,9 +646,28 @@ enum HuffmanTable {
                             }
                         }
                     }
+                    if kind == .literalLength { pairLiterals(table, rootBits: rootBits) }
                     return true
                 }
             }
+        }
+    }
+
+    /// Where a root entry's literal leaves room for a second literal's whole code, the entry decodes both.
+    /// Runs from the last index down: the second lookup reads a lower index, so it still holds one literal.
+    private static func pairLiterals(_ table: UnsafeMutablePointer<UInt32>, rootBits: Int) {
+        var index = (1 << rootBits) - 1
+        while index >= 0 {
+            let first = table[index]
+            let firstLength = Int(first & 0xFF)
+            if first & kindMask == literal && firstLength < rootBits {
+                let second = table[index >> firstLength]
+                let secondLength = Int(second & 0xFF)
+                if second & kindMask == literal && (second >> 8) & 0xF == 1 && firstLength + secondLength <= rootBits {
+                    table[index] = (first & 0x00FF_0000) | (second & 0x00FF_0000) << 8 | 2 << 8 | literal | UInt32(firstLength + secondLength)
+                }
+            }
+            index -= 1
         }
     }
 
