@@ -48,6 +48,10 @@ public final class CaptureSession {
     }
 
     public func packet(link: LinkType, frame: [UInt8], originalLength: Int, at time: Timestamp, into records: inout [TapRecord]) {
+        frame.withUnsafeBufferPointer { packet(link: link, frame: $0, originalLength: originalLength, at: time, into: &records) }
+    }
+
+    public func packet(link: LinkType, frame: UnsafeBufferPointer<UInt8>, originalLength: Int, at time: Timestamp, into records: inout [TapRecord]) {
         packets += 1
         guard let segment = PacketDecoder.tcpSegment(link: link, frame: frame, originalLength: originalLength) else { return }
         add(segment, at: time, into: &records)

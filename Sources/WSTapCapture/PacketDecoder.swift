@@ -17,17 +17,52 @@ public struct TCPSegment: Equatable, Sendable {
 }
 
 /// An IP address and TCP port, printed as "ip:port" ("[v6]:port" for IPv6).
+///
+/// The address is held inline (two words, not an array): every captured segment carries two endpoints,
+/// and the reassembler hashes and compares them per packet.
 public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
-    public var address: [UInt8]
+    /// Address bytes 0–7 and 8–15, big-endian, so comparing the words compares the bytes in order.
+    /// An IPv4 address fills the first four bytes.
+    private var high: UInt64
+    private var low: UInt64
+    private var isIPv6: Bool
     public var port: UInt16
 
     public init(address: [UInt8], port: UInt16) {
-        self.address = address
+        precondition(address.count == 4 || address.count == 16, "an IPv4 or IPv6 address")
+        var high: UInt64 = 0, low: UInt64 = 0
+        for (index, byte) in address.enumerated() {
+            if index < 8 { high |= UInt64(byte) << (56 - 8 * UInt64(index)) } else { low |= UInt64(byte) << (56 - 8 * UInt64(index - 8)) }
+        }
+        self.init(high: high, low: low, isIPv6: address.count == 16, port: port)
+    }
+
+    init(high: UInt64, low: UInt64, isIPv6: Bool, port: UInt16) {
+        self.high = high
+        self.low = low
+        self.isIPv6 = isIPv6
         self.port = port
     }
 
+    public var address: [UInt8] {
+        (0..<(isIPv6 ? 16 : 4)).map { index in UInt8(truncatingIfNeeded: (index < 8 ? high : low) >> (56 - 8 * UInt64(index % 8))) }
+    }
+
+    /// Address order (bytes compared in turn), then port: how the reassembler names a connection
+    /// the same way from both directions.
+    static func precedes(_ x: Endpoint, _ y: Endpoint) -> Bool {
+        (x.high, x.low, x.port) < (y.high, y.low, y.port)
+    }
+
+    /// A cheap hash for spreading connections over threads (the same on every run, unlike `hashValue`).
+    var spreadHash: UInt64 {
+        let mixed = (high ^ (low << 17 | low >> 47) ^ UInt64(port)) &* 0x9E37_79B9_7F4A_7C15
+        return mixed ^ mixed >> 32
+    }
+
     public var description: String {
-        if address.count == 4 { return address.map(String.init).joined(separator: ".") + ":\(port)" }
+        let address = address
+        if !isIPv6 { return address.map(String.init).joined(separator: ".") + ":\(port)" }
         var groups: [String] = []
         for i in stride(from: 0, to: address.count, by: 2) { groups.append(String(UInt16(address[i]) << 8 | UInt16(address[i + 1]), radix: 16)) }
         return "[\(Self.compress(groups))]:\(port)"
@@ -68,12 +103,17 @@ public enum PacketDecoder {
     /// The TCP segment in a captured frame, or nil for anything else (ARP, UDP, fragments, …).
     /// `originalLength` is the packet's length on the wire, to detect snap-length truncation.
     public static func tcpSegment(link: LinkType, frame: [UInt8], originalLength: Int) -> TCPSegment? {
+        frame.withUnsafeBufferPointer { tcpSegment(link: link, frame: $0, originalLength: originalLength) }
+    }
+
+    /// The same, straight from a buffer libpcap owns: only the TCP payload is copied.
+    public static func tcpSegment(link: LinkType, frame: UnsafeBufferPointer<UInt8>, originalLength: Int) -> TCPSegment? {
         guard let (offset, version) = networkLayer(link: link, frame: frame) else { return nil }
         return ip(frame, at: offset, version: version, missing: max(0, originalLength - frame.count))
     }
 
     /// Where the IP header starts, and which IP version (4 or 6; 0 = read it from the header).
-    static func networkLayer(link: LinkType, frame: [UInt8]) -> (Int, Int)? {
+    static func networkLayer(link: LinkType, frame: UnsafeBufferPointer<UInt8>) -> (Int, Int)? {
         switch link {
         case .null, .loop:
             guard frame.count >= 4 else { return nil }
@@ -110,11 +150,15 @@ public enum PacketDecoder {
         }
     }
 
-    static func ip(_ p: [UInt8], at start: Int, version hinted: Int, missing: Int) -> TCPSegment? {
+    static func ip(_ p: UnsafeBufferPointer<UInt8>, at start: Int, version hinted: Int, missing: Int) -> TCPSegment? {
         guard p.count > start else { return nil }
         let version = hinted != 0 ? hinted : Int(p[start] >> 4)
+        func u16(_ i: Int) -> UInt16 { UInt16(p[i]) << 8 | UInt16(p[i + 1]) }
+        func u32(_ i: Int) -> UInt32 { UInt32(p[i]) << 24 | UInt32(p[i + 1]) << 16 | UInt32(p[i + 2]) << 8 | UInt32(p[i + 3]) }
+        func u64(_ i: Int) -> UInt64 { UInt64(u32(i)) << 32 | UInt64(u32(i + 4)) }
         var offset: Int
-        var source: [UInt8], destination: [UInt8]
+        // Address words as `Endpoint` keeps them: big-endian, IPv4 in the top four bytes.
+        var source: (UInt64, UInt64), destination: (UInt64, UInt64)
         var ipEnd: Int
         if version == 4 {
             guard p.count >= start + 20 else { return nil }
@@ -122,8 +166,8 @@ public enum PacketDecoder {
             let total = Int(p[start + 2]) << 8 | Int(p[start + 3])
             let fragment = (Int(p[start + 6]) << 8 | Int(p[start + 7])) & 0x3FFF
             guard p[start + 9] == 6, fragment == 0, headerLength >= 20 else { return nil }  // TCP, not fragmented
-            source = Array(p[(start + 12)..<(start + 16)])
-            destination = Array(p[(start + 16)..<(start + 20)])
+            source = (UInt64(u32(start + 12)) << 32, 0)
+            destination = (UInt64(u32(start + 16)) << 32, 0)
             offset = start + headerLength
             // total 0 happens with TSO/GRO captures: trust the captured length then.
             ipEnd = total == 0 ? p.count + missing : start + total
@@ -131,8 +175,8 @@ public enum PacketDecoder {
             guard p.count >= start + 40 else { return nil }
             var next = p[start + 6]
             let payloadLength = Int(p[start + 4]) << 8 | Int(p[start + 5])
-            source = Array(p[(start + 8)..<(start + 24)])
-            destination = Array(p[(start + 24)..<(start + 40)])
+            source = (u64(start + 8), u64(start + 16))
+            destination = (u64(start + 24), u64(start + 32))
             offset = start + 40
             ipEnd = payloadLength == 0 ? p.count + missing : offset + payloadLength
             // Skip extension headers (hop-by-hop, routing, destination options); fragments are not reassembled.
@@ -151,10 +195,10 @@ public enum PacketDecoder {
         let payloadStart = offset + dataOffset
         let payloadEndOnWire = max(payloadStart, ipEnd)
         let payloadEnd = min(p.count, payloadEndOnWire)
-        func u16(_ i: Int) -> UInt16 { UInt16(p[i]) << 8 | UInt16(p[i + 1]) }
-        func u32(_ i: Int) -> UInt32 { UInt32(p[i]) << 24 | UInt32(p[i + 1]) << 16 | UInt32(p[i + 2]) << 8 | UInt32(p[i + 3]) }
+        let isIPv6 = version == 6
         return TCPSegment(
-            source: Endpoint(address: source, port: u16(offset)), destination: Endpoint(address: destination, port: u16(offset + 2)),
+            source: Endpoint(high: source.0, low: source.1, isIPv6: isIPv6, port: u16(offset)),
+            destination: Endpoint(high: destination.0, low: destination.1, isIPv6: isIPv6, port: u16(offset + 2)),
             sequence: u32(offset + 4), acknowledgment: u32(offset + 8), flags: p[offset + 13],
             payload: payloadStart < payloadEnd ? Array(p[payloadStart..<payloadEnd]) : [],
             truncatedBy: max(0, payloadEndOnWire - max(payloadEnd, payloadStart)))

@@ -83,7 +83,7 @@ struct PacketFeed {
     mutating func packet(_ header: pcap_pkthdr, _ data: UnsafePointer<UInt8>, emit: ([TapRecord]) -> Void) {
         let fraction = Int64(header.ts.tv_usec) * (nanosecondTimestamps ? 1 : 1000)
         last = Timestamp(nanoseconds: Int64(header.ts.tv_sec) * 1_000_000_000 + fraction)
-        let frame = Array(UnsafeBufferPointer(start: data, count: Int(header.caplen)))
+        let frame = UnsafeBufferPointer(start: data, count: Int(header.caplen))
         records.removeAll(keepingCapacity: true)
         session.packet(link: link, frame: frame, originalLength: Int(header.len), at: last, into: &records)
         if !records.isEmpty { emit(records) }

@@ -38,10 +38,10 @@ extension PcapFile {
             if status == 1, let header, let data {
                 packets += 1
                 last = Timestamp(nanoseconds: Int64(header.pointee.ts.tv_sec) * 1_000_000_000 + Int64(header.pointee.ts.tv_usec))
-                let frame = Array(UnsafeBufferPointer(start: data, count: Int(header.pointee.caplen)))
+                let frame = UnsafeBufferPointer(start: data, count: Int(header.pointee.caplen))
                 if let segment = PacketDecoder.tcpSegment(link: link, frame: frame, originalLength: Int(header.pointee.len)) {
                     // Symmetric in the two endpoints, so both directions land on the same session.
-                    let shard = Int(UInt(bitPattern: segment.source.hashValue ^ segment.destination.hashValue) % UInt(sessions.count))
+                    let shard = Int((segment.source.spreadHash ^ segment.destination.spreadHash) % UInt64(sessions.count))
                     chunk.items[shard].append(.init(sequence: packets, segment: segment, time: last))
                     chunk.count += 1
                     if chunk.count >= ShardPool.chunkSize {

@@ -32,7 +32,7 @@ public final class TCPReassembler {
         var b: Endpoint
         init(_ x: Endpoint, _ y: Endpoint) {
             // Order-independent: both directions map to one key.
-            if (x.address.lexicographicallyPrecedes(y.address)) || (x.address == y.address && x.port < y.port) { (a, b) = (x, y) } else { (a, b) = (y, x) }
+            if Endpoint.precedes(x, y) { (a, b) = (x, y) } else { (a, b) = (y, x) }
         }
     }
 
@@ -46,8 +46,14 @@ public final class TCPReassembler {
 
     private final class State {
         let connection: Connection
-        var streams: [Direction: Stream] = [.clientToServer: Stream(), .serverToClient: Stream()]
+        var clientToServer = Stream()
+        var serverToClient = Stream()
         init(_ connection: Connection) { self.connection = connection }
+
+        subscript(direction: Direction) -> Stream {
+            get { direction == .clientToServer ? clientToServer : serverToClient }
+            set { if direction == .clientToServer { clientToServer = newValue } else { serverToClient = newValue } }
+        }
     }
 
     private var states: [Key: State] = [:]
@@ -75,9 +81,9 @@ public final class TCPReassembler {
         }
         let direction: Direction = segment.source == state.connection.client ? .clientToServer : .serverToClient
         let id = state.connection.id
-        var stream = state.streams[direction]!
+        var stream = state[direction]
         if segment.rst {
-            state.streams[direction] = stream
+            state[direction] = stream
             finish(state, reason: "\(direction.sender) reset the connection", at: time, into: &events)
             states[key] = nil
             return
@@ -107,8 +113,8 @@ public final class TCPReassembler {
             }
         }
         if let finAt = stream.finAt, let next = stream.next, Self.diff(next, finAt) >= 0 { stream.finished = true }
-        state.streams[direction] = stream
-        if state.streams.values.allSatisfy(\.finished) {
+        state[direction] = stream
+        if state.clientToServer.finished && state.serverToClient.finished {
             finish(state, reason: "both sides closed", at: time, into: &events)
             states[key] = nil
         }
@@ -125,9 +131,9 @@ public final class TCPReassembler {
     private func finish(_ state: State, reason: String, at time: Timestamp, into events: inout [Event]) {
         let id = state.connection.id
         for direction in [Direction.clientToServer, .serverToClient] {
-            var stream = state.streams[direction]!
+            var stream = state[direction]
             while !stream.pending.isEmpty { forceGap(&stream, id: id, direction: direction, events: &events) }
-            state.streams[direction] = stream
+            state[direction] = stream
         }
         events.append(.closed(id, reason: reason, time))
     }
