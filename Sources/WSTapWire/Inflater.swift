@@ -610,7 +610,8 @@ enum HuffmanTable {
                 return true
             }
             // Patterns no code covers (no codes at all, or the one-bit code's other half) are invalid.
-            table.update(repeating: invalid | (longest == 0 ? 0 : 1), count: rootSize)
+            // A complete code covers every root entry below, so most tables skip this fill.
+            if left > 0 { table.update(repeating: invalid | (longest == 0 ? 0 : 1), count: rootSize) }
             if longest == 0 { return true }
 
             return withUnsafeTemporaryAllocation(of: Int.self, capacity: 16) { next -> Bool in
@@ -692,14 +693,13 @@ enum HuffmanTable {
         }
     }
 
+    /// The low `length` bits of `code` in reverse order (Huffman codes are packed from their first bit).
     private static func reverse(_ code: Int, _ length: Int) -> Int {
-        var result = 0
-        var rest = code
-        for _ in 0..<length {
-            result = result << 1 | rest & 1
-            rest >>= 1
-        }
-        return result
+        var bits = UInt16(truncatingIfNeeded: code)
+        bits = (bits & 0x5555) << 1 | (bits >> 1) & 0x5555
+        bits = (bits & 0x3333) << 2 | (bits >> 2) & 0x3333
+        bits = (bits & 0x0F0F) << 4 | (bits >> 4) & 0x0F0F
+        return Int(bits.byteSwapped) >> (16 - length)
     }
 }
 
