@@ -629,24 +629,32 @@ public final class StreamDissector {
             message.length += UInt64(raw.count)
             return
         }
-        // Unmask into scratch space; the wire bytes themselves are never touched.
+        // Unmask into scratch space; the wire bytes themselves are never touched. Unmasked (server)
+        // frames are read where they are.
+        guard let key = header.maskKey else {
+            addUnmasked(raw, to: &message, state: &state, records: &records)
+            return
+        }
         scratch.removeAll(keepingCapacity: true)
         scratch.append(contentsOf: raw)
-        if let key = header.maskKey { Masking.apply(key: key, offset: offsetInPayload, to: &scratch) }
-        scratch.withUnsafeBytes { plain in
-            if message.compressed && !message.inflateFailed && !message.inflateStopped, let inflater = state.inflater {
-                if message.rawPayload.count < cap { message.rawPayload.append(contentsOf: plain.prefix(cap - message.rawPayload.count)) }
-                do {
-                    try inflater.inflate(plain) { out in self.append(out, to: &message) }
-                } catch {
-                    inflateFailed(&message, error: error, state: &state, records: &records)
-                }
-                checkInflateLimit(&message, state: &state, records: &records)
-            } else if message.compressed {
-                if message.rawPayload.count < cap { message.rawPayload.append(contentsOf: plain.prefix(cap - message.rawPayload.count)) }
-            } else {
-                append(plain, to: &message)
+        Masking.apply(key: key, offset: offsetInPayload, to: &scratch)
+        scratch.withUnsafeBytes { plain in addUnmasked(plain, to: &message, state: &state, records: &records) }
+    }
+
+    private func addUnmasked(_ plain: UnsafeRawBufferPointer, to message: inout MessageAssembly, state: inout DirectionState, records: inout [TapRecord]) {
+        let cap = configuration.payloadCap
+        if message.compressed && !message.inflateFailed && !message.inflateStopped, let inflater = state.inflater {
+            if message.rawPayload.count < cap { message.rawPayload.append(contentsOf: plain.prefix(cap - message.rawPayload.count)) }
+            do {
+                try inflater.inflate(plain) { out in self.append(out, to: &message) }
+            } catch {
+                inflateFailed(&message, error: error, state: &state, records: &records)
             }
+            checkInflateLimit(&message, state: &state, records: &records)
+        } else if message.compressed {
+            if message.rawPayload.count < cap { message.rawPayload.append(contentsOf: plain.prefix(cap - message.rawPayload.count)) }
+        } else {
+            append(plain, to: &message)
         }
     }
 
