@@ -17,8 +17,9 @@ extension PcapFile {
     public static func read(path: String, sessions: [CaptureSession], emit: ([TapRecord]) -> Void,
                             progress: ((Progress) -> Void)? = nil) throws {
         precondition(!sessions.isEmpty)
-        let handle = try open(path)
-        defer { pcap_close(handle) }
+        let opened = try open(path)
+        defer { opened.close() }
+        let handle = opened.handle
         let link = try PacketFeed.linkType(of: handle, name: "'\(path)'")
         for session in sessions { session.tracksLifecycle = true }
 
