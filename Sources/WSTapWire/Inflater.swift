@@ -191,26 +191,17 @@ public final class Inflater {
                         }
                         let kind = entry & HuffmanTable.kindMask
                         if kind == HuffmanTable.literal {
-                            // Up to three literals from one refill: 15 + 10 + 10 bits, and 10 more for the lookahead.
-                            b &>>= UInt64(entry & 0xFF)
-                            n -= Int(entry & 0xFF)
-                            UnsafeMutableRawPointer(out + op).storeBytes(of: UInt16(truncatingIfNeeded: entry >> 16), as: UInt16.self)
-                            op += Int((entry >> 8) & 0xF)
-                            entry = literalTable[Int(truncatingIfNeeded: b) & HuffmanTable.literalMask]
-                            if entry & HuffmanTable.kindMask == HuffmanTable.literal {
+                            // Up to three literal entries from one refill: 15 + 10 + 10 bits, and 10 more for the
+                            // lookahead (only the first can come from a subtable).
+                            var taken = 0
+                            repeat {
                                 b &>>= UInt64(entry & 0xFF)
                                 n -= Int(entry & 0xFF)
                                 UnsafeMutableRawPointer(out + op).storeBytes(of: UInt16(truncatingIfNeeded: entry >> 16), as: UInt16.self)
                                 op += Int((entry >> 8) & 0xF)
                                 entry = literalTable[Int(truncatingIfNeeded: b) & HuffmanTable.literalMask]
-                                if entry & HuffmanTable.kindMask == HuffmanTable.literal {
-                                    b &>>= UInt64(entry & 0xFF)
-                                    n -= Int(entry & 0xFF)
-                                    UnsafeMutableRawPointer(out + op).storeBytes(of: UInt16(truncatingIfNeeded: entry >> 16), as: UInt16.self)
-                                    op += Int((entry >> 8) & 0xF)
-                                    entry = literalTable[Int(truncatingIfNeeded: b) & HuffmanTable.literalMask]
-                                }
-                            }
+                                taken += 1
+                            } while taken < 3 && entry & HuffmanTable.kindMask == HuffmanTable.literal
                         } else if kind == HuffmanTable.lengthOrDistance {
                             let codeLength = entry & 0xFF
                             let lengthExtra = (entry >> 8) & 0xF
