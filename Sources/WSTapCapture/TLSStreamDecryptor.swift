@@ -36,26 +36,24 @@ final class TLSStreamDecryptor {
 
     /// Feeds ciphertext from one side; returns the cleartext application data it completed.
     func feed(_ data: [UInt8], from direction: Direction) -> [UInt8] {
-        guard case .stopped = state else {
-            buffers[direction]! += data
-            var cleartext: [UInt8] = []
-            var buffer = buffers[direction]!
-            var start = 0
-            while buffer.count - start >= 5 {
-                let length = Int(buffer[start + 3]) << 8 | Int(buffer[start + 4])
-                guard buffer.count - start >= 5 + length else { break }
-                let record = Array(buffer[start..<(start + 5 + length)])
-                guard process(record: record, from: direction, into: &cleartext) else { break }  // waiting for keys
-                start += 5 + length
-                if case .stopped = state { break }
-            }
-            buffer.removeFirst(start)
-            buffers[direction] = buffer
-            if length(ofFirstRecordIn: buffer) > 5 + (1 << 14) + 256 { stop("a TLS record longer than TLS allows: this is not TLS") }
-            if buffer.count > Self.maximumWaiting, let clientRandom { stop(noKeyReason(clientRandom)) }
-            return cleartext
+        if case .stopped = state { return [] }
+        buffers[direction]! += data
+        var cleartext: [UInt8] = []
+        var buffer = buffers[direction]!
+        var start = 0
+        while buffer.count - start >= 5 {
+            let length = Int(buffer[start + 3]) << 8 | Int(buffer[start + 4])
+            guard buffer.count - start >= 5 + length else { break }
+            let record = Array(buffer[start..<(start + 5 + length)])
+            guard process(record: record, from: direction, into: &cleartext) else { break }  // waiting for keys
+            start += 5 + length
+            if case .stopped = state { break }
         }
-        return []
+        buffer.removeFirst(start)
+        buffers[direction] = buffer
+        if length(ofFirstRecordIn: buffer) > 5 + (1 << 14) + 256 { stop("a TLS record longer than TLS allows: this is not TLS") }
+        if buffer.count > Self.maximumWaiting, let clientRandom { stop(noKeyReason(clientRandom)) }
+        return cleartext
     }
 
     /// Ciphertext held while the key log does not yet have a secret (a live capture can see a handshake
