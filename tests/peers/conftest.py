@@ -158,6 +158,16 @@ def wstap(tmp_path, procs):
     return make
 
 
+@pytest.fixture(scope="session")
+def generated_captures(tmp_path_factory):
+    """An 8 MB mixed and an 8 MB deflate capture from the read benchmark's generator (24 concurrent
+    sessions, fragments, ping/pong), made once for every test that reads them."""
+    out = tmp_path_factory.mktemp("generated")
+    subprocess.run([sys.executable, str(HERE.parent.parent / "scripts/bench/make_captures.py"), str(out), "--megabytes", "8"],
+                   check=True, capture_output=True, timeout=300)
+    return out
+
+
 @pytest.fixture
 def peer(procs):
     def make(*args, env=None):

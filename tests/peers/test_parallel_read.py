@@ -6,22 +6,10 @@ damaged file: the same records up to the damage, then the same error.
 The captures come from the benchmark's generator (24 concurrent sessions, deflate and not, fragmented
 and large messages), which tshark also reads: the test checks that first, so the input is known good."""
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from conftest import WSTAP
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def captures(tmp_path_factory):
-    out = tmp_path_factory.mktemp("parallel")
-    subprocess.run([sys.executable, str(ROOT / "scripts/bench/make_captures.py"), str(out), "--megabytes", "8"],
-                   check=True, capture_output=True, timeout=300)
-    return out
 
 
 def read(capture, out, threads):
@@ -31,8 +19,8 @@ def read(capture, out, threads):
 
 
 @pytest.mark.parametrize("name", ["mixed.pcap", "deflate.pcap"])
-def test_records_are_identical_on_one_or_many_threads(captures, tmp_path, name):
-    capture = captures / name
+def test_records_are_identical_on_one_or_many_threads(generated_captures, tmp_path, name):
+    capture = generated_captures / name
     tshark = subprocess.run(["tshark", "-r", str(capture), "-Y", "websocket", "-T", "fields", "-e", "frame.number"],
                             capture_output=True, text=True, timeout=300)
     assert tshark.returncode == 0 and len(tshark.stdout.splitlines()) > 400
@@ -48,8 +36,8 @@ def test_records_are_identical_on_one_or_many_threads(captures, tmp_path, name):
         assert many == single, f"{threads} threads"
 
 
-def test_a_damaged_file_gives_the_same_records_and_error_on_any_thread_count(captures, tmp_path):
-    whole = (captures / "deflate.pcap").read_bytes()
+def test_a_damaged_file_gives_the_same_records_and_error_on_any_thread_count(generated_captures, tmp_path):
+    whole = (generated_captures / "deflate.pcap").read_bytes()
     damaged = tmp_path / "damaged.pcap"
     damaged.write_bytes(whole[: len(whole) * 2 // 3])  # cut inside a packet
     code, err, single = read(damaged, tmp_path / "one.jsonl", 1)

@@ -3,22 +3,15 @@ end; when stderr is not a terminal (pipes, CI logs) it prints none. The capture 
 generator; `script` gives wstap a real pseudo-terminal."""
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from conftest import WSTAP
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-@pytest.fixture(scope="module")
-def capture(tmp_path_factory):
-    out = tmp_path_factory.mktemp("progress")
-    subprocess.run([sys.executable, str(ROOT / "scripts/bench/make_captures.py"), str(out), "--megabytes", "8"],
-                   check=True, capture_output=True, timeout=300)
-    return out / "deflate.pcap"
+@pytest.fixture
+def capture(generated_captures):
+    return generated_captures / "deflate.pcap"
 
 
 @pytest.mark.skipif(shutil.which("script") is None, reason="script(1) is in bsdutils")
