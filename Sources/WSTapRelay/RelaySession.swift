@@ -424,8 +424,20 @@ public final class RelaySession {
     private func sideInputClosed(_ side: Side) -> [Action] {
         inputClosed.insert(side)
         noteEnd(side, how: "fin")
-        if phase == .readingHead { return finish(reason: "client closed before sending a request") }
-        if phase == .connecting { return [] }  // forwarded once connected
+        // Before the upstream is involved, a client FIN ends the connection: with half-closure allowed the
+        // socket stays open until it is closed here (leaving it was a descriptor leak per probe).
+        switch phase {
+        case .readingHead:
+            return [.close(.client)] + finish(reason: "client closed before sending a request")
+        case .tunnelOpen:
+            return [.close(.client)] + finish(reason: "client closed the CONNECT tunnel before starting TLS or HTTP in it")
+        case .clientTLSHandshake:
+            return [.close(.client)] + finish(reason: "client closed during the TLS handshake")
+        case .connecting:
+            return []  // forwarded once connected
+        case .relaying, .done:
+            break
+        }
         var actions: [Action] = [.shutdownOutput(side == .client ? .upstream : .client)]
         if inputClosed.count == 2 { actions += [.close(.client), .close(.upstream)] + finish(reason: nil) }
         return actions

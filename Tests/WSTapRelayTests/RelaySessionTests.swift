@@ -74,6 +74,15 @@ import WSTapRelay
         #expect(end.closedBy == "client" && end.reason == "client fin without a close frame")
     }
 
+    @Test func clientFinBeforeACompleteHeadClosesTheClientSocket() throws {
+        let s = session(.reverse(try UpstreamURL.parse("ws://127.0.0.1:9000")))
+        _ = s.handle(.clientData(buffer("GET / HTTP/1.1\r\nHo")))
+        let fin = s.handle(.inputClosed(.client))
+        #expect(fin.closes(.client))
+        let end = try #require(fin.records.compactMap { if case .end(let e) = $0.body { e } else { nil } }.first)
+        #expect(end.reason == "client closed before sending a request")
+    }
+
     @Test func connectTunnelIsAnsweredOnceUpAndCleartextInsideIsDissected() {
         let s = session(.forward)
         let actions = s.handle(.clientData(buffer("CONNECT 127.0.0.1:9000 HTTP/1.1\r\nHost: 127.0.0.1:9000\r\n\r\n")))
@@ -175,6 +184,17 @@ extension Array where Element == RelaySession.Action {
         let connect = s.handle(.clientData(ByteBuffer(string: RelaySessionTests.request)))
         #expect(connect.connectTarget == "localhost:9443")
         #expect(connect.connectTLS == .some(UpstreamTLS(serverName: "foo.example")))  // the client's SNI goes upstream
+    }
+
+    @Test func clientLeavingAnAnsweredConnectOrItsTLSHandshakeIsClosed() {
+        let answered = forwardSession()
+        _ = answered.handle(.clientData(ByteBuffer(string: "CONNECT localhost:9443 HTTP/1.1\r\n\r\n")))
+        #expect(answered.handle(.inputClosed(.client)).closes(.client))
+
+        let handshaking = forwardSession()
+        _ = handshaking.handle(.clientData(ByteBuffer(string: "CONNECT localhost:9443 HTTP/1.1\r\n\r\n")))
+        _ = handshaking.handle(.clientData(ByteBuffer(bytes: TLSHelloBytes.withSNI)))
+        #expect(handshaking.handle(.inputClosed(.client)).closes(.client))
     }
 
     @Test func passthroughAndNonTLSTunnelsAreRelayedAsBytes() {
