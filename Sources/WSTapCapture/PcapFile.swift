@@ -17,11 +17,19 @@ public enum PcapFile {
         public var connections: Int
     }
 
+    /// What a read noticed about the file itself, beside the records.
+    public struct Summary: Sendable, Equatable {
+        /// Packets whose timestamps lie beyond the year 2262 (a Timestamp's range): their records carry
+        /// the latest time that can be represented.
+        public var clampedTimestamps = 0
+    }
+
     /// Reads `path` to its end, handing records to `emit` as they are produced. A damaged file is read
     /// up to the damage; then this throws, and everything read before has been emitted.
     /// `progress` is called about every 4,096 packets with the file position.
+    @discardableResult
     public static func read(path: String, session: CaptureSession, emit: ([TapRecord]) -> Void,
-                            progress: ((Progress) -> Void)? = nil) throws {
+                            progress: ((Progress) -> Void)? = nil) throws -> Summary {
         let opened = try open(path)
         defer { opened.close() }
         let handle = opened.handle
@@ -46,6 +54,7 @@ public enum PcapFile {
             }
         }
         feed.finish(emit: emit)
+        return Summary(clampedTimestamps: feed.time.clamped)
     }
 }
 
@@ -93,14 +102,14 @@ extension PcapFile {
 struct PacketFeed {
     let session: CaptureSession
     let link: LinkType
-    let nanosecondTimestamps: Bool
+    private(set) var time: PacketTime
     private var records: [TapRecord] = []
     private(set) var last = Timestamp(nanoseconds: 0)
 
     init(session: CaptureSession, link: LinkType, nanosecondTimestamps: Bool) {
         self.session = session
         self.link = link
-        self.nanosecondTimestamps = nanosecondTimestamps
+        self.time = PacketTime(nanosecondFraction: nanosecondTimestamps)
     }
 
     static func linkType(of handle: OpaquePointer, name: String) throws -> LinkType {
@@ -113,8 +122,7 @@ struct PacketFeed {
     }
 
     mutating func packet(_ header: pcap_pkthdr, _ data: UnsafePointer<UInt8>, emit: ([TapRecord]) -> Void) {
-        let fraction = Int64(header.ts.tv_usec) * (nanosecondTimestamps ? 1 : 1000)
-        last = Timestamp(nanoseconds: Int64(header.ts.tv_sec) * 1_000_000_000 + fraction)
+        last = time.timestamp(of: header)
         let frame = UnsafeBufferPointer(start: data, count: Int(header.caplen))
         records.removeAll(keepingCapacity: true)
         session.packet(link: link, frame: frame, originalLength: Int(header.len), at: last, into: &records)

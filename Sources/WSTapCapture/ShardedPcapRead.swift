@@ -14,8 +14,9 @@ extension PcapFile {
     /// The output is the same as `read(path:session:…)` with one session: records come out in packet
     /// order and connection ids are numbered in the order connections appear, by merging the sessions'
     /// results packet by packet.
+    @discardableResult
     public static func read(path: String, sessions: [CaptureSession], emit: ([TapRecord]) -> Void,
-                            progress: ((Progress) -> Void)? = nil) throws {
+                            progress: ((Progress) -> Void)? = nil) throws -> Summary {
         precondition(!sessions.isEmpty)
         let opened = try open(path)
         defer { opened.close() }
@@ -29,6 +30,7 @@ extension PcapFile {
         var chunk = ShardPool.Chunk(shards: sessions.count)
         var packets = 0
         var last = Timestamp(nanoseconds: 0)
+        var time = PacketTime(nanosecondFraction: true)
         var header: UnsafeMutablePointer<pcap_pkthdr>?
         var data: UnsafePointer<UInt8>?
         let file = pcap_file(handle)
@@ -38,7 +40,7 @@ extension PcapFile {
             let status = pcap_next_ex(handle, &header, &data)
             if status == 1, let header, let data {
                 packets += 1
-                last = Timestamp(nanoseconds: Int64(header.pointee.ts.tv_sec) * 1_000_000_000 + Int64(header.pointee.ts.tv_usec))
+                last = time.timestamp(of: header.pointee)
                 let frame = UnsafeBufferPointer(start: data, count: Int(header.pointee.caplen))
                 if let segment = PacketDecoder.tcpSegment(link: link, frame: frame, originalLength: Int(header.pointee.len)) {
                     // Symmetric in the two endpoints, so both directions land on the same session.
@@ -69,6 +71,7 @@ extension PcapFile {
             return (records, session.takeLifecycle())
         }, emit: emit)
         if let failure { throw failure }
+        return Summary(clampedTimestamps: time.clamped)
     }
 }
 

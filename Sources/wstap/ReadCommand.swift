@@ -51,14 +51,20 @@ struct ReadCommand: ParsableCommand {
             let progress = showProgress ? ProgressLine(file: file) : nil
             let report = progress.map { line in { (progress: PcapFile.Progress) in line.update(progress) } }
             do {
+                let summary: PcapFile.Summary
                 if sessions.count == 1 {
-                    try PcapFile.read(path: file, session: sessions[0], emit: { sinks.all.write($0) }, progress: report)
+                    summary = try PcapFile.read(path: file, session: sessions[0], emit: { sinks.all.write($0) }, progress: report)
                 } else {
-                    try PcapFile.read(path: file, sessions: sessions, emit: { sinks.all.write($0) }, progress: report)
+                    summary = try PcapFile.read(path: file, sessions: sessions, emit: { sinks.all.write($0) }, progress: report)
                 }
                 sinks.drain()
                 progress?.clear()
                 discovery.reportTLS(of: sessions)
+                if summary.clampedTimestamps > 0 {
+                    let text = "wstap: \(counted(summary.clampedTimestamps, "packet")) in '\(file)' claim a time after the year 2262; "
+                        + "their records carry 2262-04-11 23:47:16 UTC instead\n"
+                    OutputFile.standardError.write(Array(text.utf8))
+                }
             } catch {
                 // Everything read before the damage is written before the error line.
                 sinks.finish()

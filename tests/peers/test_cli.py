@@ -43,3 +43,23 @@ def test_help_lists_the_options():
     assert result.returncode == 0
     for option in ["--listen", "--upstream", "--jsonl", "--verbose", "--quiet", "--max-payload"]:
         assert option in result.stdout
+
+
+def test_every_kept_capture_regression_ends_in_exit_0_or_1():
+    """Capture files that once crashed a reader: any input ends in a record stream and exit 0 or 1."""
+    from pathlib import Path
+    directory = Path(__file__).resolve().parents[2] / "Tests" / "Regressions" / "capture-file"
+    files = sorted(directory.iterdir())
+    assert files
+    for path in files:
+        for threads in ("1", "2"):
+            result = run("read", str(path), "--threads", threads, "-q")
+            assert result.returncode in (0, 1), f"{path.name} --threads {threads}: exit {result.returncode}\n{result.stderr[-2000:]}"
+
+
+def test_a_timestamp_after_2262_is_clamped_and_said_once():
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[2] / "Tests" / "Regressions" / "capture-file" / "pcapng-timestamp-after-2262.pcapng"
+    result = run("read", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("claim a time after the year 2262") == 1
