@@ -61,7 +61,8 @@ struct ReadCommand: ParsableCommand {
                 progress?.clear()
                 discovery.reportTLS(of: sessions)
                 if summary.clampedTimestamps > 0 {
-                    let text = "wstap: \(counted(summary.clampedTimestamps, "packet")) in '\(file)' claim a time after the year 2262; "
+                    let count = summary.clampedTimestamps
+                    let text = "wstap: \(counted(count, "packet")) in '\(file)' \(count == 1 ? "claims" : "claim") a time after the year 2262; "
                         + "their records carry 2262-04-11 23:47:16 UTC instead\n"
                     OutputFile.standardError.write(Array(text.utf8))
                 }

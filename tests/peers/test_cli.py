@@ -62,4 +62,4 @@ def test_a_timestamp_after_2262_is_clamped_and_said_once():
     path = Path(__file__).resolve().parents[2] / "Tests" / "Regressions" / "capture-file" / "pcapng-timestamp-after-2262.pcapng"
     result = run("read", str(path))
     assert result.returncode == 0, result.stderr
-    assert result.stderr.count("claim a time after the year 2262") == 1
+    assert result.stderr.count("1 packet in") == 1 and "claims a time after the year 2262" in result.stderr
