@@ -73,17 +73,28 @@ public final class CertificateAuthority: Sendable {
             },
             issuerPrivateKey: key)
         do {
-            // The key file is created with 0600 before any secret is written to it.
-            guard manager.createFile(atPath: keyPath, contents: Data(), attributes: [.posixPermissions: 0o600]) else {
-                throw Failure(description: "cannot create \(keyPath)")
-            }
-            try Data(key.serializeAsPEM().pemString.utf8).write(to: URL(fileURLWithPath: keyPath))
-            try manager.setAttributes([.posixPermissions: 0o600], ofItemAtPath: keyPath)
-            try Data(certificate.serializeAsPEM().pemString.utf8).write(to: URL(fileURLWithPath: certPath))
+            try writeFile(Array(key.serializeAsPEM().pemString.utf8), to: keyPath, mode: 0o600)
+            try writeFile(Array(certificate.serializeAsPEM().pemString.utf8), to: certPath, mode: 0o644)
         } catch {
             throw Failure(description: "cannot write the CA to \(directory): \(error). Choose another directory with --ca-dir.")
         }
         return try CertificateAuthority(directory: directory, certificate: certificate, privateKey: key)
+    }
+
+    /// Writes `bytes` to `path` with exactly `mode`, whatever the umask: the file is created owner-only
+    /// (so a secret is never readable by others, even for a moment) and then given `mode`.
+    public static func writeFile(_ bytes: [UInt8], to path: String, mode: mode_t) throws {
+        let descriptor = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard descriptor >= 0 else { throw Failure(description: "cannot create \(path): \(String(cString: strerror(errno)))") }
+        defer { close(descriptor) }
+        guard fchmod(descriptor, mode) == 0 else { throw Failure(description: "cannot set the mode of \(path): \(String(cString: strerror(errno)))") }
+        var written = 0
+        while written < bytes.count {
+            let result = bytes.withUnsafeBytes { Glibc.write(descriptor, $0.baseAddress! + written, $0.count - written) }
+            if result < 0 && errno == EINTR { continue }
+            guard result > 0 else { throw Failure(description: "cannot write \(path): \(String(cString: strerror(errno)))") }
+            written += result
+        }
     }
 
     private init(directory: String, certificate: Certificate, privateKey: Certificate.PrivateKey) throws {

@@ -46,9 +46,10 @@ struct CACommand: ParsableCommand {
 
     private func write(_ data: Data, to path: String, flag: String) {
         do {
-            try data.write(to: URL(fileURLWithPath: path))
+            // A certificate is public: readable by everyone, whatever the umask.
+            try CertificateAuthority.writeFile(Array(data), to: path, mode: 0o644)
         } catch {
-            fail("\(flag): cannot write '\(path)': \(error.localizedDescription)")
+            fail("\(flag): \(error)")
         }
     }
 }

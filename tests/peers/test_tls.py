@@ -155,6 +155,19 @@ def test_ca_is_private_and_exports_pem_and_der(tmp_path):
     assert again.stdout == pem.read_text()
 
 
+def test_ca_files_have_their_modes_whatever_the_umask(tmp_path):
+    """Under umask 000 the certificate is 0644 (not 0666), the key 0600 and the directory 0700."""
+    ca = tmp_path / "ca"
+    pem = tmp_path / "exported.pem"
+    made = subprocess.run([WSTAP, "ca", "--ca-dir", str(ca), "--export-pem", str(pem)], capture_output=True, text=True,
+                          timeout=60, preexec_fn=lambda: os.umask(0))
+    assert made.returncode == 0, made.stderr
+    assert stat.S_IMODE(os.stat(ca).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(ca / "wstap-ca-key.pem").st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(ca / "wstap-ca.pem").st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(pem).st_mode) == 0o644
+
+
 def test_keylog_has_secrets_for_both_legs(wstap, peer, tmp_path):
     port = start_tls_server(peer)
     ca, keys = tmp_path / "ca", tmp_path / "keys.log"
