@@ -733,12 +733,21 @@ public final class StreamDissector {
                 if !CloseCode.isAllowedOnWire(code) { diagnose(.closeCodeNotAllowed, state, offset: message.offset, "close code \(code)", &records) }
                 let reason = Array(body[2...])
                 if !UTF8Validator.isValid(reason) { diagnose(.invalidUTF8CloseReason, state, offset: message.offset, "reason bytes \(hex(reason.prefix(32)))", &records) }
-                closeReason = String(decoding: reason, as: UTF8.self)
+                // A code alone has no reason (null in records), which is not the same as an empty one.
+                closeReason = reason.isEmpty ? nil : String(decoding: reason, as: UTF8.self)
             }
         }
-        let textIsValid = message.utf8.map { $0.isValid && $0.isComplete } ?? false
-        if let utf8 = message.utf8, !message.inflateFailed, !message.inflateStopped, !message.incomplete, !textIsValid {
-            diagnose(.invalidUTF8Text, state, offset: message.offset, utf8.isValid ? "text ends inside a UTF-8 sequence" : "invalid UTF-8 byte sequence", &records)
+        var textValidity = MessageRecord.TextValidity.unchecked
+        if let utf8 = message.utf8, !message.inflateFailed {
+            let sawEveryByte = !message.inflateStopped && !message.incomplete
+            if !utf8.isValid {
+                textValidity = .invalid
+            } else if sawEveryByte {
+                textValidity = utf8.isComplete ? .valid : .invalid
+            }
+            if sawEveryByte && textValidity == .invalid {
+                diagnose(.invalidUTF8Text, state, offset: message.offset, utf8.isValid ? "text ends inside a UTF-8 sequence" : "invalid UTF-8 byte sequence", &records)
+            }
         }
         let payload = message.inflateFailed ? message.rawPayload : message.payload
         let length = message.inflateFailed ? message.wireLength : message.length
@@ -747,7 +756,7 @@ public final class StreamDissector {
             length: length, compressed: message.compressed, payload: payload,
             truncated: message.truncated || UInt64(payload.count) < length, closeCode: closeCode, closeReason: closeReason,
             inflateFailed: message.inflateFailed, incomplete: message.incomplete, offset: message.offset,
-            textIsValidUTF8: textIsValid && !message.inflateFailed))))
+            textValidity: textValidity))))
     }
 
     // MARK: - Helpers

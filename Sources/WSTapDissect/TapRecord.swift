@@ -107,13 +107,24 @@ public struct MessageRecord: Sendable {
     /// Set when the connection ended before the message's final frame.
     public var incomplete: Bool
     public var offset: UInt64
-    /// The dissector checked every payload byte of this text message and found valid, complete UTF-8,
-    /// so encoders need not check the preview again (any prefix cut at a character boundary is valid).
-    public var textIsValidUTF8: Bool
+    /// What the dissector found checking every payload byte of a text message, so encoders need not
+    /// check the preview again and, above all, know about bytes past the `payloadCap` cut.
+    public var textValidity: TextValidity
+
+    public enum TextValidity: Sendable, Equatable {
+        /// The whole message is complete, valid UTF-8: any preview cut at a character boundary is too.
+        case valid
+        /// Some byte of the message, maybe one past the preview, is not UTF-8 (or it ends inside a
+        /// character): the payload is not text.
+        case invalid
+        /// Not every byte was seen (the message is incomplete, not inflated, or was not checked):
+        /// only the preview itself can be judged.
+        case unchecked
+    }
 
     public init(direction: Direction, opcode: Opcode, frames: Int, wireLength: UInt64, length: UInt64, compressed: Bool,
                 payload: [UInt8], truncated: Bool, closeCode: UInt16?, closeReason: String?, inflateFailed: Bool,
-                incomplete: Bool, offset: UInt64, textIsValidUTF8: Bool = false) {
+                incomplete: Bool, offset: UInt64, textValidity: TextValidity = .unchecked) {
         self.direction = direction
         self.opcode = opcode
         self.frames = frames
@@ -127,7 +138,7 @@ public struct MessageRecord: Sendable {
         self.inflateFailed = inflateFailed
         self.incomplete = incomplete
         self.offset = offset
-        self.textIsValidUTF8 = textIsValidUTF8
+        self.textValidity = textValidity
     }
 }
 

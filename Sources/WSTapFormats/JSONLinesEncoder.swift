@@ -65,8 +65,7 @@ public enum JSONLinesEncoder {
             writer.key("wire_length"); writer.integer(message.wireLength)
             writer.key("length"); writer.integer(message.length)
             writer.key("compressed"); writer.bool(message.compressed)
-            let text = message.opcode == .text && !message.inflateFailed ? validPrefix(message.payload, truncated: message.truncated) : nil
-            if let text, message.textIsValidUTF8 || UTF8Validator.isValid(text) {
+            if let text = textPreview(message) {
                 writer.key("text"); writer.string(validUTF8: text)
             } else if message.opcode == .close {
                 writer.key("code")
@@ -143,6 +142,18 @@ public enum JSONLinesEncoder {
     static func hex32(_ value: UInt32) -> String {
         let text = String(value, radix: 16)
         return String(repeating: "0", count: 8 - text.count) + text
+    }
+
+    /// The payload as text, or nil when it must be given as base64 (not text, or not UTF-8 somewhere,
+    /// even past the preview: schema v1 says invalid text is base64).
+    static func textPreview(_ message: MessageRecord) -> [UInt8]? {
+        guard message.opcode == .text && !message.inflateFailed else { return nil }
+        let text = validPrefix(message.payload, truncated: message.truncated)
+        switch message.textValidity {
+        case .valid: return text
+        case .invalid: return nil
+        case .unchecked: return UTF8Validator.isValid(text) ? text : nil
+        }
     }
 
     /// A capped text preview may end inside a UTF-8 sequence: cut back to the last whole character

@@ -130,6 +130,24 @@ import WSTapWire
         #expect(message.contains("\"text\":\"€\""))  // cut at a character boundary, not mid-sequence
     }
 
+    @Test func textInvalidOnlyPastThePayloadCapIsRecordedAsBase64() {
+        var config = StreamDissector.Configuration()
+        config.payloadCap = 4
+        let lines = dissect([(c2s, Wire.request()), (s2c, Wire.response()), (s2c, Wire.frame(.text, Array("abcd".utf8) + [0xFF]))],
+                            configuration: config)
+        let message = records(lines, type: "message")[0]
+        #expect(message.contains(#""base64":"YWJjZA==""#) && !message.contains(#""text""#) && message.contains(#""truncated":true"#))
+        #expect(diagnosticCodes(lines) == ["invalid-utf8-text"])
+    }
+
+    @Test func aCloseCodeWithoutReasonHasANullReason() {
+        let lines = dissect([(c2s, Wire.request()), (s2c, Wire.response()), (s2c, Wire.frame(.close, [0x03, 0xE8])),
+                             (c2s, Wire.frame(.close, [0x03, 0xE8] + Array("x".utf8), mask: 1))])
+        let closes = records(lines, type: "message")
+        #expect(closes[0].contains(#""code":1000,"reason":null"#))
+        #expect(closes[1].contains(#""code":1000,"reason":"x""#))
+    }
+
     @Test func connectionEndingInsideAFrameAndMessageIsReported() {
         let frame = Wire.frame(.binary, [UInt8](repeating: 1, count: 100), fin: false)
         let lines = dissect([(c2s, Wire.request()), (s2c, Wire.response()), (s2c, Array(frame.prefix(50)))])
