@@ -60,8 +60,9 @@ public final class HARSink: RecordSink {
         case .open(let open):
             var writer = JSONWriter()
             // A session found mid-stream has no captured upgrade; HAR still wants a response.
-            let response = open.response ?? HTTPHead(startLine: .response(version: "HTTP/1.1", status: 101, reason: "Switching Protocols (not captured)"), headers: [], byteCount: 0)
+            let response = open.response ?? HTTPHead(startLine: .response(version: "HTTP/1.1", status: 101, reason: "Switching Protocols (not captured)"), headers: [])
             writeEntryStart(&writer, started: record.timestamp, request: open.request, url: open.url, response: response,
+                            responseCaptured: open.response != nil,
                             websocket: true, sizes: (0, 0), durationNanoseconds: 0)
             writer.key("_webSocketMessages")
             var prefix = writer.bytes
@@ -116,7 +117,8 @@ public final class HARSink: RecordSink {
     }
 
     /// The fields HAR 1.2 requires of an entry, up to (not including) Chrome's extensions' values.
-    private func writeEntryStart(_ w: inout JSONWriter, started: Timestamp, request: HTTPHead?, url: String, response: HTTPHead, websocket: Bool,
+    private func writeEntryStart(_ w: inout JSONWriter, started: Timestamp, request: HTTPHead?, url: String, response: HTTPHead,
+                                 responseCaptured: Bool = true, websocket: Bool,
                                  sizes: (request: UInt64, response: UInt64), durationNanoseconds: Int64) {
         w.beginObject()
         w.key("startedDateTime"); w.string(Self.iso8601(started))
@@ -124,7 +126,7 @@ public final class HARSink: RecordSink {
         w.key("request"); w.beginObject()
         w.key("method"); w.string(request?.method ?? "GET")
         w.key("url"); w.string(url)
-        w.key("httpVersion"); w.string(request.map { if case .request(_, _, let v) = $0.startLine { v } else { "HTTP/1.1" } } ?? "HTTP/1.1")
+        w.key("httpVersion"); w.string(request?.version ?? "HTTP/1.1")
         w.key("headers"); Self.headers(request?.headers ?? [], &w)
         w.key("queryString"); w.beginArray(); w.endArray()
         w.key("cookies"); w.beginArray(); w.endArray()
@@ -134,12 +136,12 @@ public final class HARSink: RecordSink {
         w.key("response"); w.beginObject()
         w.key("status"); w.integer(response.status ?? 0)
         w.key("statusText"); w.string(response.reason ?? "")
-        w.key("httpVersion"); w.string(response.startLine.versionText)
+        w.key("httpVersion"); w.string(response.version)
         w.key("headers"); Self.headers(response.headers, &w)
         w.key("cookies"); w.beginArray(); w.endArray()
         w.key("content"); w.beginObject(); w.key("size"); w.integer(sizes.response); w.key("mimeType"); w.string(response.value("content-type") ?? ""); w.endObject()
         w.key("redirectURL"); w.string(response.value("location") ?? "")
-        w.key("headersSize"); w.integer(response.byteCount)
+        w.key("headersSize"); w.integer(responseCaptured ? response.byteCount : -1)
         w.key("bodySize"); w.integer(sizes.response)
         w.endObject()
         w.key("cache"); w.beginObject(); w.endObject()
@@ -204,14 +206,6 @@ enum ProcessEnvironment {
     static var temporaryDirectory: String {
         if let dir = getenv("TMPDIR") { return String(cString: dir) }
         return "/tmp"
-    }
-}
-
-extension HTTPHead.StartLine {
-    var versionText: String {
-        switch self {
-        case .request(_, _, let version), .response(let version, _, _): version
-        }
     }
 }
 

@@ -74,37 +74,36 @@ public final class RelaySession {
         case done
     }
     private var phase = Phase.readingHead
-    private var headParser = HTTPHeadParser()
-    /// Client bytes that arrived before the upstream connection was up (bounded by the shell pausing reads).
-    private var pendingToUpstream: [ByteBuffer] = []
+    private var headParser = HTTPHeadParser(expecting: .request)
+    /// How the connection's HTTP is relayed: every mode but a CONNECT tunnel relayed as bytes. Nil
+    /// until the first request head was read, and for raw tunnels.
+    private var follower: HTTPExchangeFollower?
+    /// Client bytes for the follower once the (new) upstream is connected: a head already rewritten
+    /// for a host switch, then bytes not yet followed (the first time: the whole first request).
+    private var pendingForUpstream: (head: ByteBuffer?, rest: ByteBuffer)?
+    /// Raw tunnels: client bytes that arrived before the upstream was connected (bounded by the shell
+    /// pausing reads).
+    private var pendingTunnelBytes: [ByteBuffer] = []
     /// The client sent CONNECT.
     private var isTunnel = false
     /// A CONNECT tunnel whose bytes are relayed as they are (not intercepted TLS).
     private var isRawTunnel: Bool { isTunnel && interceptedTarget == nil }
     /// CONNECT was answered with 200 before the upstream was reached (interception needs that).
     private var connectAnswered = false
+    /// The CONNECT target, while the first tunnel bytes decide between interception and a raw tunnel.
+    private var connectHost: (host: String, port: Int)?
+    private var tunnelProbe: [UInt8] = []
     /// Set once the client's TLS inside a CONNECT tunnel was terminated: where its requests go.
     private var interceptedTarget: (host: String, port: Int, sni: String?)?
-    private var tunnelProbe: [UInt8] = []
     private var clientTLSServerName: String?
     private var upstreamTLS: UpstreamTLS?
     private var scheme = "ws"
-    /// Forward-mode plain HTTP (absolute-form requests): follows exchanges so each goes to its host.
-    private var forwardHTTP: ForwardHTTPTracker?
-    /// Client bytes to pass through `forwardHTTP` once the (new) upstream is connected.
-    private var forwardReplay: (head: ByteBuffer?, rest: ByteBuffer)?
     private var upstreamLabel = ""
     private var clientBytes: UInt64 = 0
     private var serverBytes: UInt64 = 0
     private var inputClosed: Set<Side> = []
     private var firstEnd: (side: Side, how: String)?
     private var ended = false
-    /// The CONNECT target, while the first tunnel bytes decide between interception and a raw tunnel.
-    private var connectHost: (host: String, port: Int)?
-    /// Client bytes after the request head, dissected once the upstream is connected.
-    private var pendingDissect: ByteBuffer?
-    /// Records of the request head, emitted with the connect result (before the 502 if it fails).
-    private var bufferedRecords: [TapRecord] = []
     /// The upstream's address once connected, for records of a tunnel dissected later.
     private var server = ""
     /// A raw tunnel's first client bytes were looked at (cleartext is dissected, TLS is not).
@@ -125,8 +124,8 @@ public final class RelaySession {
     /// False while more than 1 MiB of client bytes wait inside the session (upstream not connected yet,
     /// or a forward-mode host switch waiting for the previous host's responses): the shell stops reading.
     public var wantsClientData: Bool {
-        let held = pendingToUpstream.reduce(0) { $0 + $1.readableBytes } + (forwardReplay?.rest.readableBytes ?? 0)
-            + (forwardHTTP?.heldByteCount ?? 0)
+        let held = pendingTunnelBytes.reduce(0) { $0 + $1.readableBytes } + (pendingForUpstream?.rest.readableBytes ?? 0)
+            + (follower?.heldByteCount ?? 0)
         return held < 1 << 20
     }
 
@@ -154,20 +153,20 @@ public final class RelaySession {
         case .clientTLSHandshake:
             return []  // bytes arrive decrypted once the handshake is done
         case .connecting:
-            if forwardHTTP != nil, let replay = forwardReplay {
+            clientBytes += UInt64(buffer.readableBytes)
+            if let pending = pendingForUpstream {
                 // Still connecting (first request or a host switch): keep the bytes in order.
-                var rest = replay.rest
+                var rest = pending.rest
                 var copy = buffer
                 rest.writeBuffer(&copy)
-                forwardReplay = (replay.head, rest)
-                clientBytes += UInt64(buffer.readableBytes)
-                return []
+                pendingForUpstream = (pending.head, rest)
+            } else {
+                pendingTunnelBytes.append(buffer)
             }
-            pendingToUpstream.append(buffer)
             return []
         case .relaying:
             clientBytes += UInt64(buffer.readableBytes)
-            if forwardHTTP != nil { return forwardClientBytes(buffer) }
+            if follower != nil { return apply(follower!.clientBytes(buffer)) }
             return recordThenForward(buffer, .clientToServer)
         case .done:
             return []
@@ -178,6 +177,11 @@ public final class RelaySession {
         let result: (head: HTTPHead, consumed: Int)?
         do {
             result = try buffer.withUnsafeReadableBytes { try headParser.feed($0) }
+        } catch let error as HTTPHeadError {
+            if case .tooLarge(let limit) = error {
+                return refuse(status: 431, reason: "Request Header Fields Too Large", message: "the request head is larger than \(limit) bytes")
+            }
+            return refuse(status: 400, reason: "Bad Request", message: "the request head could not be parsed: \(error)")
         } catch {
             return refuse(status: 400, reason: "Bad Request", message: "the request head could not be parsed: \(error)")
         }
@@ -188,84 +192,70 @@ public final class RelaySession {
             return refuse(status: 400, reason: "Bad Request", message: "expected an HTTP request")
         }
 
-        var outgoing = head
-        let host: String
-        let port: Int
-        var upstreamTLS: UpstreamTLS?
         if let intercepted = interceptedTarget {
             // Inside an intercepted tunnel: requests go to the CONNECT target over TLS, with the client's SNI.
-            (host, port) = (intercepted.host, intercepted.port)
-            if !target.hasPrefix("/"), let url = try? UpstreamURL.parse(target) {
-                outgoing.startLine = .request(method: method, target: url.path ?? "/", version: head.httpVersion)
-            }
-            upstreamTLS = .forHost(host, sni: intercepted.sni)
-            upstreamLabel = "wss://\(intercepted.sni ?? host):\(port)"
-            scheme = "wss"
-        } else {
-            switch mode {
-            case .reverse(let upstream):
-                (host, port) = (upstream.host, upstream.port)
-                // Keep the client's path and query unless the upstream URL names one; point Host at the upstream.
-                outgoing.startLine = .request(method: method, target: upstream.path ?? target, version: head.httpVersion)
-                outgoing.replaceHeader("Host", with: upstream.hostHeader)
-                upstreamLabel = upstream.description
-                scheme = upstream.scheme
-                if upstream.scheme == "wss" { upstreamTLS = .forHost(upstream.host) }
-            case .forward:
-                if method.uppercased() == "CONNECT" {
-                    do {
-                        (host, port) = try UpstreamURL.parseAuthority(target, defaultPort: nil)
-                    } catch {
-                        return refuse(status: 400, reason: "Bad Request", message: "CONNECT target '\(target)': \(error)")
-                    }
-                    isTunnel = true
-                    upstreamLabel = "\(host):\(port)"
-                    if tls.interceptConnect {
-                        return answerConnectThenProbe(host: host, port: port, rest: rest)
-                    }
-                } else if let url = try? UpstreamURL.parse(target) {
-                    // Every request of this connection, this one included, goes through the tracker.
-                    let first = ForwardHTTPTracker.Target(host: url.host, port: url.port,
-                                                          tls: url.scheme == "wss" ? .forHost(url.host) : nil, label: url.description)
-                    forwardHTTP = ForwardHTTPTracker(first: first)
-                    upstreamLabel = url.description
-                    scheme = url.scheme
-                    self.upstreamTLS = first.tls
-                    var replay = ByteBuffer(bytes: head.encoded())
-                    var restCopy = rest
-                    replay.writeBuffer(&restCopy)
-                    forwardReplay = (nil, replay)
-                    clientBytes += UInt64(consumed + rest.readableBytes)
-                    startDissector()
-                    phase = .connecting
-                    return [.connect(host: first.host, port: first.port, tls: first.tls)]
-                } else {
-                    return refuse(status: 400, reason: "Bad Request",
-                                  message: "wstap runs as a forward proxy (no --upstream): send absolute-form requests (GET ws://host:port/path) or CONNECT, or start wstap with --upstream ws://host:port")
+            let tls = UpstreamTLS.forHost(intercepted.host, sni: intercepted.sni)
+            let label = "wss://\(intercepted.sni ?? intercepted.host):\(intercepted.port)"
+            let upstream = HTTPExchangeFollower.Target(host: intercepted.host, port: intercepted.port, tls: tls, label: label,
+                                                       authority: UpstreamURL(scheme: "wss", host: intercepted.host, port: intercepted.port).hostHeader)
+            return follow(head, rest, scheme: "wss", routing: .fixed(upstream), rewrite: .init(originForm: true))
+        }
+        switch mode {
+        case .reverse(let upstream):
+            // Keep the client's path and query unless the upstream URL names one; point Host at the upstream.
+            let target = HTTPExchangeFollower.Target(host: upstream.host, port: upstream.port,
+                                                     tls: upstream.scheme == "wss" ? .forHost(upstream.host) : nil,
+                                                     label: upstream.description, authority: upstream.hostHeader)
+            return follow(head, rest, scheme: upstream.scheme, routing: .fixed(target),
+                          rewrite: .init(host: upstream.hostHeader, target: upstream.path))
+        case .forward:
+            if method.uppercased() == "CONNECT" {
+                let host: String, port: Int
+                do {
+                    (host, port) = try UpstreamURL.parseAuthority(target, defaultPort: nil)
+                } catch {
+                    return refuse(status: 400, reason: "Bad Request", message: "CONNECT target '\(target)': \(error)")
                 }
+                isTunnel = true
+                upstreamLabel = "\(host):\(port)"
+                if tls.interceptConnect { return answerConnectThenProbe(host: host, port: port, rest: rest) }
+                phase = .connecting
+                // CONNECT is answered by us once the tunnel is up; the tunnelled bytes are dissected if cleartext.
+                if rest.readableBytes > 0 {
+                    clientBytes += UInt64(rest.readableBytes)
+                    pendingTunnelBytes.append(rest)
+                }
+                return [.connect(host: host, port: port, tls: nil)]
             }
+            guard let url = try? UpstreamURL.parse(target) else {
+                return refuse(status: 400, reason: "Bad Request",
+                              message: "wstap runs as a forward proxy (no --upstream): send absolute-form requests (GET ws://host:port/path) or CONNECT, or start wstap with --upstream ws://host:port")
+            }
+            return follow(head, rest, scheme: url.scheme, routing: .absoluteForm(first: HTTPExchangeFollower.target(for: url)),
+                          rewrite: .init(originForm: true, dropProxyFields: true))
         }
-        self.upstreamTLS = upstreamTLS
+    }
 
+    /// Every request of this connection, the first included, goes through the follower once the first
+    /// request's upstream is connected: the dissector sees each head as the server receives it (rewritten
+    /// where the mode requires), so `url` and `request` in records describe what reached the server and
+    /// offsets match a capture of that leg.
+    private func follow(_ head: HTTPHead, _ rest: ByteBuffer, scheme: String, routing: HTTPExchangeFollower.Routing,
+                        rewrite: HTTPExchangeFollower.RequestRewrite) -> [Action] {
+        let follower = HTTPExchangeFollower(routing: routing, rewrite: rewrite, headLimit: headParser.limit)
+        let first = follower.current
+        self.follower = follower
+        self.scheme = scheme
+        upstreamLabel = first.label
+        upstreamTLS = first.tls
+        var replay = ByteBuffer(bytes: head.bytes)
+        var restCopy = rest
+        replay.writeBuffer(&restCopy)
+        pendingForUpstream = (nil, replay)
+        clientBytes += UInt64(head.byteCount + rest.readableBytes)
+        startDissector()
         phase = .connecting
-        if isRawTunnel {
-            // CONNECT is answered by us once the tunnel is up; the tunnelled bytes are dissected if cleartext.
-            if rest.readableBytes > 0 { pendingToUpstream.append(rest) }
-        } else {
-            // Dissect the head as the server receives it (rewritten where the mode requires), so `url` and
-            // `request` in records describe what reached the server, and offsets match a capture of that leg.
-            var headBuffer = ByteBuffer()
-            headBuffer.writeBytes(outgoing.encoded())
-            startDissector()
-            var records: [TapRecord] = []
-            headBuffer.withUnsafeReadableBytes { dissector!.feed($0, from: .clientToServer, at: clock(), into: &records) }
-            clientBytes += UInt64(consumed)
-            pendingToUpstream.append(headBuffer)
-            if rest.readableBytes > 0 { pendingToUpstream.append(rest) }
-            pendingDissect = rest.readableBytes > 0 ? rest : nil
-            bufferedRecords = records
-        }
-        return [.connect(host: host, port: port, tls: upstreamTLS)]
+        return [.connect(host: first.host, port: first.port, tls: first.tls)]
     }
 
     /// Interception: CONNECT is answered before the upstream is reached, because the client sends its
@@ -280,7 +270,6 @@ public final class RelaySession {
         if rest.readableBytes > 0 { actions += probeTunnel(rest) }
         return actions
     }
-
 
     private func probeTunnel(_ buffer: ByteBuffer) -> [Action] {
         guard let (host, port) = connectHost else { return [] }
@@ -308,106 +297,89 @@ public final class RelaySession {
     /// Not TLS, or TLS to a passthrough host: relay the tunnel as bytes (dissected if cleartext).
     private func plainTunnel(host: String, port: Int) -> [Action] {
         phase = .connecting
-        pendingToUpstream = [ByteBuffer(bytes: tunnelProbe)]
+        clientBytes += UInt64(tunnelProbe.count)
+        pendingTunnelBytes = [ByteBuffer(bytes: tunnelProbe)]
         tunnelProbe = []
         return [.connect(host: host, port: port, tls: nil)]
     }
 
-    private func forwardClientBytes(_ buffer: ByteBuffer) -> [Action] {
-        guard forwardHTTP != nil else { return [] }
-        return apply(forwardHTTP!.clientBytes(buffer))
-    }
-
-    private func apply(_ outputs: [ForwardHTTPTracker.Output]) -> [Action] {
+    private func apply(_ outputs: [HTTPExchangeFollower.Output]) -> [Action] {
         var actions: [Action] = []
         for output in outputs {
             switch output {
             case .forward(let bytes):
                 actions += recordThenForward(bytes, .clientToServer)
             case .switchUpstream(let target, let head, let rest):
-                phase = .connecting
-                upstreamLabel = target.label
-                upstreamTLS = target.tls
-                forwardReplay = (head, rest)
-                actions.append(.switchUpstream(host: target.host, port: target.port, tls: target.tls))
-            case .malformed(let problem):
-                return actions + refuse(status: 400, reason: "Bad Request", message: "cannot follow the HTTP stream: \(problem)")
+                actions += switchUpstream(to: target, head: head, rest: rest)
+            case .refuse(let status, let reason, let message):
+                return actions + refuse(status: status, reason: reason, message: message)
             }
         }
         return actions
     }
 
+    /// Forward-mode plain HTTP: the next request is for another host.
+    private func switchUpstream(to target: HTTPExchangeFollower.Target, head: ByteBuffer, rest: ByteBuffer) -> [Action] {
+        phase = .connecting
+        upstreamLabel = target.label
+        upstreamTLS = target.tls
+        pendingForUpstream = (head, rest)
+        return [.switchUpstream(host: target.host, port: target.port, tls: target.tls)]
+    }
+
     private func clientTLSEstablished() -> [Action] {
-        guard phase == .clientTLSHandshake else { return [] }
+        guard case .clientTLSHandshake = phase else { return [] }
         phase = .readingHead
         return []
     }
 
-
     // MARK: - Upstream side
 
     private func upstreamConnected(_ serverAddress: String) -> [Action] {
-        guard phase == .connecting else { return [] }
+        guard case .connecting = phase else { return [] }
         phase = .relaying
         server = serverAddress
         dissector?.updateServer(serverAddress)
-        if forwardHTTP != nil, let replay = forwardReplay {
-            forwardReplay = nil
-            var actions: [Action] = []
-            if let head = replay.head { actions += recordThenForward(head, .clientToServer) }
-            actions += forwardClientBytes(replay.rest)
-            if inputClosed.contains(.client) && phase == .relaying { actions.append(.shutdownOutput(.upstream)) }
-            return actions
-        }
         var actions: [Action] = []
-        var records = bufferedRecords
-        bufferedRecords = []
-        if isRawTunnel {
+        if let pending = pendingForUpstream {
+            pendingForUpstream = nil
+            if let head = pending.head { actions += recordThenForward(head, .clientToServer) }
+            actions += apply(follower!.clientBytes(pending.rest))
+        } else if isRawTunnel {
             if !connectAnswered {
                 var reply = ByteBuffer()
                 reply.writeString("HTTP/1.1 200 Connection Established\r\n\r\n")
                 actions.append(.send(.client, reply))
             }
-            for buffer in pendingToUpstream {
-                clientBytes += UInt64(buffer.readableBytes)
-                actions.append(.send(.upstream, buffer))
-                if let more = dissect(buffer, .clientToServer) { records += more }
-            }
-        } else {
-            for buffer in pendingToUpstream { actions.append(.send(.upstream, buffer)) }
-            if let early = pendingDissect {
-                clientBytes += UInt64(early.readableBytes)
-                if let more = dissect(early, .clientToServer) { records += more }
-            }
+            for buffer in pendingTunnelBytes { actions += recordThenForward(buffer, .clientToServer) }
+            pendingTunnelBytes = []
         }
-        pendingToUpstream = []
-        pendingDissect = nil
-        if !records.isEmpty { actions.insert(.emit(records), at: 0) }
-        if inputClosed.contains(.client) { actions.append(.shutdownOutput(.upstream)) }
+        if inputClosed.contains(.client), case .relaying = phase { actions += clientInputEnded() }
         return actions
     }
 
-
     private func upstreamFailed(_ reason: String) -> [Action] {
-        guard phase == .connecting else { return [] }
+        guard case .connecting = phase else { return [] }
         let message = "cannot reach upstream \(upstreamLabel): \(reason)"
         if connectAnswered && interceptedTarget == nil {
             // The tunnel was already answered and the client speaks its own protocol in it: just close.
             phase = .done
             return [.close(.client)] + finish(reason: message, closedBy: "proxy")
         }
-        var actions = refuse(status: 502, reason: "Bad Gateway", message: message)
-        // The request head was recorded already; keep those records before the end.
-        if !bufferedRecords.isEmpty { actions.insert(.emit(bufferedRecords), at: 0) }
-        bufferedRecords = []
-        return actions
+        return refuse(status: 502, reason: "Bad Gateway", message: message)
     }
 
     private func upstreamData(_ buffer: ByteBuffer) -> [Action] {
-        guard phase == .relaying else { return [] }
+        guard case .relaying = phase else { return [] }
         serverBytes += UInt64(buffer.readableBytes)
-        var actions = recordThenForward(buffer, .serverToClient)
-        if forwardHTTP != nil { actions += apply(forwardHTTP!.upstreamBytes(buffer)) }
+        // Records describe the server's bytes as it sent them; the client gets them through the
+        // follower, which only ever removes a Content-Length that chunking overrides.
+        var actions: [Action] = []
+        if let records = dissect(buffer, .serverToClient) { actions.append(.emit(records)) }
+        guard follower != nil else { return actions + [.send(.client, buffer)] }
+        let (toClient, switchOutput) = follower!.upstreamBytes(buffer)
+        actions += toClient.map { .send(.client, $0) }
+        if let switchOutput { actions += apply([switchOutput]) }
         return actions
     }
 
@@ -417,6 +389,13 @@ public final class RelaySession {
         let send = Action.send(direction == .clientToServer ? .upstream : .client, buffer)
         guard let records = dissect(buffer, direction) else { return [send] }
         return [.emit(records), send]
+    }
+
+    /// The client's FIN reaches the upstream after whatever the follower still held of it.
+    private func clientInputEnded() -> [Action] {
+        var actions: [Action] = []
+        if follower != nil { actions += apply(follower!.clientEnded()) }
+        return actions + [.shutdownOutput(.upstream)]
     }
 
     // MARK: - Ending
@@ -438,20 +417,26 @@ public final class RelaySession {
         case .relaying, .done:
             break
         }
-        var actions: [Action] = [.shutdownOutput(side == .client ? .upstream : .client)]
+        var actions: [Action]
+        if side == .client {
+            actions = clientInputEnded()
+        } else {
+            // An incomplete response head the follower held goes to the client before the FIN.
+            actions = (follower?.upstreamEnded() ?? []).map { .send(.client, $0) } + [.shutdownOutput(.client)]
+        }
         if inputClosed.count == 2 { actions += [.close(.client), .close(.upstream)] + finish(reason: nil) }
         return actions
     }
 
     private func sideFailed(_ side: Side, reason: String) -> [Action] {
-        if side == .upstream && phase == .connecting { return upstreamFailed(reason) }
+        if side == .upstream, case .connecting = phase { return upstreamFailed(reason) }
         noteEnd(side, how: reason.contains("reset") ? "reset" : "error: \(reason)")
         return [.close(.client), .close(.upstream)] + finish(reason: nil)
     }
 
     private func sideClosed(_ side: Side) -> [Action] {
         noteEnd(side, how: "closed")
-        if side == .upstream && phase == .connecting { return [] }
+        if side == .upstream, case .connecting = phase { return [] }
         return [.close(side == .client ? .upstream : .client)] + finish(reason: nil)
     }
 
@@ -518,19 +503,4 @@ public final class RelaySession {
         buffer.withUnsafeReadableBytes { dissector.feed($0, from: direction, at: clock(), into: &records) }
         return records.isEmpty ? nil : records
     }
-}
-
-extension HTTPHead {
-    var httpVersion: String { if case .request(_, _, let v) = startLine { v } else { "HTTP/1.1" } }
-
-    mutating func replaceHeader(_ name: String, with value: String) {
-        if let i = headers.firstIndex(where: { $0.name.lowercased() == name.lowercased() }) {
-            headers[i].value = value
-            headers.removeAll { $0.name.lowercased() == name.lowercased() && $0.value != value }
-        } else {
-            headers.insert((name, value), at: 0)
-        }
-    }
-
-    mutating func removeHeader(_ name: String) { headers.removeAll { $0.name.lowercased() == name.lowercased() } }
 }

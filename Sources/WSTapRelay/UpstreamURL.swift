@@ -38,6 +38,10 @@ public struct UpstreamURL: Equatable, Sendable, CustomStringConvertible {
             rest = rest[..<slash]
         }
         if path == "/" { path = nil }  // "ws://h:1/" means "no path given": keep the client's
+        if let path, let bad = path.unicodeScalars.first(where: { $0.value <= 0x20 || $0.value == 0x7F }) {
+            // It becomes a request target: spaces and control characters would break the request line.
+            throw ParseError.invalid("the path in '\(text)' contains \(bad == " " ? "a space" : "a control character"); percent-encode it (%20)")
+        }
         let (host, port) = try parseAuthority(String(rest), defaultPort: defaultPort, context: text)
         return UpstreamURL(scheme: scheme == "http" ? "ws" : scheme == "https" ? "wss" : scheme, host: host, port: port, path: path)
     }

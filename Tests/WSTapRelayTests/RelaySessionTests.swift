@@ -40,6 +40,67 @@ import WSTapRelay
         #expect(records.contains { if case .message(let m) = $0.body { m.payload == Array("Hello".utf8) } else { false } })
     }
 
+    @Test func theRequestHeadLeavesWithItsOwnBytesExceptHost() throws {
+        let s = session(.reverse(try UpstreamURL.parse("ws://127.0.0.1:9000")))
+        let head: [UInt8] = Array("GET /x HTTP/1.1\r\nHost:  localhost:8080\r\nX-U: caf".utf8) + [0xC3, 0xA9]
+            + Array("\r\nCookie: a=".utf8) + [0xFF] + Array("\r\nX-Fold: a\r\n b\r\nUpgrade: websocket\r\n\r\n".utf8)
+        _ = s.handle(.clientData(buffer(head)))
+        let sent = s.handle(.upstreamConnected(serverAddress: "127.0.0.1:9000")).sent(to: .upstream)
+        let expected: [UInt8] = Array("GET /x HTTP/1.1\r\nHost:  127.0.0.1:9000\r\nX-U: caf".utf8) + [0xC3, 0xA9]
+            + Array("\r\nCookie: a=".utf8) + [0xFF] + Array("\r\nX-Fold: a\r\n b\r\nUpgrade: websocket\r\n\r\n".utf8)
+        #expect(sent == expected)
+    }
+
+    @Test func everyRequestOnAKeptAliveConnectionIsPointedAtTheUpstream() throws {
+        let s = session(.reverse(try UpstreamURL.parse("ws://127.0.0.1:9000")))
+        _ = s.handle(.clientData(buffer("GET /a HTTP/1.1\r\nHost: localhost:8080\r\n\r\n")))
+        _ = s.handle(.upstreamConnected(serverAddress: "127.0.0.1:9000"))
+        _ = s.handle(.upstreamData(buffer("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")))
+        let second = s.handle(.clientData(buffer("GET /b HTTP/1.1\r\nHost: localhost:8080\r\n\r\n")))
+        #expect(String(decoding: second.sent(to: .upstream), as: UTF8.self) == "GET /b HTTP/1.1\r\nHost: 127.0.0.1:9000\r\n\r\n")
+    }
+
+    /// RFC 9112 §6.3: chunking frames the body, so an intermediary removes Content-Length before forwarding.
+    @Test func contentLengthBesideChunkingIsRemovedBothWays() throws {
+        let s = session(.reverse(try UpstreamURL.parse("ws://127.0.0.1:9000")))
+        let request = "POST /up HTTP/1.1\r\nHost: 127.0.0.1:9000\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        _ = s.handle(.clientData(buffer(request)))
+        let sent = String(decoding: s.handle(.upstreamConnected(serverAddress: "127.0.0.1:9000")).sent(to: .upstream), as: UTF8.self)
+        #expect(sent == "POST /up HTTP/1.1\r\nHost: 127.0.0.1:9000\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+        let response = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\ncontent-length: 99\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+        let answered = s.handle(.upstreamData(buffer(response)))
+        #expect(String(decoding: answered.sent(to: .client), as: UTF8.self) == "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+        // The record shows the response as the server sent it.
+        let exchange = answered.records.compactMap { if case .http(let e) = $0.body { e } else { nil } }.first
+        #expect(exchange?.response.value("content-length") == "99")
+    }
+
+    @Test func aResponseHeadSplitAcrossReadsReachesTheClientWhole() throws {
+        let s = session(.reverse(try UpstreamURL.parse("ws://127.0.0.1:9000")))
+        _ = s.handle(.clientData(buffer(Self.request)))
+        _ = s.handle(.upstreamConnected(serverAddress: "127.0.0.1:9000"))
+        let response = Array(Self.response.utf8) + [0x81, 0x02, 0x68, 0x69]
+        var toClient: [UInt8] = []
+        for byte in response { toClient += s.handle(.upstreamData(buffer([byte]))).sent(to: .client) }
+        #expect(toClient == response)
+    }
+
+    @Test func bytesThatAreNotHTTPFromTheUpstreamArePassedOnAsTheyCame() throws {
+        let s = session(.reverse(try UpstreamURL.parse("ws://127.0.0.1:9000")))
+        _ = s.handle(.clientData(buffer(Self.request)))
+        _ = s.handle(.upstreamConnected(serverAddress: "127.0.0.1:9000"))
+        var toClient = s.handle(.upstreamData(buffer("HTT"))).sent(to: .client)
+        toClient += s.handle(.upstreamData(buffer("X/9 garbage \u{1}\u{2}"))).sent(to: .client)
+        toClient += s.handle(.upstreamData(buffer("more"))).sent(to: .client)
+        #expect(String(decoding: toClient, as: UTF8.self) == "HTTX/9 garbage \u{1}\u{2}more")
+        // A partial head held at the server's FIN goes on before the FIN.
+        let t = session(.reverse(try UpstreamURL.parse("ws://127.0.0.1:9000")))
+        _ = t.handle(.clientData(buffer(Self.request)))
+        _ = t.handle(.upstreamConnected(serverAddress: "127.0.0.1:9000"))
+        #expect(t.handle(.upstreamData(buffer("HTTP/1.1 200 OK\r\n"))).sent(to: .client).isEmpty)
+        #expect(String(decoding: t.handle(.inputClosed(.upstream)).sent(to: .client), as: UTF8.self) == "HTTP/1.1 200 OK\r\n")
+    }
+
     @Test func upstreamPathReplacesTheClientsPath() throws {
         let s = session(.reverse(try UpstreamURL.parse("ws://[::1]:9000/socket?v=2")))
         _ = s.handle(.clientData(buffer(Self.request)))
