@@ -26,6 +26,8 @@ public final class StreamDissector {
     public private(set) var firstCloseFrom: Direction?
     /// True once a 101 was seen and both directions carry WebSocket frames.
     public private(set) var isWebSocket = false
+    /// The client asked to upgrade and the server has not answered yet (the relay bounds this wait).
+    public var isAwaitingUpgradeAnswer: Bool { client.phase == .awaitingUpgradeAnswer }
 
     var client = DirectionState(direction: .clientToServer)
     var server = DirectionState(direction: .serverToClient)

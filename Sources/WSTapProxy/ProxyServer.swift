@@ -15,6 +15,7 @@ public struct ProxyConfiguration: Sendable {
     public var listenPort: Int
     public var mode: RelaySession.Mode
     public var tlsSettings: TLSSettings = TLSSettings()
+    public var limits = RelaySession.Limits()
     /// Needed for interception, --listen-tls and wss:// upstreams.
     public var tlsContexts: TLSContexts?
     /// --pcap: cleartext of both legs.
@@ -69,7 +70,7 @@ public final class ProxyServer: Sendable {
                     }
                     let handler = RelaySideHandler(clientSideMaking: { channel in
                         let session = RelaySession(
-                            connection: ids.next(), mode: configuration.mode, tls: configuration.tlsSettings,
+                            connection: ids.next(), mode: configuration.mode, tls: configuration.tlsSettings, limits: configuration.limits,
                             clientAddress: channel.remoteAddress?.wstapText ?? "?",
                             proxyAddress: channel.localAddress?.wstapText ?? "?",
                             configuration: configuration.dissector, clock: Timestamp.now)

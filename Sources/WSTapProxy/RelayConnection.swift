@@ -20,6 +20,7 @@ final class RelayConnection {
     /// A read the side's handler held back because the other side cannot take more bytes.
     private var heldRead: Set<RelaySession.Side> = []
     private var closing: Set<RelaySession.Side> = []
+    private var timers: [RelaySession.Timer: Scheduled<Void>] = [:]
 
     init(session: RelaySession, client: Channel, sink: any RecordSink, tls: TLSContexts?, capture: DecryptedCapture?) {
         self.session = session
@@ -51,6 +52,15 @@ final class RelayConnection {
                 connect(host: host, port: port, upstreamTLS: upstreamTLS)
             case .startClientTLS(let certificateHost, let replay):
                 startClientTLS(certificateHost: certificateHost, replay: replay)
+            case .startTimer(let timer, let after):
+                timers[timer]?.cancel()
+                let bound = NIOLoopBound(self, eventLoop: client.eventLoop)
+                timers[timer] = client.eventLoop.scheduleTask(in: TimeAmount(after)) {
+                    bound.value.timers[timer] = nil
+                    bound.value.handle(.timerFired(timer))
+                }
+            case .cancelTimer(let timer):
+                timers.removeValue(forKey: timer)?.cancel()
             case .switchUpstream(let host, let port, let upstreamTLS):
                 // The old upstream's close must not reach the session as the end of this connection.
                 if let old = upstream {
@@ -111,7 +121,8 @@ final class RelayConnection {
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelOption(.recvAllocator, value: RelayTuning.receiveAllocator)
             .channelOption(.writeBufferWaterMark, value: .init(low: 256 * 1024, high: 1024 * 1024))
-            .connectTimeout(.seconds(10))
+            // A little past the session's own limit, so a silent upstream gets its 504 from the session.
+            .connectTimeout(session.limits.upstreamTimeout.map { TimeAmount($0) + .seconds(1) } ?? .minutes(2))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     if let tlsContext {
@@ -191,7 +202,11 @@ final class RelaySideHandler: ChannelDuplexHandler {
     func detach() { connection = nil }
 
     func channelActive(context: ChannelHandlerContext) {
-        if connection == nil, let makeConnection { connection = makeConnection(context.channel) }
+        if connection == nil, let makeConnection {
+            let made = makeConnection(context.channel)
+            connection = made
+            made.handle(.clientConnected)
+        }
         context.fireChannelActive()
     }
 
@@ -286,5 +301,12 @@ extension SocketAddress {
         guard let ip = ipAddress, let port else { return description }
         if case .v6 = self { return "[\(ip)]:\(port)" }
         return "\(ip):\(port)"
+    }
+}
+
+extension TimeAmount {
+    init(_ duration: Duration) {
+        let (seconds, attoseconds) = duration.components
+        self = .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
     }
 }

@@ -211,6 +211,8 @@ struct HTTPExchangeFollower {
         if isPipe { return ([buffer], nil) }
         var out: [ByteBuffer] = []
         var rest = buffer
+        // Whether `out` differs from `buffer` cut in pieces: if not, the buffer goes as one write.
+        var changed = false
         while rest.readableBytes > 0 && !isPipe {
             if responseBody != nil {
                 var index = 0
@@ -230,12 +232,13 @@ struct HTTPExchangeFollower {
                 // Not HTTP (or too large to follow): what was held before this read goes first, then
                 // everything as it is (the parser's copy of this read's bytes is dropped, not sent twice).
                 let earlier = responseHead.takeBuffered().prefix(heldBefore)
-                if !earlier.isEmpty { out.append(ByteBuffer(bytes: earlier)) }
+                if !earlier.isEmpty { out.append(ByteBuffer(bytes: earlier)); changed = true }
                 becomePipe()
                 break
             }
             guard let (head, consumed) = parsed else {
                 rest.moveReaderIndex(forwardBy: rest.readableBytes)  // held in the parser until complete
+                changed = true
                 break
             }
             var outgoing = head
@@ -245,6 +248,7 @@ struct HTTPExchangeFollower {
             } else {
                 out.append(ByteBuffer(bytes: outgoing.bytes))
                 rest.moveReaderIndex(forwardBy: consumed)
+                changed = true
             }
             let status = head.status ?? 0
             if status == 101 { becomePipe(); break }
@@ -254,6 +258,7 @@ struct HTTPExchangeFollower {
             if body.isDone { responseEnded() } else { responseBody = body }
         }
         if rest.readableBytes > 0 { out.append(rest) }
+        if !changed { out = [buffer] }
         if switchTarget != nil && unanswered.isEmpty { return (out, takeSwitch()) }
         return (out, nil)
     }

@@ -21,7 +21,28 @@ public final class RelaySession {
         var name: String { self == .client ? "client" : "server" }
     }
 
+    /// The two things a peer can stall, each bounded by a limit (nil: wait for ever).
+    public enum Timer: Sendable, Hashable {
+        /// From accept until the first request head is complete (CONNECT and a client TLS handshake
+        /// included): slow or silent clients.
+        case requestHead
+        /// From the connect until the upstream is usable (TCP, TLS), and while it owes the answer to a
+        /// WebSocket upgrade: upstreams that do not accept or never answer the handshake.
+        case upstreamHandshake
+    }
+
+    /// Bounds on what a peer may make wstap hold.
+    public struct Limits: Sendable {
+        public var requestHeadTimeout: Duration? = .seconds(30)
+        public var upstreamTimeout: Duration? = .seconds(30)
+        /// Largest request head accepted (431 beyond); responses past it are relayed undissected.
+        public var maxHeadBytes = HTTPHeadParser.defaultLimit
+        public init() {}
+    }
+
     public enum Event {
+        /// The client's connection was accepted: the request-head timer starts.
+        case clientConnected
         case clientData(ByteBuffer)
         /// The shell finished the TLS handshake it was asked to do with the client.
         case clientTLSEstablished
@@ -34,6 +55,8 @@ public final class RelaySession {
         case failed(Side, reason: String)
         /// The side's channel is gone.
         case closed(Side)
+        /// A timer the session started has run out.
+        case timerFired(Timer)
     }
 
     public enum Action {
@@ -52,6 +75,9 @@ public final class RelaySession {
         /// Close that side once what was written is flushed.
         case close(Side)
         case emit([TapRecord])
+        /// Report `timerFired(timer)` after `after`, replacing the timer if it runs already.
+        case startTimer(Timer, after: Duration)
+        case cancelTimer(Timer)
     }
 
     public let connection: UInt64
@@ -60,7 +86,11 @@ public final class RelaySession {
     private let clientAddress: String
     private let proxyAddress: String
     private let configuration: StreamDissector.Configuration
+    public let limits: Limits
     private var dissector: StreamDissector?
+    private var runningTimers: Set<Timer> = []
+    /// --listen-tls: whether the client's TLS handshake has completed (until then no HTTP can be sent).
+    private var clientTLSUp: Bool
     private var clock: () -> Timestamp
 
     private enum Phase {
@@ -74,7 +104,7 @@ public final class RelaySession {
         case done
     }
     private var phase = Phase.readingHead
-    private var headParser = HTTPHeadParser(expecting: .request)
+    private var headParser: HTTPHeadParser
     /// How the connection's HTTP is relayed: every mode but a CONNECT tunnel relayed as bytes. Nil
     /// until the first request head was read, and for raw tunnels.
     private var follower: HTTPExchangeFollower?
@@ -110,15 +140,18 @@ public final class RelaySession {
     private var tunnelChecked = false
 
     /// - Parameter clock: the shell's clock; the session never reads time itself.
-    public init(connection: UInt64, mode: Mode, tls: TLSSettings = TLSSettings(), clientAddress: String, proxyAddress: String,
-                configuration: StreamDissector.Configuration, clock: @escaping () -> Timestamp) {
+    public init(connection: UInt64, mode: Mode, tls: TLSSettings = TLSSettings(), limits: Limits = Limits(), clientAddress: String,
+                proxyAddress: String, configuration: StreamDissector.Configuration, clock: @escaping () -> Timestamp) {
         self.connection = connection
         self.mode = mode
         self.tls = tls
+        self.limits = limits
         self.clientAddress = clientAddress
         self.proxyAddress = proxyAddress
         self.configuration = configuration
         self.clock = clock
+        headParser = HTTPHeadParser(limit: limits.maxHeadBytes, expecting: .request)
+        clientTLSUp = !tls.clientTLS
     }
 
     /// False while more than 1 MiB of client bytes wait inside the session (upstream not connected yet,
@@ -130,16 +163,20 @@ public final class RelaySession {
     }
 
     public func handle(_ event: Event) -> [Action] {
+        var actions: [Action]
         switch event {
-        case .clientData(let buffer): return clientData(buffer)
-        case .clientTLSEstablished: return clientTLSEstablished()
-        case .upstreamData(let buffer): return upstreamData(buffer)
-        case .upstreamConnected(let address): return upstreamConnected(address)
-        case .upstreamConnectFailed(let reason): return upstreamFailed(reason)
-        case .inputClosed(let side): return sideInputClosed(side)
-        case .failed(let side, let reason): return sideFailed(side, reason: reason)
-        case .closed(let side): return sideClosed(side)
+        case .clientConnected: actions = []
+        case .clientData(let buffer): actions = clientData(buffer)
+        case .clientTLSEstablished: actions = clientTLSEstablished()
+        case .upstreamData(let buffer): actions = upstreamData(buffer)
+        case .upstreamConnected(let address): actions = upstreamConnected(address)
+        case .upstreamConnectFailed(let reason): actions = upstreamFailed(reason)
+        case .inputClosed(let side): actions = sideInputClosed(side)
+        case .failed(let side, let reason): actions = sideFailed(side, reason: reason)
+        case .closed(let side): actions = sideClosed(side)
+        case .timerFired(let timer): actions = timerFired(timer)
         }
+        return actions + reconcileTimers()
     }
 
     // MARK: - Client side
@@ -179,7 +216,7 @@ public final class RelaySession {
             result = try buffer.withUnsafeReadableBytes { try headParser.feed($0) }
         } catch let error as HTTPHeadError {
             if case .tooLarge(let limit) = error {
-                return refuse(status: 431, reason: "Request Header Fields Too Large", message: "the request head is larger than \(limit) bytes")
+                return refuse(status: 431, reason: "Request Header Fields Too Large", message: "the request head is larger than \(limit) bytes (--max-head-size)")
             }
             return refuse(status: 400, reason: "Bad Request", message: "the request head could not be parsed: \(error)")
         } catch {
@@ -328,6 +365,7 @@ public final class RelaySession {
     }
 
     private func clientTLSEstablished() -> [Action] {
+        clientTLSUp = true
         guard case .clientTLSHandshake = phase else { return [] }
         phase = .readingHead
         return []
@@ -437,7 +475,81 @@ public final class RelaySession {
     private func sideClosed(_ side: Side) -> [Action] {
         noteEnd(side, how: "closed")
         if side == .upstream, case .connecting = phase { return [] }
+        // Once finished, every side was closed on purpose; a channel going away then (maybe while the
+        // shell is still carrying out the closing actions) needs nothing more.
+        if case .done = phase { return [] }
         return [.close(side == .client ? .upstream : .client)] + finish(reason: nil)
+    }
+
+    // MARK: - Timers
+
+    /// Each timer runs exactly while what it bounds is pending; checked after every event, so a
+    /// deadline spans the states it covers (CONNECT, TLS and head; connect and upgrade answer) once.
+    private func reconcileTimers() -> [Action] {
+        var actions: [Action] = []
+        let headPending: Bool
+        switch phase {
+        case .readingHead, .tunnelOpen, .clientTLSHandshake: headPending = true
+        default: headPending = false
+        }
+        let upstreamPending: Bool
+        switch phase {
+        case .connecting: upstreamPending = true
+        case .relaying: upstreamPending = dissector?.isAwaitingUpgradeAnswer ?? false
+        default: upstreamPending = false
+        }
+        for (timer, pending, limit) in [(Timer.requestHead, headPending, limits.requestHeadTimeout),
+                                        (.upstreamHandshake, upstreamPending, limits.upstreamTimeout)] {
+            if pending, let limit, !runningTimers.contains(timer) {
+                runningTimers.insert(timer)
+                actions.append(.startTimer(timer, after: limit))
+            } else if !pending, runningTimers.remove(timer) != nil {
+                actions.append(.cancelTimer(timer))
+            }
+        }
+        return actions
+    }
+
+    private func timerFired(_ timer: Timer) -> [Action] {
+        guard runningTimers.remove(timer) != nil else { return [] }  // cancelled meanwhile
+        switch timer {
+        case .requestHead:
+            let limit = Self.seconds(limits.requestHeadTimeout)
+            switch phase {
+            case .readingHead where clientTLSUp:
+                return refuse(status: 408, reason: "Request Timeout",
+                              message: "the client did not send a complete request head within \(limit) (--head-timeout)")
+            case .readingHead, .clientTLSHandshake:
+                return [.close(.client)] + finish(reason: "the client did not complete its TLS handshake within \(limit) (--head-timeout)", closedBy: "proxy")
+            case .tunnelOpen:
+                return [.close(.client)] + finish(reason: "the client sent nothing in its CONNECT tunnel within \(limit) (--head-timeout)", closedBy: "proxy")
+            default:
+                return []
+            }
+        case .upstreamHandshake:
+            let limit = Self.seconds(limits.upstreamTimeout)
+            switch phase {
+            case .connecting:
+                let message = "upstream \(upstreamLabel) did not accept the connection\(upstreamTLS == nil ? "" : " and complete TLS") within \(limit) (--upstream-timeout)"
+                if connectAnswered && interceptedTarget == nil {
+                    return [.close(.client), .close(.upstream)] + finish(reason: message, closedBy: "proxy")
+                }
+                return refuse(status: 504, reason: "Gateway Timeout", message: message)
+            case .relaying:
+                let message = "upstream \(upstreamLabel) did not answer the WebSocket handshake within \(limit) (--upstream-timeout)"
+                return refuse(status: 504, reason: "Gateway Timeout", message: message)
+            default:
+                return []
+            }
+        }
+    }
+
+    /// "30 s", "2.5 s": how long a limit is, for messages.
+    static func seconds(_ duration: Duration?) -> String {
+        guard let duration else { return "no limit" }
+        let (seconds, attoseconds) = duration.components
+        let tenths = attoseconds / 100_000_000_000_000_000
+        return tenths == 0 ? "\(seconds) s" : "\(seconds).\(tenths) s"
     }
 
     private func noteEnd(_ side: Side, how: String) {
@@ -449,7 +561,8 @@ public final class RelaySession {
         var response = ByteBuffer()
         response.writeString("HTTP/1.1 \(status) \(reason)\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)")
         phase = .done
-        return [.send(.client, response), .close(.client)] + finish(reason: message, closedBy: "proxy")
+        // The answer goes first: closing the upstream first could end the client before it is sent.
+        return [.send(.client, response), .close(.client), .close(.upstream)] + finish(reason: message, closedBy: "proxy")
     }
 
     private func finish(reason: String?, closedBy: String? = nil) -> [Action] {

@@ -55,6 +55,23 @@ struct ProxyCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Tunnel hosts matching this pattern (e.g. '*.bank.example') without interception; repeatable.", valueName: "pattern"))
     var passthrough: [String] = []
 
+    @Option(name: .long, help: ArgumentHelp("Seconds a client may take to send its first request head (CONNECT and TLS handshake included), then 408; 0 waits for ever.", valueName: "seconds"))
+    var headTimeout: Double = 30
+
+    @Option(name: .long, help: ArgumentHelp("Seconds the upstream may take to accept the connection (TLS included) and to answer a WebSocket upgrade, then 504; 0 waits for ever.", valueName: "seconds"))
+    var upstreamTimeout: Double = 30
+
+    @Option(name: .long, help: ArgumentHelp("Largest request head accepted; a bigger one gets 431.", valueName: "bytes"))
+    var maxHeadSize: Int = 64 * 1024
+
+    var limits: RelaySession.Limits {
+        var limits = RelaySession.Limits()
+        limits.requestHeadTimeout = headTimeout > 0 ? .milliseconds(Int64(headTimeout * 1000)) : nil
+        limits.upstreamTimeout = upstreamTimeout > 0 ? .milliseconds(Int64(upstreamTimeout * 1000)) : nil
+        limits.maxHeadBytes = maxHeadSize
+        return limits
+    }
+
     var parsedListen: (String, Int) {
         get throws {
             do {
@@ -81,6 +98,10 @@ struct ProxyCommand: AsyncParsableCommand {
     func validate() throws {
         _ = try parsedListen
         _ = try parsedUpstream
+        for (flag, value) in [("--head-timeout", headTimeout), ("--upstream-timeout", upstreamTimeout)] where !(value >= 0 && value <= 86_400) {
+            throw ValidationError("\(flag) must be a number of seconds from 0 (no limit) to 86400, e.g. \(flag) 30.")
+        }
+        if maxHeadSize < 256 || maxHeadSize > 16 << 20 { throw ValidationError("--max-head-size must be between 256 bytes and 16 MiB.") }
         if listenTLS && upstream == nil { throw ValidationError("--listen-tls is for reverse mode: give --upstream too.") }
         if let upstreamCA, access(upstreamCA, R_OK) != 0 {
             throw ValidationError("--upstream-ca '\(upstreamCA)' cannot be read. Give a readable PEM file of CA certificates.")
@@ -96,6 +117,7 @@ struct ProxyCommand: AsyncParsableCommand {
         let mode: RelaySession.Mode = upstreamURL.map { .reverse($0) } ?? .forward
         var configuration = ProxyConfiguration(listenHost: host, listenPort: port, mode: mode, dissector: dissector, sink: sinks.all)
         let intercepting = upstreamURL == nil
+        configuration.limits = limits
         configuration.tlsSettings = TLSSettings(interceptConnect: intercepting, passthrough: passthrough, clientTLS: listenTLS, verifyUpstream: !insecure)
         var authority: CertificateAuthority?
         if intercepting || listenTLS {

@@ -22,6 +22,7 @@ import WSTapRelay
     @Test func reverseModeConnectsOnceTheHeadIsCompleteAndForwardsEarlyFramesUnchanged() throws {
         let s = session(.reverse(try UpstreamURL.parse("ws://127.0.0.1:9000")))
         let head = Array(Self.request.utf8)
+        _ = s.handle(.clientConnected)
         #expect(s.handle(.clientData(buffer(Array(head[..<20])))).isEmpty)
         let actions = s.handle(.clientData(buffer(Array(head[20...]) + Self.maskedHello)))
         #expect(actions.connectTarget == "127.0.0.1:9000")

@@ -63,3 +63,10 @@ def test_a_timestamp_after_2262_is_clamped_and_said_once():
     result = run("read", str(path))
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("1 packet in") == 1 and "claims a time after the year 2262" in result.stderr
+
+
+def test_bad_limits_say_how_to_fix_them():
+    for args in (["--head-timeout", "-1"], ["--upstream-timeout", "nan"], ["--max-head-size", "10"]):
+        result = run("proxy", "--upstream", "ws://127.0.0.1:9", *args)
+        assert result.returncode != 0
+        assert args[0] in result.stderr, result.stderr

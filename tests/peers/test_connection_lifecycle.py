@@ -91,3 +91,85 @@ def test_connect_answered_then_abandoned_leaves_no_socket_behind(wstap, tmp_path
         abandon()
     proxy.wait_records(lambda r: sum(1 for x in r if x["type"] == "end") >= 208, "208 end records")
     assert_descriptors_return(proxy, baseline)
+
+
+def read_all(sockets):
+    """Reads every socket until the proxy closes it; returns what each received."""
+    import select
+    received = {s: b"" for s in sockets}
+    open_ = set(sockets)
+    deadline = time.monotonic() + DEADLINE
+    while open_:
+        assert time.monotonic() < deadline, f"{len(open_)} connections still open"
+        readable, _, _ = select.select(list(open_), [], [], 1.0)
+        for s in readable:
+            chunk = s.recv(65536)
+            if chunk:
+                received[s] += chunk
+            else:
+                open_.discard(s)
+    return received
+
+
+def test_clients_that_never_finish_their_head_get_408_and_are_closed(wstap):
+    """Slow-loris: many connections each send part of a head and stall."""
+    proxy = wstap("ws://127.0.0.1:9", ["--head-timeout", "1"])
+    baseline = descriptor_baseline(proxy, lambda: socket.create_connection(("127.0.0.1", proxy.port)).close())
+    stalled = []
+    for i in range(600):
+        s = socket.create_connection(("127.0.0.1", proxy.port))
+        s.sendall(b"GET /slow HTTP/1.1\r\nHost: a\r\nX-Trickle: " + str(i).encode())
+        stalled.append(s)
+    received = read_all(stalled)
+    assert all(r.startswith(b"HTTP/1.1 408 Request Timeout\r\n") for r in received.values())
+    for s in stalled:
+        s.close()
+    records = proxy.wait_records(lambda r: sum(1 for x in r if x["type"] == "end") >= 608, "608 end records")
+    reasons = [r["reason"] for r in records if r["type"] == "end"][8:]
+    assert set(reasons) == {"the client did not send a complete request head within 1 s (--head-timeout)"}
+    assert_descriptors_return(proxy, baseline)
+
+
+def test_an_upstream_that_never_answers_the_upgrade_gets_the_client_a_504(wstap):
+    listener = socket.create_server(("127.0.0.1", 0))
+    proxy = wstap(f"ws://127.0.0.1:{listener.getsockname()[1]}", ["--upstream-timeout", "1"])
+    client = socket.create_connection(("127.0.0.1", proxy.port))
+    client.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    upstream, _ = listener.accept()
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += upstream.recv(4096)
+    # The upstream reads the request and says nothing: wstap gives up on it and on the client.
+    response = read_all([client])[client]
+    assert response.startswith(b"HTTP/1.1 504 Gateway Timeout\r\n")
+    assert b"did not answer the WebSocket handshake within 1 s" in response
+    assert upstream.recv(4096) == b""  # wstap closed its side of the upstream connection
+    end = next(r for r in proxy.wait_ended() if r["type"] == "end")
+    assert end["closed_by"] == "proxy" and "did not answer the WebSocket handshake" in end["reason"]
+
+
+def test_an_upstream_that_does_not_accept_gets_the_client_a_504(wstap):
+    # A listener whose accept queue is full drops further SYNs: connecting to it hangs.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    filler = socket.create_connection(("127.0.0.1", port))
+    proxy = wstap(f"ws://127.0.0.1:{port}", ["--upstream-timeout", "1"])
+    client = socket.create_connection(("127.0.0.1", proxy.port))
+    client.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+    response = read_all([client])[client]
+    assert response.startswith(b"HTTP/1.1 504 Gateway Timeout\r\n")
+    assert b"did not accept the connection within 1 s" in response
+    filler.close()
+    listener.close()
+
+
+def test_a_head_over_the_size_limit_gets_431(wstap):
+    proxy = wstap("ws://127.0.0.1:9", ["--max-head-size", "4096"])
+    client = socket.create_connection(("127.0.0.1", proxy.port))
+    client.sendall(b"GET / HTTP/1.1\r\nCookie: " + b"a" * 8000 + b"\r\n\r\n")
+    response = read_all([client])[client]
+    assert response.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
+    end = next(r for r in proxy.wait_ended() if r["type"] == "end")
+    assert end["reason"] == "the request head is larger than 4096 bytes (--max-head-size)"

@@ -72,7 +72,11 @@ def test_plain_http_exchanges_are_entries_too(wstap, tmp_path):
     conn, _ = listener.accept()
     conn.recv(4096)
     conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\nContent-Type: text/plain\r\n\r\nnope")
-    assert client.recv(4096).endswith(b"nope")
+    response = b""
+    while not response.endswith(b"nope"):
+        chunk = client.recv(4096)
+        assert chunk, response
+        response += chunk
     proxy.wait_records(lambda r: any(x["type"] == "http" for x in r), "the http record")
     entries = check_har(har)
     assert entries[0]["request"]["url"] == f"http://127.0.0.1:{port}/plain?q=2"
