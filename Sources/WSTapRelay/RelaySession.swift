@@ -215,6 +215,15 @@ public final class RelaySession {
         do {
             result = try buffer.withUnsafeReadableBytes { try headParser.feed($0) }
         } catch let error as HTTPHeadError {
+            if error.looksLikeTLS {
+                // A ClientHello: the client cannot read an HTTP answer, so the record says what to do.
+                let advice: String
+                switch mode {
+                case .reverse: advice = "start wstap with --listen-tls for wss:// clients"
+                case .forward: advice = "configure wstap as an http:// proxy (clients send CONNECT, then TLS)"
+                }
+                return [.close(.client)] + finish(reason: "TLS on a plain listener: the client sent a TLS ClientHello; \(advice)", closedBy: "proxy")
+            }
             if case .tooLarge(let limit) = error {
                 return refuse(status: 431, reason: "Request Header Fields Too Large", message: "the request head is larger than \(limit) bytes (--max-head-size)")
             }

@@ -102,3 +102,21 @@ extension Array where Element == RelaySession.Action {
     var cancelledTimers: [RelaySession.Timer] { compactMap { if case .cancelTimer(let t) = $0 { t } else { nil } } }
     var endRecord: EndRecord? { records.compactMap { if case .end(let e) = $0.body { e } else { nil } }.first }
 }
+
+@Suite struct PlainListenerTests {
+    @Test func aTLSClientHelloOnAPlainListenerIsRecognisedAtOnce() throws {
+        let s = RelaySession(connection: 1, mode: .reverse(try UpstreamURL.parse("ws://127.0.0.1:9000")), clientAddress: "c",
+                             proxyAddress: "p", configuration: .init(), clock: { Timestamp(nanoseconds: 1) })
+        let actions = s.handle(.clientData(ByteBuffer(bytes: TLSHelloFixture.withSNI.prefix(40))))
+        #expect(actions.closes(.client) && actions.sent(to: .client).isEmpty && actions.connectTarget == nil)
+        #expect(actions.endRecord?.reason == "TLS on a plain listener: the client sent a TLS ClientHello; start wstap with --listen-tls for wss:// clients")
+    }
+
+    @Test func bytesThatCannotBeARequestGet400AtOnce() throws {
+        let s = RelaySession(connection: 1, mode: .forward, clientAddress: "c", proxyAddress: "p", configuration: .init(),
+                             clock: { Timestamp(nanoseconds: 1) })
+        let actions = s.handle(.clientData(ByteBuffer(bytes: [0x00, 0x01, 0x02])))
+        #expect(String(decoding: actions.sent(to: .client), as: UTF8.self).hasPrefix("HTTP/1.1 400 Bad Request\r\n"))
+        #expect(actions.endRecord?.reason.contains("not HTTP: the bytes start 00 01 02") == true)
+    }
+}

@@ -173,3 +173,22 @@ def test_a_head_over_the_size_limit_gets_431(wstap):
     assert response.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
     end = next(r for r in proxy.wait_ended() if r["type"] == "end")
     assert end["reason"] == "the request head is larger than 4096 bytes (--max-head-size)"
+
+
+def test_a_tls_client_on_a_plain_listener_is_told_at_once(wstap):
+    """A wss:// client pointed at a plain port: recognised from its ClientHello, not left waiting."""
+    import ssl
+    proxy = wstap("ws://127.0.0.1:9")
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    raw = socket.create_connection(("127.0.0.1", proxy.port))
+    raw.settimeout(DEADLINE)
+    try:
+        context.wrap_socket(raw, server_hostname="localhost")
+        raise AssertionError("the TLS handshake with a plain listener succeeded")
+    except (ssl.SSLError, ConnectionResetError, OSError) as error:
+        assert not isinstance(error, socket.timeout), "wstap kept the TLS client waiting"
+    end = next(r for r in proxy.wait_ended() if r["type"] == "end")
+    assert end["reason"].startswith("TLS on a plain listener") and "--listen-tls" in end["reason"]
+    assert end["closed_by"] == "proxy"
