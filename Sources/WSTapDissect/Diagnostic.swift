@@ -38,6 +38,12 @@ public enum DiagnosticCode: String, CaseIterable, Sendable {
     case subprotocolNotOffered = "subprotocol-not-offered"
     case upgradeRefused = "upgrade-refused"
     case malformedHTTP = "malformed-http"
+    case missingUpgradeHeader = "missing-upgrade-header"
+    case missingConnectionUpgrade = "missing-connection-upgrade"
+    case badHTTPVersion = "bad-http-version"
+    case badWebSocketVersion = "bad-websocket-version"
+    case upgradeMethodNotGET = "upgrade-method-not-get"
+    case bareLineFeed = "bare-line-feed"
     case pipelinedBytesDropped = "pipelined-bytes-dropped"
     // captures
     case resynchronised = "resynchronised"
@@ -49,7 +55,7 @@ public enum DiagnosticCode: String, CaseIterable, Sendable {
         switch self {
         case .upgradeRefused, .unsupportedExtension, .resynchronised: .info
         case .nonMinimalLength, .frameAfterClose, .inflateLimitExceeded, .truncatedFrame, .truncatedMessage,
-            .pipelinedBytesDropped:
+            .pipelinedBytesDropped, .bareLineFeed:
             .warning
         default: .error
         }
@@ -83,7 +89,13 @@ public enum DiagnosticCode: String, CaseIterable, Sendable {
         case .extensionNotOffered: "response accepts an extension the client never offered (§9.1)"
         case .subprotocolNotOffered: "response selects a subprotocol the client never offered (§4.2.2)"
         case .upgradeRefused: "server answered the upgrade with a status other than 101"
-        case .malformedHTTP: "HTTP head or body framing could not be parsed; rest of direction not dissected"
+        case .malformedHTTP: "HTTP head or body framing could not be parsed, or the bytes are not HTTP at all; rest of direction not dissected"
+        case .missingUpgradeHeader: "101 response without Upgrade: websocket (§4.1: the client must fail the connection)"
+        case .missingConnectionUpgrade: "upgrade request or 101 response without the Connection: Upgrade token (§4.1)"
+        case .badHTTPVersion: "upgrade request or 101 response in an HTTP version other than HTTP/1.1 (§4.1)"
+        case .badWebSocketVersion: "upgrade request without Sec-WebSocket-Version: 13 (§4.1)"
+        case .upgradeMethodNotGET: "upgrade requested with a method other than GET (§4.1)"
+        case .bareLineFeed: "HTTP head line ending in LF without CR (RFC 9112 §2.2: senders must use CRLF)"
         case .pipelinedBytesDropped: "too many bytes sent before the upgrade answer; they were relayed but not dissected"
         case .resynchronised: "after a capture gap, bytes were skipped up to the next plausible frame header"
         case .truncatedFrame: "connection ended inside a frame"

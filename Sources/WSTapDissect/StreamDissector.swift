@@ -167,7 +167,7 @@ public final class StreamDissector {
         let direction: Direction
         var phase: Phase = .httpHead
         var offset: UInt64 = 0
-        var headParser = HTTPHeadParser()
+        var headParser: HTTPHeadParser
         var body: HTTPBodyFraming?
         var held: [UInt8] = []
         var heldOverflow = false
@@ -185,7 +185,11 @@ public final class StreamDissector {
         /// After a gap: skip bytes until one looks like the start of a frame.
         var resyncing = false
 
-        init(direction: Direction) { self.direction = direction }
+        init(direction: Direction) {
+            self.direction = direction
+            // Each side must speak its half of HTTP: bytes that cannot start one are diagnosed at once.
+            headParser = HTTPHeadParser(expecting: direction == .clientToServer ? .request : .response)
+        }
     }
 
     enum FrameTarget { case fragmented, single, discard }
@@ -290,6 +294,9 @@ public final class StreamDissector {
         let headOffset = state.offset + UInt64(consumed) - UInt64(head.byteCount)
         state.offset += UInt64(consumed)
         index += consumed
+        if head.hasBareLineFeeds {
+            diagnose(.bareLineFeed, state, offset: headOffset, "a line of the \(head.method == nil ? "response" : "request") head ends in LF without CR", &records)
+        }
         if state.direction == .clientToServer {
             handleRequest(head, state: &state, offset: headOffset, records: &records)
         } else {
@@ -305,6 +312,7 @@ public final class StreamDissector {
         }
         pendingRequests.append(PendingRequest(head: head, started: now))
         if head.isWebSocketUpgradeRequest {
+            checkUpgradeRequest(head, state: state, offset: offset, records: &records)
             state.phase = .awaitingUpgradeAnswer
             return
         }
@@ -373,8 +381,27 @@ public final class StreamDissector {
         }
     }
 
+    /// RFC 6455 §4.1: what a client's opening handshake MUST have besides `Upgrade: websocket`.
+    private func checkUpgradeRequest(_ head: HTTPHead, state: DirectionState, offset: UInt64, records: inout [TapRecord]) {
+        if head.method != "GET" { diagnose(.upgradeMethodNotGET, state, offset: offset, "upgrade requested with \(head.method ?? "?")", &records) }
+        if head.version != "HTTP/1.1" { diagnose(.badHTTPVersion, state, offset: offset, "upgrade requested over \(head.version)", &records) }
+        if !head.tokens("connection").contains("upgrade") {
+            diagnose(.missingConnectionUpgrade, state, offset: offset, "Connection: \(head.value("connection") ?? "(absent)")", &records)
+        }
+        let version = head.value("sec-websocket-version")?.trimmingWhitespaceAndCommas()
+        if version != "13" { diagnose(.badWebSocketVersion, state, offset: offset, "Sec-WebSocket-Version: \(version ?? "(absent)")", &records) }
+    }
+
     private func openWebSocket(request: HTTPHead, response: HTTPHead, serverState: inout DirectionState, offset: UInt64, records: inout [TapRecord]) {
         var problems: [(DiagnosticCode, String)] = []
+        // RFC 6455 §4.1: a client MUST fail a 101 that does not say both of these.
+        if !response.tokens("upgrade").contains("websocket") {
+            problems.append((.missingUpgradeHeader, "Upgrade: \(response.value("upgrade") ?? "(absent)")"))
+        }
+        if !response.tokens("connection").contains("upgrade") {
+            problems.append((.missingConnectionUpgrade, "Connection: \(response.value("connection") ?? "(absent)")"))
+        }
+        if response.version != "HTTP/1.1" { problems.append((.badHTTPVersion, "101 sent as \(response.version)")) }
         let key = request.value("sec-websocket-key")?.trimmingWhitespaceAndCommas() ?? ""
         let accept = response.value("sec-websocket-accept")?.trimmingWhitespaceAndCommas()
         let expected = HandshakeAccept.expected(forKey: key)

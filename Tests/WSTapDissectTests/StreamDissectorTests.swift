@@ -130,6 +130,27 @@ import WSTapWire
         #expect(message.contains("\"text\":\"€\""))  // cut at a character boundary, not mid-sequence
     }
 
+    @Test func oddUpgradeAnswersAreEachDiagnosed() {
+        let accept = HandshakeAccept.expected(forKey: Wire.key)
+        let bare = "HTTP/1.0 101 Switching Protocols\nSec-WebSocket-Accept: \(accept)\n\n"
+        let lines = dissect([(c2s, Wire.request()), (s2c, Array(bare.utf8)), (s2c, Wire.text("still framed"))])
+        #expect(Set(diagnosticCodes(lines)) == ["missing-upgrade-header", "missing-connection-upgrade", "bad-http-version", "bare-line-feed"])
+        #expect(records(lines, type: "message").count == 1)  // dissection goes on after the odd answer
+    }
+
+    @Test func bytesThatAreNotHTTPFromTheServerAreDiagnosedAtOnce() {
+        let lines = dissect([(c2s, Wire.request()), (s2c, Array("SSH-2.0-OpenSSH_9.2".utf8))])
+        #expect(diagnosticCodes(lines) == ["malformed-http"])
+        #expect(records(lines, type: "diagnostic")[0].contains("not HTTP: the bytes start 53 53 48 2d"))
+    }
+
+    @Test func upgradeRequestsThatBreakTheOpeningHandshakeRulesAreDiagnosed() {
+        let request = "POST /chat HTTP/1.0\r\nHost: h\r\nUpgrade: websocket\r\nSec-WebSocket-Key: \(Wire.key)\r\nSec-WebSocket-Version: 8\r\n\r\n"
+        let lines = dissect([(c2s, Array(request.utf8))])
+        #expect(Set(diagnosticCodes(lines)) == ["upgrade-method-not-get", "bad-http-version", "missing-connection-upgrade", "bad-websocket-version"])
+        #expect(records(lines, type: "diagnostic").allSatisfy { $0.contains(#""from":"client""#) })
+    }
+
     @Test func textInvalidOnlyPastThePayloadCapIsRecordedAsBase64() {
         var config = StreamDissector.Configuration()
         config.payloadCap = 4

@@ -104,3 +104,29 @@ def test_content_length_beside_chunking_is_removed_before_forwarding(wstap):
     assert response == b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\nok\r\n0\r\n\r\n"
     http = next(r for r in proxy.wait_ended() if r["type"] == "http")
     assert ["Content-Length", "50"] in http["response"]["headers"]  # the record shows what the server sent
+
+
+def test_odd_upgrade_answers_are_relayed_as_sent_and_each_diagnosed(wstap):
+    answer = f"HTTP/1.0 101 Switching Protocols\nSec-WebSocket-Accept: {ACCEPT}\n\n".encode()
+    server = HeadServer(answer + b"\x81\x02hi")
+    proxy = wstap(f"ws://127.0.0.1:{server.port}")
+    client = socket.create_connection(("127.0.0.1", proxy.port))
+    client.sendall(upgrade_request(b"x"))
+    client.shutdown(socket.SHUT_WR)
+    assert recv_until_closed(client) == answer + b"\x81\x02hi"
+    records = proxy.wait_ended()
+    codes = {r["code"] for r in records if r["type"] == "diagnostic" and r["from"] == "server"}
+    assert {"missing-upgrade-header", "missing-connection-upgrade", "bad-http-version", "bare-line-feed"} <= codes
+
+
+def test_an_upstream_that_does_not_speak_http_is_relayed_and_diagnosed(wstap):
+    banner = b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n\x00\x00\x01\x14binary"
+    server = HeadServer(banner)
+    proxy = wstap(f"ws://127.0.0.1:{server.port}")
+    client = socket.create_connection(("127.0.0.1", proxy.port))
+    client.sendall(upgrade_request(b"x"))
+    client.shutdown(socket.SHUT_WR)
+    assert recv_until_closed(client) == banner
+    diagnostic = next(r for r in proxy.wait_ended() if r["type"] == "diagnostic")
+    assert diagnostic["code"] == "malformed-http" and diagnostic["from"] == "server"
+    assert diagnostic["detail"].startswith("not HTTP: the bytes start 53 53 48 2d")
