@@ -61,6 +61,7 @@ public final class ProxyServer: Sendable {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     if let listenContext {
+                        try channel.pipeline.syncOperations.addHandler(ClientHelloSniffer())
                         try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: listenContext))
                     }
                     // Reverse mode knows from the start that the stream is the application's (after TLS).

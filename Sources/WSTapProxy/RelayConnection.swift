@@ -220,6 +220,8 @@ final class RelaySideHandler: ChannelDuplexHandler {
             connection?.handle(.inputClosed(side))
         } else if let event = event as? TLSUserEvent, case .handshakeCompleted = event {
             connection?.tlsHandshakeCompleted(side)
+        } else if let hello = event as? ClientHelloSeen {
+            connection?.handle(.clientTLSHello(serverName: hello.serverName))
         } else {
             context.fireUserInboundEventTriggered(event)
         }

@@ -46,6 +46,8 @@ public final class RelaySession {
         case clientData(ByteBuffer)
         /// The shell finished the TLS handshake it was asked to do with the client.
         case clientTLSEstablished
+        /// --listen-tls: the client's ClientHello asked for this server name (nil: it sent no SNI).
+        case clientTLSHello(serverName: String?)
         case upstreamConnected(serverAddress: String)
         case upstreamConnectFailed(reason: String)
         case upstreamData(ByteBuffer)
@@ -168,6 +170,7 @@ public final class RelaySession {
         case .clientConnected: actions = []
         case .clientData(let buffer): actions = clientData(buffer)
         case .clientTLSEstablished: actions = clientTLSEstablished()
+        case .clientTLSHello(let serverName): clientTLSServerName = serverName; actions = []
         case .upstreamData(let buffer): actions = upstreamData(buffer)
         case .upstreamConnected(let address): actions = upstreamConnected(address)
         case .upstreamConnectFailed(let reason): actions = upstreamFailed(reason)

@@ -71,6 +71,9 @@ def test_reverse_mode_listen_tls_to_a_wss_upstream(wstap, peer, tmp_path):
     records = proxy.wait_ended(2)
     urls = sorted(r["url"] for r in records if r["type"] == "open")
     assert urls == [f"wss://localhost:{port}/by-ip", f"wss://localhost:{port}/by-name"]
+    # The client's own SNI, as it sent it: none for an IP address, the name otherwise.
+    sni = {r["url"].rsplit("/", 1)[1]: r["client_tls"] for r in records if r["type"] == "open"}
+    assert sni == {"by-ip": {"sni": None}, "by-name": {"sni": "localhost"}}
 
 
 def test_untrusted_upstream_certificate_gets_a_502_with_the_reason(wstap, peer, tmp_path):
