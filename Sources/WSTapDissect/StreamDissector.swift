@@ -76,6 +76,9 @@ public final class StreamDissector {
     /// The shell learns the server's address only once connected; records after that carry it.
     public func updateServer(_ address: String) { info.server = address }
 
+    /// A forward proxy connection moved on to another host: later records name that one.
+    public func updateAuthority(_ authority: String) { info.authority = authority }
+
     // MARK: - Input
 
     public func feed(_ bytes: UnsafeRawBufferPointer, from direction: Direction, at time: Timestamp, into records: inout [TapRecord]) {
@@ -485,7 +488,7 @@ public final class StreamDissector {
             let mapped = scheme == "https" ? "wss" : scheme == "http" ? "ws" : scheme
             return mapped + target[colon...]
         }
-        let host = request.value("host") ?? info.server
+        let host = info.authority ?? request.value("host") ?? info.server
         return "\(info.scheme)://\(host)\(target)"
     }
 

@@ -40,6 +40,9 @@ public struct ConnectionInfo: Sendable {
     public var clientTLS: TLSLegInfo?
     /// Set when wstap spoke TLS to the upstream.
     public var upstreamTLS: TLSLegInfo?
+    /// `host[:port]` the client asked the proxy for (CONNECT target, absolute-form URL, --upstream):
+    /// record URLs use it instead of the Host header, which may leave out the port. Nil for captures.
+    public var authority: String?
     public init(client: String, server: String, scheme: String = "ws") {
         self.client = client
         self.server = server

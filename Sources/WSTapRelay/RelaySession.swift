@@ -122,7 +122,7 @@ public final class RelaySession {
     private var isRawTunnel: Bool { isTunnel && interceptedTarget == nil }
     /// CONNECT was answered with 200 before the upstream was reached (interception needs that).
     private var connectAnswered = false
-    /// The CONNECT target, while the first tunnel bytes decide between interception and a raw tunnel.
+    /// The CONNECT target: where the tunnel goes, and the authority of URLs recorded inside it.
     private var connectHost: (host: String, port: Int)?
     private var tunnelProbe: [UInt8] = []
     /// Set once the client's TLS inside a CONNECT tunnel was terminated: where its requests go.
@@ -266,6 +266,7 @@ public final class RelaySession {
                     return refuse(status: 400, reason: "Bad Request", message: "CONNECT target '\(target)': \(error)")
                 }
                 isTunnel = true
+                connectHost = (host, port)
                 upstreamLabel = "\(host):\(port)"
                 if tls.interceptConnect { return answerConnectThenProbe(host: host, port: port, rest: rest) }
                 phase = .connecting
@@ -302,7 +303,7 @@ public final class RelaySession {
         replay.writeBuffer(&restCopy)
         pendingForUpstream = (nil, replay)
         clientBytes += UInt64(head.byteCount + rest.readableBytes)
-        startDissector()
+        startDissector(authority: first.authority)
         phase = .connecting
         return [.connect(host: first.host, port: first.port, tls: first.tls)]
     }
@@ -370,6 +371,7 @@ public final class RelaySession {
     /// Forward-mode plain HTTP: the next request is for another host.
     private func switchUpstream(to target: HTTPExchangeFollower.Target, head: ByteBuffer, rest: ByteBuffer) -> [Action] {
         phase = .connecting
+        dissector?.updateAuthority(target.authority)
         upstreamLabel = target.label
         upstreamTLS = target.tls
         pendingForUpstream = (head, rest)
@@ -602,8 +604,9 @@ public final class RelaySession {
 
     // MARK: - Dissection
 
-    private func startDissector() {
+    private func startDissector(authority: String?) {
         var info = ConnectionInfo(client: clientAddress, server: proxyAddress, scheme: scheme)
+        info.authority = authority
         if interceptedTarget != nil || tls.clientTLS {
             info.clientTLS = TLSLegInfo(serverName: clientTLSServerName, verified: nil)
         }
@@ -619,7 +622,8 @@ public final class RelaySession {
             tunnelChecked = true
             // A TLS ClientHello starts with 0x16: opaque until interception exists; anything else may be HTTP.
             if buffer.getInteger(at: buffer.readerIndex, as: UInt8.self) != 0x16 {
-                startDissector()
+                // A cleartext WebSocket inside CONNECT: its URL names the CONNECT target.
+                startDissector(authority: connectHost.map { UpstreamURL(scheme: "ws", host: $0.host, port: $0.port).hostHeader })
                 dissector?.updateServer(server)
             }
         }

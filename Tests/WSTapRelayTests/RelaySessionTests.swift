@@ -248,6 +248,18 @@ extension Array where Element == RelaySession.Action {
         #expect(connect.connectTLS == .some(UpstreamTLS(serverName: "foo.example")))  // the client's SNI goes upstream
     }
 
+    @Test func theURLTakesItsPortFromTheConnectTargetNotFromHost() {
+        let s = forwardSession()
+        _ = s.handle(.clientData(ByteBuffer(string: "CONNECT localhost:9443 HTTP/1.1\r\n\r\n")))
+        _ = s.handle(.clientData(ByteBuffer(bytes: TLSHelloBytes.withSNI)))
+        _ = s.handle(.clientTLSEstablished)
+        _ = s.handle(.clientData(ByteBuffer(string: RelaySessionTests.request.replacingOccurrences(of: "Host: localhost:8080", with: "Host: localhost"))))
+        _ = s.handle(.upstreamConnected(serverAddress: "127.0.0.1:9443"))
+        let opened = s.handle(.upstreamData(ByteBuffer(string: RelaySessionTests.response)))
+        let open = opened.records.compactMap { if case .open(let o) = $0.body { o } else { nil } }.first
+        #expect(open?.url == "wss://localhost:9443/chat?x=1")
+    }
+
     @Test func clientLeavingAnAnsweredConnectOrItsTLSHandshakeIsClosed() {
         let answered = forwardSession()
         _ = answered.handle(.clientData(ByteBuffer(string: "CONNECT localhost:9443 HTTP/1.1\r\n\r\n")))

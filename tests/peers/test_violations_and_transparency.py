@@ -183,7 +183,8 @@ def test_forward_proxy_absolute_form_and_connect(wstap):
     proxy = wstap(None)
     # Absolute-form request, as an HTTP proxy client sends it.
     sock = socket.create_connection(("127.0.0.1", proxy.port))
-    sock.sendall(f"GET ws://127.0.0.1:{server.port}/abs?q=1 HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    # Host without the port, as the libwebsockets client sends it: the URL takes the port from the request.
+    sock.sendall(f"GET ws://127.0.0.1:{server.port}/abs?q=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
     from rawpeers import read_head
     head, _ = read_head(sock)
     assert head.startswith("HTTP/1.1 101")
@@ -213,4 +214,5 @@ def test_forward_proxy_absolute_form_and_connect(wstap):
     texts = sorted(m["text"] for m in messages(records, sender="client") if m["opcode"] == 1)
     assert texts == ["inside CONNECT", "via forward proxy"]
     urls = sorted(r["url"] for r in records if r["type"] == "open")
-    assert urls == [f"ws://127.0.0.1:{server.port}/abs?q=1", "ws://x/tunnelled"]
+    # URLs name where the client asked the proxy to go (absolute-form URL, CONNECT target), not Host.
+    assert urls == [f"ws://127.0.0.1:{server.port}/abs?q=1", f"ws://127.0.0.1:{server2.port}/tunnelled"]
