@@ -101,11 +101,11 @@ public final class CaptureSession {
                 dissectors[id]?.gap(swapped.contains(id) ? direction.opposite : direction, bytes: count, at: time, into: &records)
             case .truncated:
                 break  // reported as the gap that follows
-            case .closed(let id, let reason, let time):
+            case .closed(let id, let ending, let time):
                 if let dissector = dissectors.removeValue(forKey: id) {
                     dissector.finish(at: time, into: &records)
                     let counts = bytes[id] ?? (0, 0)
-                    let closedBy = dissector.firstCloseFrom.map { $0.sender }
+                    let (reason, closedBy) = Self.endReason(ending, dissector: dissector, swapped: swapped.contains(id))
                     records.append(TapRecord(connection: id, timestamp: time, body: .end(EndRecord(
                         reason: reason, closedBy: closedBy, clientBytes: counts.client, serverBytes: counts.server))))
                 }
@@ -153,6 +153,20 @@ public final class CaptureSession {
             return
         }
         feed(id, direction, data, time, into: &records)
+    }
+
+    /// The same wording as the live relay's for the same facts; what only a capture can see (it
+    /// ended, the addresses were reused) is said as such, with the close frame's sender if any.
+    static func endReason(_ ending: TCPReassembler.Ending, dissector: StreamDissector, swapped: Bool) -> (String, String?) {
+        switch ending {
+        case .tcp(let first, let how):
+            return ConnectionEnd(first: (swapped ? first.opposite : first, how), closeFrameFrom: dissector.firstCloseFrom,
+                                 isWebSocket: dissector.isWebSocket).reason
+        case .captureEnded:
+            return ("capture ended" + (dissector.firstCloseFrom.map { " after a close frame from \($0.sender)" } ?? ""), dissector.firstCloseFrom?.sender)
+        case .addressesReused:
+            return ("addresses reused by a new connection", dissector.firstCloseFrom?.sender)
+        }
     }
 
     private func startMidstream(_ connection: TCPReassembler.Connection, clientIsReally client: Endpoint, discovery: String) {

@@ -22,7 +22,17 @@ public final class TCPReassembler {
         case gap(UInt64, Direction, bytes: UInt64, Timestamp)
         /// Bytes missing from captured segments because of the snap length.
         case truncated(UInt64, Direction, bytes: Int, Timestamp)
-        case closed(UInt64, reason: String, Timestamp)
+        case closed(UInt64, Ending, Timestamp)
+    }
+
+    /// Why the reassembler closed a connection.
+    public enum Ending: Sendable, Equatable {
+        /// FINs or a RST: the first side to send one, and which it was.
+        case tcp(first: Direction, how: ConnectionEnd.How)
+        /// The capture ended with the connection open.
+        case captureEnded
+        /// A new SYN on the same addresses.
+        case addressesReused
     }
 
     public let maxBufferedPerDirection: Int
@@ -48,6 +58,8 @@ public final class TCPReassembler {
         let connection: Connection
         var clientToServer = Stream()
         var serverToClient = Stream()
+        /// Who sent the first FIN: the side that ended the connection first.
+        var firstFIN: Direction?
         init(_ connection: Connection) { self.connection = connection }
 
         subscript(direction: Direction) -> Stream {
@@ -67,7 +79,7 @@ public final class TCPReassembler {
         let key = Key(segment.source, segment.destination)
         if segment.syn && !segment.ackFlag, let old = states[key] {
             // A new connection reuses the addresses: the old one is over.
-            finish(old, reason: "addresses reused by a new connection", at: time, into: &events)
+            finish(old, .addressesReused, at: time, into: &events)
             states[key] = nil
         }
         let state: State
@@ -84,7 +96,8 @@ public final class TCPReassembler {
         var stream = state[direction]
         if segment.rst {
             state[direction] = stream
-            finish(state, reason: "\(direction.sender) reset the connection", at: time, into: &events)
+            // A RST ends the connection at once; the first FIN, if one came earlier, ended it first.
+            finish(state, .tcp(first: state.firstFIN ?? direction, how: state.firstFIN == nil ? .reset : .fin), at: time, into: &events)
             states[key] = nil
             return
         }
@@ -98,7 +111,10 @@ public final class TCPReassembler {
         if segment.truncatedBy > 0 { events.append(.truncated(id, direction, bytes: segment.truncatedBy, time)) }
         // Snap-length loss is a gap of its own: the sender's bytes existed, the capture did not keep them.
         let length = segment.payload.count + segment.truncatedBy
-        if segment.fin { stream.finAt = seq &+ UInt32(truncatingIfNeeded: length) }
+        if segment.fin {
+            stream.finAt = seq &+ UInt32(truncatingIfNeeded: length)
+            if state.firstFIN == nil { state.firstFIN = direction }
+        }
         if length > 0 {
             if segment.truncatedBy > 0 {
                 accept(seq: seq, bytes: segment.payload, time: time, stream: &stream, id: id, direction: direction, events: &events)
@@ -115,7 +131,7 @@ public final class TCPReassembler {
         if let finAt = stream.finAt, let next = stream.next, Self.diff(next, finAt) >= 0 { stream.finished = true }
         state[direction] = stream
         if state.clientToServer.finished && state.serverToClient.finished {
-            finish(state, reason: "both sides closed", at: time, into: &events)
+            finish(state, .tcp(first: state.firstFIN ?? direction, how: .fin), at: time, into: &events)
             states[key] = nil
         }
     }
@@ -123,19 +139,19 @@ public final class TCPReassembler {
     /// End of input: deliver what is still buffered (with gaps before it) and close every connection.
     public func finish(at time: Timestamp, into events: inout [Event]) {
         for (_, state) in states.sorted(by: { $0.value.connection.id < $1.value.connection.id }) {
-            finish(state, reason: "capture ended", at: time, into: &events)
+            finish(state, .captureEnded, at: time, into: &events)
         }
         states = [:]
     }
 
-    private func finish(_ state: State, reason: String, at time: Timestamp, into events: inout [Event]) {
+    private func finish(_ state: State, _ ending: Ending, at time: Timestamp, into events: inout [Event]) {
         let id = state.connection.id
         for direction in [Direction.clientToServer, .serverToClient] {
             var stream = state[direction]
             while !stream.pending.isEmpty { forceGap(&stream, id: id, direction: direction, events: &events) }
             state[direction] = stream
         }
-        events.append(.closed(id, reason: reason, time))
+        events.append(.closed(id, ending, time))
     }
 
     private func accept(seq: UInt32, bytes: [UInt8], time: Timestamp, stream: inout Stream, id: UInt64, direction: Direction, events: inout [Event]) {

@@ -133,7 +133,7 @@ struct HTTPExchangeFollower {
                     return outputs + [.refuse(status: 400, reason: "Bad Request",
                                               message: "expected an absolute-form request (GET http://host/path), got \(head.target ?? "?")")]
                 }
-                target = Self.target(for: url)
+                target = Self.target(for: url, requested: head.target ?? "")
             }
             let framing: HTTPBodyFraming
             do {
@@ -190,8 +190,10 @@ struct HTTPExchangeFollower {
         }
     }
 
-    static func target(for url: UpstreamURL) -> Target {
-        Target(host: url.host, port: url.port, tls: url.scheme == "wss" ? .forHost(url.host) : nil, label: url.description,
+    /// `requested` is the absolute-form target as the client sent it: messages name it with its own
+    /// scheme (http://… stays http://, though it is relayed like ws://).
+    static func target(for url: UpstreamURL, requested: String) -> Target {
+        Target(host: url.host, port: url.port, tls: url.scheme == "wss" ? .forHost(url.host) : nil, label: requested,
                authority: url.hostHeader)
     }
 

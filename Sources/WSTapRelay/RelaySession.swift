@@ -134,7 +134,8 @@ public final class RelaySession {
     private var clientBytes: UInt64 = 0
     private var serverBytes: UInt64 = 0
     private var inputClosed: Set<Side> = []
-    private var firstEnd: (side: Side, how: String)?
+    /// The first side to end its part of the connection, and how.
+    private var firstEnd: (side: Side, how: ConnectionEnd.How)?
     private var ended = false
     /// The upstream's address once connected, for records of a tunnel dissected later.
     private var server = ""
@@ -244,7 +245,8 @@ public final class RelaySession {
         if let intercepted = interceptedTarget {
             // Inside an intercepted tunnel: requests go to the CONNECT target over TLS, with the client's SNI.
             let tls = UpstreamTLS.forHost(intercepted.host, sni: intercepted.sni)
-            let label = "wss://\(intercepted.sni ?? intercepted.host):\(intercepted.port)"
+            // Named as what the client asked for: not every request inside a tunnel is a WebSocket.
+            let label = "\(head.isWebSocketUpgradeRequest ? "wss" : "https")://\(intercepted.sni ?? intercepted.host):\(intercepted.port)"
             let upstream = HTTPExchangeFollower.Target(host: intercepted.host, port: intercepted.port, tls: tls, label: label,
                                                        authority: UpstreamURL(scheme: "wss", host: intercepted.host, port: intercepted.port).hostHeader)
             return follow(head, rest, scheme: "wss", routing: .fixed(upstream), rewrite: .init(originForm: true))
@@ -281,7 +283,7 @@ public final class RelaySession {
                 return refuse(status: 400, reason: "Bad Request",
                               message: "wstap runs as a forward proxy (no --upstream): send absolute-form requests (GET ws://host:port/path) or CONNECT, or start wstap with --upstream ws://host:port")
             }
-            return follow(head, rest, scheme: url.scheme, routing: .absoluteForm(first: HTTPExchangeFollower.target(for: url)),
+            return follow(head, rest, scheme: url.scheme, routing: .absoluteForm(first: HTTPExchangeFollower.target(for: url, requested: target)),
                           rewrite: .init(originForm: true, dropProxyFields: true))
         }
     }
@@ -454,7 +456,7 @@ public final class RelaySession {
 
     private func sideInputClosed(_ side: Side) -> [Action] {
         inputClosed.insert(side)
-        noteEnd(side, how: "fin")
+        noteEnd(side, how: .fin)
         // Before the upstream is involved, a client FIN ends the connection: with half-closure allowed the
         // socket stays open until it is closed here (leaving it was a descriptor leak per probe).
         switch phase {
@@ -482,12 +484,12 @@ public final class RelaySession {
 
     private func sideFailed(_ side: Side, reason: String) -> [Action] {
         if side == .upstream, case .connecting = phase { return upstreamFailed(reason) }
-        noteEnd(side, how: reason.contains("reset") ? "reset" : "error: \(reason)")
+        noteEnd(side, how: reason.contains("reset") ? .reset : .error(reason))
         return [.close(.client), .close(.upstream)] + finish(reason: nil)
     }
 
     private func sideClosed(_ side: Side) -> [Action] {
-        noteEnd(side, how: "closed")
+        noteEnd(side, how: .closed)
         if side == .upstream, case .connecting = phase { return [] }
         // Once finished, every side was closed on purpose; a channel going away then (maybe while the
         // shell is still carrying out the closing actions) needs nothing more.
@@ -566,7 +568,7 @@ public final class RelaySession {
         return tenths == 0 ? "\(seconds) s" : "\(seconds).\(tenths) s"
     }
 
-    private func noteEnd(_ side: Side, how: String) {
+    private func noteEnd(_ side: Side, how: ConnectionEnd.How) {
         if firstEnd == nil { firstEnd = (side, how) }
     }
 
@@ -594,12 +596,9 @@ public final class RelaySession {
 
     private func endReason(explicit: String?, closedBy: String?) -> (String, String?) {
         if let explicit { return (explicit, closedBy ?? firstEnd.map { $0.side.name }) }
-        if let closer = dissector?.firstCloseFrom {
-            let name = closer == .clientToServer ? "client" : "server"
-            return ("close frame from \(name), then \(firstEnd.map { "\($0.side.name) \($0.how)" } ?? "connection closed")", name)
-        }
-        if let firstEnd { return ("\(firstEnd.side.name) \(firstEnd.how) without a close frame", firstEnd.side.name) }
-        return ("connection closed", nil)
+        let end = ConnectionEnd(first: firstEnd.map { ($0.side == .client ? .clientToServer : .serverToClient, $0.how) },
+                                closeFrameFrom: dissector?.firstCloseFrom, isWebSocket: dissector?.isWebSocket ?? false)
+        return end.reason
     }
 
     // MARK: - Dissection

@@ -211,3 +211,16 @@ struct SplitMix {
         #expect(exchanges.map(\.durationNanoseconds) == [25_000_000, 50_000_000])
     }
 }
+
+@Suite struct ConnectionEndTests {
+    @Test func theWordingFollowsTheFacts() {
+        let closed = ConnectionEnd(first: (.serverToClient, .fin), closeFrameFrom: .clientToServer, isWebSocket: true)
+        #expect(closed.reason == ("close frame from client, then server fin", "client"))
+        let dropped = ConnectionEnd(first: (.serverToClient, .reset), closeFrameFrom: nil, isWebSocket: true)
+        #expect(dropped.reason == ("server reset without a close frame", "server"))
+        // A connection that never became a WebSocket owes no close frame.
+        let http = ConnectionEnd(first: (.clientToServer, .fin), closeFrameFrom: nil, isWebSocket: false)
+        #expect(http.reason == ("client fin", "client"))
+        #expect(ConnectionEnd(first: nil, closeFrameFrom: nil, isWebSocket: false).reason == ("connection closed", nil))
+    }
+}

@@ -145,6 +145,16 @@ import WSTapRelay
         #expect(end.reason == "client closed before sending a request")
     }
 
+    @Test func anHTTPOnlyConnectionEndsWithoutTalkOfCloseFrames() throws {
+        let s = session(.reverse(try UpstreamURL.parse("ws://127.0.0.1:9000")))
+        _ = s.handle(.clientData(buffer("GET /plain HTTP/1.1\r\nHost: a\r\n\r\n")))
+        _ = s.handle(.upstreamConnected(serverAddress: "127.0.0.1:9000"))
+        _ = s.handle(.upstreamData(buffer("HTTP/1.1 204 No Content\r\n\r\n")))
+        _ = s.handle(.inputClosed(.client))
+        let end = try #require(s.handle(.inputClosed(.upstream)).endRecord)
+        #expect(end.reason == "client fin" && end.closedBy == "client")
+    }
+
     @Test func connectTunnelIsAnsweredOnceUpAndCleartextInsideIsDissected() {
         let s = session(.forward)
         let actions = s.handle(.clientData(buffer("CONNECT 127.0.0.1:9000 HTTP/1.1\r\nHost: 127.0.0.1:9000\r\n\r\n")))
@@ -258,6 +268,21 @@ extension Array where Element == RelaySession.Action {
         let opened = s.handle(.upstreamData(ByteBuffer(string: RelaySessionTests.response)))
         let open = opened.records.compactMap { if case .open(let o) = $0.body { o } else { nil } }.first
         #expect(open?.url == "wss://localhost:9443/chat?x=1")
+    }
+
+    @Test func failuresNameWhatTheClientAskedFor() {
+        let s = forwardSession()
+        _ = s.handle(.clientData(ByteBuffer(string: "CONNECT example.test:443 HTTP/1.1\r\n\r\n")))
+        _ = s.handle(.clientData(ByteBuffer(bytes: TLSHelloBytes.withSNI)))
+        _ = s.handle(.clientTLSEstablished)
+        _ = s.handle(.clientData(ByteBuffer(string: "GET /page HTTP/1.1\r\nHost: example.test\r\n\r\n")))
+        let failed = s.handle(.upstreamConnectFailed(reason: "connection refused"))
+        #expect(String(decoding: failed.sent(to: .client), as: UTF8.self).hasSuffix("wstap: cannot reach upstream https://foo.example:443: connection refused\n"))
+
+        let plain = forwardSession()
+        _ = plain.handle(.clientData(ByteBuffer(string: "GET http://a.test:81/x HTTP/1.1\r\nHost: a.test:81\r\n\r\n")))
+        let refused = plain.handle(.upstreamConnectFailed(reason: "connection refused"))
+        #expect(refused.endRecord?.reason == "cannot reach upstream http://a.test:81/x: connection refused")
     }
 
     @Test func clientLeavingAnAnsweredConnectOrItsTLSHandshakeIsClosed() {

@@ -60,3 +60,10 @@ def test_offline_records_match_live_records(wstap, peer, procs, tmp_path, compre
     # The client's leg differs only in its request head (Host), so only offsets move.
     assert comparable([r for r in offline if r["conn"] == client_conn], with_offsets=False) == comparable(live, with_offsets=False)
     assert not [r for r in offline if r["type"] in ("gap", "diagnostic")]
+    # Both legs end the way the live record says, in the same words (the proxy passes each FIN on).
+    live_end = next(r for r in live if r["type"] == "end")
+    for conn in (upstream_conn, client_conn):
+        end = next(r for r in offline if r["type"] == "end" and r["conn"] == conn)
+        assert (end["reason"], end["closed_by"]) == (live_end["reason"], live_end["closed_by"]), (end, live_end)
+    upstream_end = next(r for r in offline if r["type"] == "end" and r["conn"] == upstream_conn)
+    assert upstream_end["server_bytes"] == live_end["server_bytes"]
