@@ -48,6 +48,15 @@ final class RelayConnection {
             case .close(let side):
                 guard let channel = channel(side), closing.insert(side).inserted else { continue }
                 afterWrites(side) { channel.close(promise: nil) }
+            case .reset(let side):
+                guard let channel = channel(side), closing.insert(side).inserted else { continue }
+                // After what was written has gone out, as the peer's own reset came after its data.
+                afterWrites(side) {
+                    // SO_LINGER with a zero timeout makes close() send RST instead of FIN.
+                    let provider = channel as? SocketOptionProvider
+                    let lingered = provider?.setSoLinger(linger(l_onoff: 1, l_linger: 0)) ?? channel.eventLoop.makeSucceededVoidFuture()
+                    lingered.whenComplete { _ in channel.close(promise: nil) }
+                }
             case .connect(let host, let port, let upstreamTLS):
                 connect(host: host, port: port, upstreamTLS: upstreamTLS)
             case .startClientTLS(let certificateHost, let replay):
@@ -231,6 +240,10 @@ final class RelaySideHandler: ChannelDuplexHandler {
         // Many TLS peers close without close_notify; that is an ordinary end of input.
         if let tlsError = error as? NIOSSLError, case .uncleanShutdown = tlsError {
             connection?.handle(.inputClosed(side))
+            return
+        }
+        if let io = error as? IOError, io.errnoCode == ECONNRESET {
+            connection?.handle(.reset(side))
             return
         }
         connection?.handle(.failed(side, reason: describe(error)))

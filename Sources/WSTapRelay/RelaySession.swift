@@ -53,7 +53,9 @@ public final class RelaySession {
         case upstreamData(ByteBuffer)
         /// The side sent FIN: no more data from it.
         case inputClosed(Side)
-        /// The side's connection failed (reset, other error).
+        /// The side reset its connection (RST).
+        case reset(Side)
+        /// The side's connection failed for another reason.
         case failed(Side, reason: String)
         /// The side's channel is gone.
         case closed(Side)
@@ -76,6 +78,9 @@ public final class RelaySession {
         case shutdownOutput(Side)
         /// Close that side once what was written is flushed.
         case close(Side)
+        /// Close that side with a reset (RST) once what was written is flushed: a transparent relay
+        /// passes a peer's reset on instead of turning it into a FIN.
+        case reset(Side)
         case emit([TapRecord])
         /// Report `timerFired(timer)` after `after`, replacing the timer if it runs already.
         case startTimer(Timer, after: Duration)
@@ -176,6 +181,7 @@ public final class RelaySession {
         case .upstreamConnected(let address): actions = upstreamConnected(address)
         case .upstreamConnectFailed(let reason): actions = upstreamFailed(reason)
         case .inputClosed(let side): actions = sideInputClosed(side)
+        case .reset(let side): actions = sideReset(side)
         case .failed(let side, let reason): actions = sideFailed(side, reason: reason)
         case .closed(let side): actions = sideClosed(side)
         case .timerFired(let timer): actions = timerFired(timer)
@@ -482,9 +488,17 @@ public final class RelaySession {
         return actions
     }
 
+    private func sideReset(_ side: Side) -> [Action] {
+        if side == .upstream, case .connecting = phase { return upstreamFailed("connection reset") }
+        noteEnd(side, how: .reset)
+        guard case .relaying = phase else { return [.close(.client), .close(.upstream)] + finish(reason: nil) }
+        let other: Side = side == .client ? .upstream : .client
+        return [.close(side), .reset(other)] + finish(reason: nil, note: "reset passed on to the \(other.name)")
+    }
+
     private func sideFailed(_ side: Side, reason: String) -> [Action] {
         if side == .upstream, case .connecting = phase { return upstreamFailed(reason) }
-        noteEnd(side, how: reason.contains("reset") ? .reset : .error(reason))
+        noteEnd(side, how: .error(reason))
         return [.close(.client), .close(.upstream)] + finish(reason: nil)
     }
 
@@ -581,7 +595,8 @@ public final class RelaySession {
         return [.send(.client, response), .close(.client), .close(.upstream)] + finish(reason: message, closedBy: "proxy")
     }
 
-    private func finish(reason: String?, closedBy: String? = nil) -> [Action] {
+    /// - Parameter note: what wstap did about it, added to the reason ("reset passed on to the client").
+    private func finish(reason: String?, closedBy: String? = nil, note: String? = nil) -> [Action] {
         guard !ended else { return [] }
         ended = true
         phase = .done
@@ -590,7 +605,7 @@ public final class RelaySession {
         dissector?.finish(at: now, into: &records)
         let (text, by) = endReason(explicit: reason, closedBy: closedBy)
         records.append(TapRecord(connection: connection, timestamp: now, body: .end(EndRecord(
-            reason: text, closedBy: by, clientBytes: clientBytes, serverBytes: serverBytes))))
+            reason: text + (note.map { "; \($0)" } ?? ""), closedBy: by, clientBytes: clientBytes, serverBytes: serverBytes))))
         return [.emit(records)]
     }
 

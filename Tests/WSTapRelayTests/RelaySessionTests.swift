@@ -155,6 +155,16 @@ import WSTapRelay
         #expect(end.reason == "client fin" && end.closedBy == "client")
     }
 
+    @Test func aResetIsPassedOnAsAReset() throws {
+        let s = session(.reverse(try UpstreamURL.parse("ws://127.0.0.1:9000")))
+        _ = s.handle(.clientData(buffer(Self.request)))
+        _ = s.handle(.upstreamConnected(serverAddress: "127.0.0.1:9000"))
+        _ = s.handle(.upstreamData(buffer(Self.response)))
+        let reset = s.handle(.reset(.upstream))
+        #expect(reset.contains { if case .reset(.client) = $0 { true } else { false } })
+        #expect(reset.endRecord?.reason == "server reset without a close frame; reset passed on to the client")
+    }
+
     @Test func connectTunnelIsAnsweredOnceUpAndCleartextInsideIsDissected() {
         let s = session(.forward)
         let actions = s.handle(.clientData(buffer("CONNECT 127.0.0.1:9000 HTTP/1.1\r\nHost: 127.0.0.1:9000\r\n\r\n")))

@@ -5,6 +5,7 @@ import socket
 import time
 
 from conftest import DEADLINE
+from rawpeers import RawServer
 
 
 def open_descriptors(pid):
@@ -192,3 +193,55 @@ def test_a_tls_client_on_a_plain_listener_is_told_at_once(wstap):
     end = next(r for r in proxy.wait_ended() if r["type"] == "end")
     assert end["reason"].startswith("TLS on a plain listener") and "--listen-tls" in end["reason"]
     assert end["closed_by"] == "proxy"
+
+
+def abort(sock):
+    """Closes with RST instead of FIN."""
+    import struct
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def recv_until_end(sock):
+    """Bytes received, and how the stream ended: 'fin' or 'reset'."""
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return data, "reset"
+        if not chunk:
+            return data, "fin"
+        data += chunk
+
+
+def test_an_upstream_reset_reaches_the_client_as_a_reset(wstap):
+    from rawpeers import frame, raw_client
+    server = RawServer(reading=False)  # no thread blocked in recv(), so closing really sends the RST
+    proxy = wstap(f"ws://127.0.0.1:{server.port}")
+    sock, early = raw_client(proxy.port)
+    assert server.connected.wait(30)
+    data = frame(1, b"last words before the reset")
+    server.send(data)
+    abort(server.sock)
+    received, how = recv_until_end(sock)
+    assert early + received == data  # what the server sent before its reset still arrives
+    assert how == "reset"
+    end = next(r for r in proxy.wait_ended() if r["type"] == "end")
+    assert end["reason"] == "server reset without a close frame; reset passed on to the client"
+    assert end["closed_by"] == "server"
+
+
+def test_a_client_reset_reaches_the_upstream_as_a_reset(wstap):
+    from rawpeers import frame, raw_client
+    server = RawServer(reading=False)
+    proxy = wstap(f"ws://127.0.0.1:{server.port}")
+    sock, _ = raw_client(proxy.port)
+    assert server.connected.wait(30)
+    sock.sendall(frame(1, b"then a reset", mask=b"\1\2\3\4"))
+    proxy.wait_records(lambda r: any(x["type"] == "message" for x in r), "the message")
+    abort(sock)
+    received, how = recv_until_end(server.sock)
+    assert how == "reset"
+    end = next(r for r in proxy.wait_ended() if r["type"] == "end")
+    assert end["reason"] == "client reset without a close frame; reset passed on to the server"
