@@ -22,6 +22,8 @@ public struct ProxyConfiguration: Sendable {
     public var capture: DecryptedCapture?
     public var dissector: StreamDissector.Configuration
     public var sink: any RecordSink
+    /// One-line notices about the proxy itself (not about connections): stderr by default.
+    public var notice: @Sendable (String) -> Void = { OutputFile.standardError.write(Array(($0 + "\n").utf8)) }
 
     public init(listenHost: String, listenPort: Int, mode: RelaySession.Mode, dissector: StreamDissector.Configuration, sink: any RecordSink) {
         self.listenHost = listenHost
@@ -54,6 +56,11 @@ public final class ProxyServer: Sendable {
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(AcceptBackoff(notice: configuration.notice))
+                }
+            }
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.writeBufferWaterMark, value: .init(low: 256 * 1024, high: 1024 * 1024))

@@ -278,6 +278,7 @@ func describe(_ error: Error) -> String {
         case ETIMEDOUT: return "timed out"
         case EHOSTUNREACH: return "host unreachable"
         case ENETUNREACH: return "network unreachable"
+        case EMFILE, ENFILE: return "too many open files"
         default: return "\(io)"
         }
     }

@@ -245,3 +245,34 @@ def test_a_client_reset_reaches_the_upstream_as_a_reset(wstap):
     assert how == "reset"
     end = next(r for r in proxy.wait_ended() if r["type"] == "end")
     assert end["reason"] == "client reset without a close frame; reset passed on to the server"
+
+
+def test_at_the_descriptor_limit_the_proxy_backs_off_says_so_once_and_recovers(tmp_path, procs):
+    from conftest import WSTAP, Proc
+    from rawpeers import frame, raw_client
+    server = RawServer()
+    jsonl = tmp_path / "limit.jsonl"
+    # A small descriptor limit, reached with a few dozen idle connections.
+    proxy = Proc(["prlimit", "--nofile=64", WSTAP, "proxy", "--listen", "127.0.0.1:0", "--upstream", f"ws://127.0.0.1:{server.port}",
+                  "--head-timeout", "0", "--jsonl", str(jsonl), "-q"], stream="stderr")
+    procs.append(proxy)
+    port = int(proxy.wait_for(r"listening on 127\.0\.0\.1:(\d+)").group(1))
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(80)]  # the kernel's backlog takes the rest
+    for s in held:
+        s.sendall(b"GET / HTTP/1.1\r\n")
+    proxy.wait_for(r"cannot accept connections: too many open files; the descriptor limit \(ulimit -n is 64\) is reached")
+    for s in held:
+        s.close()
+    recovered = proxy.wait_for(r"accepting connections again, after (\d+) refused attempts? in ([\d.]+) s")
+    # Backing off, not spinning: at most one retry per 250 ms by the proxy's own count and clock (a
+    # retry loop fails tens of thousands of times a second).
+    attempts, seconds = int(recovered.group(1)), float(recovered.group(2))
+    assert attempts <= seconds * 4 + 2, recovered.group(0)
+    assert sum(1 for line in proxy.seen if "cannot accept connections" in line) == 1
+    sock, _ = raw_client(port)
+    data = frame(1, b"after the limit", mask=b"\1\2\3\4")
+    sock.sendall(data)
+    sock.shutdown(socket.SHUT_WR)
+    assert server.done.wait(30)
+    assert server.received == data
+    sock.close()
