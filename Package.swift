@@ -20,13 +20,10 @@ let package = Package(
     targets: [
         .systemLibrary(name: "CZlib", providers: [.apt(["zlib1g-dev"])]),
         .systemLibrary(name: "CPcap", providers: [.apt(["libpcap-dev"])]),
-        .target(
-            name: "WSTapWire",
-            dependencies: ["CZlib", .product(name: "NIOCore", package: "swift-nio")]
-        ),
+        .target(name: "WSTapWire", dependencies: ["CZlib"]),
         .target(name: "WSTapDissect", dependencies: ["WSTapWire"]),
-        .target(name: "WSTapRelay", dependencies: ["WSTapDissect"]),
-        .target(name: "WSTapCapture", dependencies: ["WSTapDissect", "CPcap", .product(name: "Crypto", package: "swift-crypto")]),
+        .target(name: "WSTapRelay", dependencies: ["WSTapDissect", "WSTapWire", .product(name: "NIOCore", package: "swift-nio")]),
+        .target(name: "WSTapCapture", dependencies: ["WSTapDissect", "WSTapWire", "CPcap", .product(name: "Crypto", package: "swift-crypto")]),
         .target(name: "WSTapFormats", dependencies: ["WSTapDissect", "WSTapWire"]),
         .target(
             name: "WSTapProxy",
@@ -50,9 +47,11 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        .testTarget(name: "WSTapWireTests", dependencies: ["WSTapWire", "CZlib"]),
-        .testTarget(name: "WSTapDissectTests", dependencies: ["WSTapDissect", "WSTapFormats"]),
-        .testTarget(name: "WSTapRelayTests", dependencies: ["WSTapRelay"]),
+        // Shared by tests and fuzz targets: the zlib oracle, a seeded generator, byte fixtures.
+        .target(name: "WSTapTestSupport", dependencies: ["CZlib"]),
+        .testTarget(name: "WSTapWireTests", dependencies: ["WSTapWire", "WSTapTestSupport", "CZlib"]),
+        .testTarget(name: "WSTapDissectTests", dependencies: ["WSTapDissect", "WSTapFormats", "WSTapTestSupport"]),
+        .testTarget(name: "WSTapRelayTests", dependencies: ["WSTapRelay", "WSTapTestSupport"]),
         .testTarget(name: "WSTapProxyTests", dependencies: ["WSTapProxy"]),
         .testTarget(name: "WSTapCaptureTests", dependencies: ["WSTapCapture", "WSTapFormats"]),
     ]

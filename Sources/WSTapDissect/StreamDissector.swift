@@ -104,6 +104,12 @@ public final class StreamDissector {
     public func gap(_ direction: Direction, bytes: UInt64, at time: Timestamp, into records: inout [TapRecord]) {
         now = time
         var state = takeState(direction)
+        if state.resyncCarry != nil {
+            // The byte kept to pair with the next piece is not followed by it any more: skipped.
+            state.resyncCarry = nil
+            state.offset += 1
+            state.resyncSkipped += 1
+        }
         records.append(record(.gap(GapRecord(direction: direction, bytes: bytes, offset: state.offset))))
         state.offset += bytes
         switch state.phase {
@@ -187,6 +193,11 @@ public final class StreamDissector {
         var lastHeader: FrameHeader?
         /// After a gap: skip bytes until one looks like the start of a frame.
         var resyncing = false
+        /// Bytes skipped so far while resynchronising (reported once, when a header is found).
+        var resyncSkipped: UInt64 = 0
+        /// The last byte of a piece, kept while resynchronising because it may begin a header whose
+        /// second byte comes in the next piece: where a header is found must not depend on the split.
+        var resyncCarry: UInt8?
 
         init(direction: Direction) {
             self.direction = direction
@@ -281,11 +292,13 @@ public final class StreamDissector {
 
     private func processHead(_ bytes: UnsafeRawBufferPointer, index: inout Int, state: inout DirectionState, records: inout [TapRecord]) {
         let slice = UnsafeRawBufferPointer(rebasing: bytes[index...])
+        // Where this head began: earlier pieces of it were counted into `offset` as they arrived.
+        let headStart = state.offset - UInt64(state.headParser.bufferedByteCount)
         let parsed: (head: HTTPHead, consumed: Int)?
         do {
             parsed = try state.headParser.feed(slice)
         } catch {
-            diagnose(.malformedHTTP, state, offset: state.offset, "\(error)", &records)
+            diagnose(.malformedHTTP, state, offset: headStart, "\(error)", &records)
             state.phase = .opaque
             return
         }
@@ -496,18 +509,35 @@ public final class StreamDissector {
 
     private func processFrames(_ bytes: UnsafeRawBufferPointer, index: inout Int, state: inout DirectionState, records: inout [TapRecord]) {
         if state.resyncing {
-            let start = index
-            while index + 1 < bytes.count && !plausibleHeader(bytes[index], bytes[index + 1], state.direction) { index += 1 }
-            if index + 1 >= bytes.count { index = bytes.count }  // nothing plausible in this piece
-            let skipped = index - start
-            state.offset += UInt64(skipped)
-            if index < bytes.count {
-                state.resyncing = false
-                if skipped > 0 {
-                    diagnose(.resynchronised, state, offset: state.offset, "skipped \(skipped) bytes after a gap to the next plausible frame header", &records)
+            if let carried = state.resyncCarry {
+                guard index < bytes.count else { return }
+                state.resyncCarry = nil
+                if plausibleHeader(carried, bytes[index], state.direction) {
+                    endResync(&state, records: &records)
+                    // The carried byte starts the frame: parse it before the rest of this piece.
+                    withUnsafeBytes(of: carried) { one in
+                        var at = 0
+                        processFrames(one, index: &at, state: &state, records: &records)
+                    }
+                } else {
+                    state.offset += 1
+                    state.resyncSkipped += 1
                 }
-            } else {
-                return
+            }
+            if state.resyncing {
+                let start = index
+                while index + 1 < bytes.count && !plausibleHeader(bytes[index], bytes[index + 1], state.direction) { index += 1 }
+                state.offset += UInt64(index - start)
+                state.resyncSkipped += UInt64(index - start)
+                if index + 1 >= bytes.count {
+                    if index < bytes.count {
+                        // One byte left: it may begin a header whose second byte is in the next piece.
+                        state.resyncCarry = bytes[index]
+                        index = bytes.count
+                    }
+                    return
+                }
+                endResync(&state, records: &records)
             }
         }
         while true {
@@ -528,6 +558,14 @@ public final class StreamDissector {
                 endFrame(state: &state, records: &records)
             }
         }
+    }
+
+    private func endResync(_ state: inout DirectionState, records: inout [TapRecord]) {
+        state.resyncing = false
+        if state.resyncSkipped > 0 {
+            diagnose(.resynchronised, state, offset: state.offset, "skipped \(state.resyncSkipped) bytes after a gap to the next plausible frame header", &records)
+        }
+        state.resyncSkipped = 0
     }
 
     private func beginFrame(_ h: FrameHeader, state: inout DirectionState, records: inout [TapRecord]) {
@@ -590,9 +628,11 @@ public final class StreamDissector {
                 state.target = .fragmented
             }
         }
+        // Lengths are what the sender claims (up to 2^64 - 1 per frame): their sum saturates, it must
+        // not trap (two fragments claiming 2^63 each were enough to stop the proxy).
         switch state.target {
-        case .single: state.single!.frames += 1; state.single!.wireLength += h.payloadLength
-        case .fragmented: state.fragmented!.frames += 1; state.fragmented!.wireLength += h.payloadLength
+        case .single: state.single!.frames += 1; state.single!.wireLength.addSaturating(h.payloadLength)
+        case .fragmented: state.fragmented!.frames += 1; state.fragmented!.wireLength.addSaturating(h.payloadLength)
         case .discard: break
         }
     }
@@ -812,5 +852,12 @@ extension String {
         while let c = s.first, c == " " || c == "\t" || c == "," { s = s.dropFirst() }
         while let c = s.last, c == " " || c == "\t" || c == "," { s = s.dropLast() }
         return String(s)
+    }
+}
+
+extension UInt64 {
+    mutating func addSaturating(_ other: UInt64) {
+        let (sum, overflow) = addingReportingOverflow(other)
+        self = overflow ? .max : sum
     }
 }

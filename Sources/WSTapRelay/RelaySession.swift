@@ -474,7 +474,9 @@ public final class RelaySession {
             return [.close(.client)] + finish(reason: "client closed during the TLS handshake")
         case .connecting:
             return []  // forwarded once connected
-        case .relaying, .done:
+        case .done:
+            return []  // already ended (refused, timed out): nothing more goes anywhere
+        case .relaying:
             break
         }
         var actions: [Action]

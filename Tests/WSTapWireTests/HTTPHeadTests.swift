@@ -73,6 +73,15 @@ import Testing
         #expect(head.bytes == Array("GET / HTTP/1.1\r\nHost: c\r\nX: 1\r\n\r\n".utf8))
     }
 
+    /// Found by fuzzing: a whitespace line after the start line was taken as a field, and a Host that
+    /// wstap inserted before it turned it into Host's folded continuation (RFC 9112 §2.2 says reject).
+    @Test func headsThatServersWouldReadDifferentlyAreRefused() {
+        for text in ["GET / HTTP/1.1\r\n X: 1\r\n\r\n", "GET / HTTP/1.1\r\nHost : a\r\n\r\n", "GET / HTTP/1.1\r\n: a\r\n\r\n"] {
+            var parser = HTTPHeadParser()
+            #expect(throws: HTTPHeadError.self, "\(text)") { try parser.feed(Array(text.utf8)) }
+        }
+    }
+
     @Test func bytesThatCannotStartAHeadAreRefusedAtOnce() {
         var requests = HTTPHeadParser(expecting: .request)
         #expect(throws: HTTPHeadError.self) { try requests.feed([0x16, 0x03, 0x01, 0x02, 0x00]) }

@@ -1,24 +1,12 @@
 import CZlib
 import Testing
 @testable import WSTapWire
+import WSTapTestSupport
 
 /// The inflater against zlib: every kind of stream zlib's deflate makes, fed in pieces split anywhere,
 /// must come out as the original; and damaged streams must fail exactly where zlib fails, with the
 /// same output before the failure.
 @Suite struct InflaterTests {
-    /// Deterministic generator so a failure names a seed that reproduces it.
-    struct SplitMix {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-        mutating func below(_ bound: Int) -> Int { Int(next() % UInt64(bound)) }
-    }
-
     /// Raw deflate with any level, strategy and window, one message per sync flush (RFC 7692 §7.2.1).
     final class Compressor {
         let stream = UnsafeMutablePointer<z_stream>.allocate(capacity: 1)
@@ -82,7 +70,7 @@ import Testing
 
     @Test(arguments: [Z_DEFAULT_STRATEGY, Z_FILTERED, Z_HUFFMAN_ONLY, Z_RLE, Z_FIXED])
     func everyStrategyLevelAndWindowRoundTrips(strategy: Int32) throws {
-        var rng = SplitMix(state: UInt64(strategy) + 1)
+        var rng = SplitMix(seed: UInt64(strategy) + 1)
         let messages = Self.sampleMessages(&rng)
         for level: Int32 in [0, 1, 6, 9] {
             for windowBits: Int32 in [9, 12, 15] {
@@ -101,7 +89,7 @@ import Testing
     }
 
     @Test func everySplitPointOfADynamicBlockGivesTheSameMessage() throws {
-        var rng = SplitMix(state: 7)
+        var rng = SplitMix(seed: 7)
         let message = Array(Self.sampleMessages(&rng)[3])
         let compressed = Compressor(level: 9, strategy: Z_DEFAULT_STRATEGY, windowBits: 15).message(message)
         #expect(compressed[0] & 0x06 == 0x04, "first block is dynamic")
@@ -125,7 +113,7 @@ import Testing
     /// Flips, inserts and drops bytes in valid streams. zlib is the judge: where it fails we must fail
     /// with the same reason and the same output before it; where it succeeds we must give its output.
     @Test func damagedStreamsFailWhereZlibFails() throws {
-        var rng = SplitMix(state: 42)
+        var rng = SplitMix(seed: 42)
         let messages = Self.sampleMessages(&rng).filter { $0.count < 80_000 }
         var failures = 0
         for round in 0..<3_000 {
@@ -165,82 +153,5 @@ import Testing
         }
         // The damage must actually exercise the error paths, not only benign changes.
         #expect(failures > 600)
-    }
-}
-
-/// The zlib-backed inflater wstap used before its own (the same wrapper), kept as the oracle.
-final class ZlibReferenceInflater {
-    enum Failure: Error, Equatable, Sendable {
-        case zlib(code: Int32, message: String)
-    }
-
-    private let stream: UnsafeMutablePointer<z_stream>
-    private var output: [UInt8]
-    private static let tail: [UInt8] = [0x00, 0x00, 0xFF, 0xFF]
-
-    init(chunkSize: Int = 32 * 1024) {
-        stream = .allocate(capacity: 1)
-        stream.initialize(to: z_stream())
-        // A failure here means zlib cannot allocate a few KB: not a traffic problem, so it is fatal.
-        let code = wstap_inflateInit2(stream, -15)
-        precondition(code == Z_OK, "inflateInit2 failed: \(code)")
-        output = [UInt8](repeating: 0, count: chunkSize)
-    }
-
-    deinit {
-        inflateEnd(stream)
-        stream.deinitialize(count: 1)
-        stream.deallocate()
-    }
-
-    /// Inflates a piece of a compressed message. `sink` receives output chunks (valid only during the call).
-    func inflate(_ input: UnsafeRawBufferPointer, sink: (UnsafeRawBufferPointer) -> Void) throws {
-        guard let base = input.baseAddress, input.count > 0 else { return }
-        stream.pointee.next_in = UnsafeMutablePointer(mutating: base.assumingMemoryBound(to: Bytef.self))
-        stream.pointee.avail_in = uInt(input.count)
-        try drain(sink: sink)
-    }
-
-    /// Ends a message: feeds the `00 00 FF FF` that the sender stripped (§7.2.2) and, for no context
-    /// takeover, resets the window so the next message starts fresh.
-    func finishMessage(resetContext: Bool, sink: (UnsafeRawBufferPointer) -> Void) throws {
-        try Self.tail.withUnsafeBytes { raw in try inflate(raw, sink: sink) }
-        if resetContext { reset() }
-    }
-
-    /// Drops all context, e.g. after an error, so later messages without back-references can decode.
-    func reset() {
-        inflateReset(stream)
-    }
-
-    private func drain(sink: (UnsafeRawBufferPointer) -> Void) throws {
-        let chunk = output.count
-        try output.withUnsafeMutableBytes { out in
-            let outBase = out.baseAddress!.assumingMemoryBound(to: Bytef.self)
-            while true {
-                stream.pointee.next_out = outBase
-                stream.pointee.avail_out = uInt(chunk)
-                let code = CZlib.inflate(stream, Z_SYNC_FLUSH)
-                let produced = chunk - Int(stream.pointee.avail_out)
-                if produced > 0 { sink(UnsafeRawBufferPointer(start: outBase, count: produced)) }
-                switch code {
-                case Z_OK, Z_BUF_ERROR:
-                    // Z_BUF_ERROR only means "no progress possible": all input used and output drained.
-                    if stream.pointee.avail_in == 0 && stream.pointee.avail_out != 0 { return }
-                    if code == Z_BUF_ERROR && produced == 0 { return }
-                case Z_STREAM_END:
-                    // A BFINAL block ended the stream (§7.2.3.4 allows it); the next message starts a new one.
-                    let leftover = stream.pointee.avail_in
-                    let next = stream.pointee.next_in
-                    inflateReset(stream)
-                    if leftover == 0 { return }
-                    stream.pointee.next_in = next
-                    stream.pointee.avail_in = leftover
-                default:
-                    let message = stream.pointee.msg.map { String(cString: $0) } ?? "zlib error \(code)"
-                    throw Failure.zlib(code: code, message: message)
-                }
-            }
-        }
     }
 }

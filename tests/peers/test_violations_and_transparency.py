@@ -216,3 +216,23 @@ def test_forward_proxy_absolute_form_and_connect(wstap):
     urls = {r["url"] for r in records if r["type"] == "open"}
     # URLs name where the client asked the proxy to go (absolute-form URL, CONNECT target), not Host.
     assert urls == {f"ws://127.0.0.1:{server.port}/abs?q=1", f"ws://127.0.0.1:{server2.port}/tunnelled"}
+
+
+def test_a_continuation_claiming_2_to_the_64_bytes_does_not_stop_the_proxy(wstap):
+    """Found by fuzzing: the claimed lengths of a fragmented message were summed with a trapping add,
+    so one hostile client could stop the proxy and every connection through it."""
+    server = RawServer()
+    proxy = wstap(f"ws://127.0.0.1:{server.port}")
+    sock, _ = raw_client(proxy.port)
+    data = frame(1, b"abc", fin=False, mask=M) + frame(0, b"", length=(1 << 64) - 1, mask=M) + b"some of it"
+    sock.sendall(data)
+    server.wait_received(len(data))
+    assert server.received == data
+    records = proxy.wait_records(lambda r: any(x["type"] == "diagnostic" and x["code"] == "length-msb-set" for x in r), "the diagnostic")
+    sock.close()
+    # The proxy is still there for the next client (which it refuses: bytes that are not HTTP).
+    assert proxy.popen.poll() is None
+    other = socket.create_connection(("127.0.0.1", proxy.port))
+    other.sendall(b"\x00")
+    assert recv_until_closed(other).startswith(b"HTTP/1.1 400 Bad Request")
+    other.close()
