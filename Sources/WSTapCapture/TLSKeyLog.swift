@@ -116,29 +116,52 @@ public enum PcapngSecrets {
         let descriptor = open(path, O_RDONLY)
         guard descriptor >= 0 else { return nil }
         defer { close(descriptor) }
-        var header = [UInt8](repeating: 0, count: 16)
-        func readHeader(at offset: Int64) -> Bool {
-            header.withUnsafeMutableBytes { pread(descriptor, $0.baseAddress, 16, off_t(offset)) } >= 12
+        return keyLogText { offset, count in
+            var bytes = [UInt8](repeating: 0, count: count)
+            let got = bytes.withUnsafeMutableBytes { pread(descriptor, $0.baseAddress, count, off_t(offset)) }
+            return got < 0 ? nil : Array(bytes.prefix(got))
         }
-        guard readHeader(at: 0), header[0] == 0x0A, header[1] == 0x0D, header[2] == 0x0D, header[3] == 0x0A else { return nil }
+    }
+
+    /// The same for a capture held in memory.
+    public static func keyLogText(bytes: [UInt8]) -> String? {
+        keyLogText { offset, count in
+            guard offset >= 0, offset < Int64(bytes.count) else { return [] }
+            let start = Int(offset)
+            return Array(bytes[start..<min(bytes.count, start + count)])
+        }
+    }
+
+    /// Walks the blocks through `read(offset, count)`, which returns at most `count` bytes (fewer at the
+    /// end of the file). Every length comes from the file, so each is checked before it is used: a
+    /// secrets length larger than its block is damage, not a reason to allocate 4 GiB.
+    static let maximumSecretsLength = 16 << 20
+
+    static func keyLogText(read: (Int64, Int) -> [UInt8]?) -> String? {
+        guard var header = read(0, 16), header.count >= 12,
+              header[0] == 0x0A, header[1] == 0x0D, header[2] == 0x0D, header[3] == 0x0A else { return nil }
         // The Section Header Block's byte-order magic says how every number in the section is written.
         var bigEndian = header[8] == 0x1A
         func u32(_ at: Int) -> UInt32 {
+            guard header.count >= at + 4 else { return 0 }
             let bytes = header[at..<(at + 4)].map(UInt32.init)
             return bigEndian ? bytes[0] << 24 | bytes[1] << 16 | bytes[2] << 8 | bytes[3]
                              : bytes[3] << 24 | bytes[2] << 16 | bytes[1] << 8 | bytes[0]
         }
         var text = ""
         var offset: Int64 = 0
-        while readHeader(at: offset) {
+        while let next = read(offset, 16), next.count >= 12 {
+            header = next
             if u32(0) == 0x0A0D_0D0A { bigEndian = header[8] == 0x1A }
             let blockType = u32(0), blockLength = Int64(u32(4))
             guard blockLength >= 12, blockLength % 4 == 0 else { break }  // damaged: libpcap will say so
-            if blockType == 0x0000_000A, u32(8) == 0x544C_534B {
+            if blockType == 0x0000_000A, header.count >= 16, u32(8) == 0x544C_534B {
                 let length = Int(u32(12))
-                var secrets = [UInt8](repeating: 0, count: length)
-                let got = secrets.withUnsafeMutableBytes { pread(descriptor, $0.baseAddress, length, off_t(offset + 16)) }
-                if got == length { text += String(decoding: secrets, as: UTF8.self) + "\n" }
+                // Key logs are small (a few hundred bytes per connection): a bigger one is damage.
+                if Int64(length) <= blockLength - 16, length <= maximumSecretsLength,
+                   let secrets = read(offset + 16, length), secrets.count == length {
+                    text += String(decoding: secrets, as: UTF8.self) + "\n"
+                }
             }
             offset += blockLength
         }
