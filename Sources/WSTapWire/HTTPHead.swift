@@ -263,6 +263,8 @@ public struct HTTPHeadParser: Sendable {
     public let limit: Int
     public let expecting: Expecting
     private var buffer: [UInt8] = []
+    /// Index in `buffer` of the first byte after any leading empty lines, once one arrived.
+    private var contentStart: Int?
 
     public init(limit: Int = HTTPHeadParser.defaultLimit, expecting: Expecting = .either) {
         self.limit = limit
@@ -273,7 +275,10 @@ public struct HTTPHeadParser: Sendable {
 
     /// Hands back what was buffered of an incomplete head (to pass it on untouched) and starts afresh.
     public mutating func takeBuffered() -> [UInt8] {
-        defer { buffer = [] }
+        defer {
+            buffer = []
+            contentStart = nil
+        }
         return buffer
     }
 
@@ -285,17 +290,25 @@ public struct HTTPHeadParser: Sendable {
         var scanFrom = max(0, start - 3)
         buffer.append(contentsOf: bytes.prefix(max(0, limit + 4 - start)))
         if start < 16, let problem = startProblem() { throw problem }
+        // Leading empty lines are skipped (RFC 9112 §2.2), so an end of head only counts after the
+        // first byte of the start line; `contentStart` is found once, however the bytes arrive.
+        if contentStart == nil, let first = buffer[start...].firstIndex(where: { $0 != 0x0D && $0 != 0x0A }) { contentStart = first }
+        guard let contentStart else {
+            if buffer.count > limit { throw HTTPHeadError.tooLarge(limit: limit) }
+            return nil
+        }
+        scanFrom = max(scanFrom, contentStart)
         while scanFrom < buffer.count {
             if buffer[scanFrom] == 0x0A {
                 let isEnd: Bool
                 if scanFrom >= 1 && buffer[scanFrom - 1] == 0x0A { isEnd = true }
                 else if scanFrom >= 2 && buffer[scanFrom - 1] == 0x0D && buffer[scanFrom - 2] == 0x0A { isEnd = true }
                 else { isEnd = false }
-                // A leading empty line is not an end of head (RFC 9112 §2.2 lets servers skip it).
-                if isEnd && scanFrom > 2 {
+                if isEnd && scanFrom - 1 > contentStart {
                     let headBytes = Array(buffer[0...scanFrom])
                     let consumed = headBytes.count - start
                     buffer.removeAll(keepingCapacity: false)
+                    self.contentStart = nil
                     return (try HTTPHead.parse(headBytes), consumed)
                 }
             }

@@ -82,6 +82,18 @@ import Testing
         }
     }
 
+    /// Found by fuzzing: "\r\n\r\n" fed in pieces was taken for an empty head, fed at once it was
+    /// skipped as leading empty lines (RFC 9112 §2.2). Now it is skipped however it arrives.
+    @Test func leadingEmptyLinesAreSkippedAtEverySplitPoint() throws {
+        let bytes = Array("\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n".utf8)
+        for split in 0...bytes.count {
+            var parser = HTTPHeadParser(expecting: .request)
+            var head = try parser.feed(Array(bytes[..<split]))?.head
+            if head == nil { head = try parser.feed(Array(bytes[split...]))?.head }
+            #expect(head?.target == "/", "split at \(split)")
+        }
+    }
+
     @Test func bytesThatCannotStartAHeadAreRefusedAtOnce() {
         var requests = HTTPHeadParser(expecting: .request)
         #expect(throws: HTTPHeadError.self) { try requests.feed([0x16, 0x03, 0x01, 0x02, 0x00]) }
