@@ -49,10 +49,19 @@ let package = Package(
         ),
         // Shared by tests and fuzz targets: the zlib oracle, a seeded generator, byte fixtures.
         .target(name: "WSTapTestSupport", dependencies: ["CZlib"]),
+        // One libFuzzer target per parser that sees untrusted bytes (docs/reliability.md, scripts/fuzz.sh).
+        .target(
+            name: "WSTapFuzzTargets",
+            dependencies: ["WSTapWire", "WSTapDissect", "WSTapRelay", "WSTapCapture", "WSTapFormats", "WSTapTestSupport", "CZlib", "CPcap",
+                           .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        // Built with --sanitize=fuzzer it is a libFuzzer binary; built normally it replays inputs and makes seeds.
+        .executableTarget(name: "wstap-fuzz", dependencies: ["WSTapFuzzTargets"]),
         .testTarget(name: "WSTapWireTests", dependencies: ["WSTapWire", "WSTapTestSupport", "CZlib"]),
         .testTarget(name: "WSTapDissectTests", dependencies: ["WSTapDissect", "WSTapFormats", "WSTapTestSupport"]),
         .testTarget(name: "WSTapRelayTests", dependencies: ["WSTapRelay", "WSTapTestSupport"]),
         .testTarget(name: "WSTapProxyTests", dependencies: ["WSTapProxy"]),
         .testTarget(name: "WSTapCaptureTests", dependencies: ["WSTapCapture", "WSTapFormats"]),
+        .testTarget(name: "WSTapFuzzTargetsTests", dependencies: ["WSTapFuzzTargets"]),
     ]
 )

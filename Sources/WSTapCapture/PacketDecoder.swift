@@ -10,6 +10,17 @@ public struct TCPSegment: Equatable, Sendable {
     /// The payload was cut by the capture's snap length: `payload` holds fewer bytes than were sent.
     public var truncatedBy: Int
 
+    public init(source: Endpoint, destination: Endpoint, sequence: UInt32, acknowledgment: UInt32, flags: UInt8,
+                payload: [UInt8], truncatedBy: Int) {
+        self.source = source
+        self.destination = destination
+        self.sequence = sequence
+        self.acknowledgment = acknowledgment
+        self.flags = flags
+        self.payload = payload
+        self.truncatedBy = truncatedBy
+    }
+
     public var syn: Bool { flags & 0x02 != 0 }
     public var fin: Bool { flags & 0x01 != 0 }
     public var rst: Bool { flags & 0x04 != 0 }

@@ -32,7 +32,30 @@ public enum PcapFile {
                             progress: ((Progress) -> Void)? = nil) throws -> Summary {
         let opened = try open(path)
         defer { opened.close() }
-        let handle = opened.handle
+        return try read(opened.handle, name: path, session: session, emit: emit, progress: progress)
+    }
+
+    /// A capture held in memory (the fuzz targets read files this way), through the same libpcap path.
+    @discardableResult
+    public static func read(bytes: [UInt8], session: CaptureSession, emit: ([TapRecord]) -> Void) throws -> Summary {
+        guard !bytes.isEmpty else { throw Failure(description: "the capture is empty") }
+        var copy = bytes
+        return try copy.withUnsafeMutableBytes { raw in
+            guard let file = fmemopen(raw.baseAddress, raw.count, "rb") else {
+                throw Failure(description: "cannot open the capture in memory")
+            }
+            var errorBuffer = [CChar](repeating: 0, count: Int(PCAP_ERRBUF_SIZE))
+            guard let handle = pcap_fopen_offline_with_tstamp_precision(file, UInt32(PCAP_TSTAMP_PRECISION_NANO), &errorBuffer) else {
+                fclose(file)
+                throw Failure(description: errorBuffer.withUnsafeBufferPointer { String(cString: $0.baseAddress!) })
+            }
+            defer { pcap_close(handle) }
+            return try read(handle, name: "memory", session: session, emit: emit, progress: nil)
+        }
+    }
+
+    private static func read(_ handle: OpaquePointer, name path: String, session: CaptureSession, emit: ([TapRecord]) -> Void,
+                             progress: ((Progress) -> Void)?) throws -> Summary {
         let link = try PacketFeed.linkType(of: handle, name: "'\(path)'")
         var feed = PacketFeed(session: session, link: link, nanosecondTimestamps: true)
         var header: UnsafeMutablePointer<pcap_pkthdr>?

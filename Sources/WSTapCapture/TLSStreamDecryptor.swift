@@ -7,7 +7,7 @@ import WSTapWire
 /// as Wireshark does: TLS 1.3 (RFC 8446 §7: handshake then application traffic secrets, KeyUpdate) and
 /// TLS 1.2 AEAD suites (RFC 5246 §6.3 key block from the master secret; RFC 5288, RFC 7905).
 /// AES-128/256-GCM and ChaCha20-Poly1305. Sans-IO: ciphertext in, cleartext out.
-final class TLSStreamDecryptor {
+package final class TLSStreamDecryptor {
     enum State: Equatable {
         case handshaking
         case decrypting
@@ -30,12 +30,12 @@ final class TLSStreamDecryptor {
     private var pending: [Direction: String] = [:]
     private static let helloRetryRandom: [UInt8] = Array(SHA256.hash(data: Array("HelloRetryRequest".utf8)))
 
-    init(keyLog: TLSKeyLog) {
+    package init(keyLog: TLSKeyLog) {
         self.keyLog = keyLog
     }
 
     /// Feeds ciphertext from one side; returns the cleartext application data it completed.
-    func feed(_ data: [UInt8], from direction: Direction) -> [UInt8] {
+    package func feed(_ data: [UInt8], from direction: Direction) -> [UInt8] {
         if case .stopped = state { return [] }
         buffers[direction]! += data
         var cleartext: [UInt8] = []

@@ -1,0 +1,180 @@
+import CPcap
+import Foundation
+import WSTapCapture
+import WSTapDissect
+import WSTapTestSupport
+import WSTapWire
+
+/// Seed corpora: real traffic from the reference captures (their TCP streams, heads, frames, TLS
+/// records, packets) in each target's input format, plus the kept regression inputs, so the fuzzer
+/// starts from real handshakes and frames instead of random bytes.
+public enum FuzzSeeds {
+    public struct Failure: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    public static func read(_ path: String) -> [UInt8]? {
+        FileManager.default.contents(atPath: path).map { Array($0) }
+    }
+
+    /// Writes `<directory>/<target>/seed-N` for every target; returns the count per target.
+    /// - Parameters:
+    ///   - captures: folder of pcap/pcapng files (the project's ../shared/captures).
+    ///   - regressions: folder with one subfolder of kept inputs per target (Tests/Regressions).
+    public static func write(to directory: String, captures: String, regressions: String) throws -> [(String, Int)] {
+        var seeds: [String: [[UInt8]]] = [:]
+        let files = ((try? FileManager.default.contentsOfDirectory(atPath: captures)) ?? [])
+            .filter { $0.hasSuffix(".pcap") || $0.hasSuffix(".pcapng") }.sorted()
+        guard !files.isEmpty else { throw Failure(description: "no pcap or pcapng files in \(captures)") }
+        for name in files {
+            let path = (captures as NSString).appendingPathComponent(name)
+            guard let bytes = read(path) else { continue }
+            seeds["capture-file", default: []].append(bytes)
+            let keyLogText = PcapngSecrets.keyLogText(bytes: bytes)
+            if let keyLogText { seeds["key-log", default: []].append(Array(keyLogText.utf8)) }
+            let (link, packets, connections) = try streams(path)
+            seeds["packet-decoder", default: []] += packets.prefix(6).map { [UInt8(CaptureTargets.linkTypes.firstIndex(of: link) ?? 1), UInt8($0.count >> 8), UInt8($0.count & 0xFF)] + $0 }
+            var sessionSeed: [UInt8] = []
+            for packet in packets.prefix(200) where packet.count < 0xFFFF {
+                sessionSeed += [UInt8(CaptureTargets.linkTypes.firstIndex(of: link) ?? 1), UInt8(packet.count >> 8), UInt8(packet.count & 0xFF)] + packet
+            }
+            seeds["capture-session", default: []].append(sessionSeed)
+            for connection in connections {
+                add(connection, keyLogText: keyLogText, to: &seeds)
+            }
+        }
+        addSynthetic(to: &seeds)
+        var counts: [(String, Int)] = []
+        for target in FuzzTarget.all {
+            let folder = (directory as NSString).appendingPathComponent(target.name)
+            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+            var list = seeds[target.name] ?? []
+            let kept = (regressions as NSString).appendingPathComponent(target.name)
+            for file in ((try? FileManager.default.contentsOfDirectory(atPath: kept)) ?? []).sorted() {
+                if let bytes = read((kept as NSString).appendingPathComponent(file)) { list.append(bytes) }
+            }
+            for (index, bytes) in list.enumerated() where bytes.count <= 1 << 20 {
+                let seed = (folder as NSString).appendingPathComponent("seed-\(index)")
+                guard FileManager.default.createFile(atPath: seed, contents: Data(bytes)) else {
+                    throw Failure(description: "cannot write \(seed)")
+                }
+            }
+            counts.append((target.name, list.count))
+        }
+        return counts
+    }
+
+    /// One connection's byte streams in arrival order, as the reassembler delivered them.
+    struct Connection {
+        var chunks: [(Direction, [UInt8])] = []
+        func stream(_ direction: Direction) -> [UInt8] { chunks.filter { $0.0 == direction }.flatMap(\.1) }
+    }
+
+    /// The link type, the frames, and the reassembled connections of a capture.
+    static func streams(_ path: String) throws -> (LinkType, [[UInt8]], [Connection]) {
+        var errorBuffer = [CChar](repeating: 0, count: Int(PCAP_ERRBUF_SIZE))
+        guard let handle = pcap_open_offline(path, &errorBuffer) else { throw Failure(description: "cannot read \(path)") }
+        defer { pcap_close(handle) }
+        guard let link = LinkType(rawValue: pcap_datalink(handle)) else { return (.ethernet, [], []) }
+        let reassembler = TCPReassembler()
+        var connections: [UInt64: Connection] = [:]
+        var packets: [[UInt8]] = []
+        var events: [TCPReassembler.Event] = []
+        var header: UnsafeMutablePointer<pcap_pkthdr>?
+        var data: UnsafePointer<UInt8>?
+        func take(_ events: [TCPReassembler.Event]) {
+            for case .data(let id, let direction, let bytes, _) in events { connections[id, default: Connection()].chunks.append((direction, bytes)) }
+        }
+        while pcap_next_ex(handle, &header, &data) == 1, let header, let data {
+            let frame = Array(UnsafeBufferPointer(start: data, count: Int(header.pointee.caplen)))
+            packets.append(frame)
+            if let segment = PacketDecoder.tcpSegment(link: link, frame: frame, originalLength: Int(header.pointee.len)) {
+                events.removeAll(keepingCapacity: true)
+                reassembler.add(segment, at: Timestamp(nanoseconds: 0), into: &events)
+                take(events)
+            }
+        }
+        events.removeAll()
+        reassembler.finish(at: Timestamp(nanoseconds: 0), into: &events)
+        take(events)
+        return (link, packets, connections.keys.sorted().compactMap { connections[$0] })
+    }
+
+    private static func add(_ connection: Connection, keyLogText: String?, to seeds: inout [String: [[UInt8]]]) {
+        let client = connection.stream(.clientToServer), server = connection.stream(.serverToClient)
+        guard !client.isEmpty else { return }
+        if client.first == 0x16 {
+            seeds["tls-client-hello", default: []].append(Array(client.prefix(4096)))
+            if let keyLogText {
+                var seed = Array(keyLogText.utf8.prefix(0xFFFF))
+                seed.insert(contentsOf: [UInt8(seed.count >> 8), UInt8(seed.count & 0xFF)], at: 0)
+                for (direction, bytes) in connection.chunks where bytes.count < 0xFFFF {
+                    seed += [direction == .clientToServer ? 0 : 1, UInt8(bytes.count >> 8), UInt8(bytes.count & 0xFF)] + bytes
+                }
+                seeds["tls-decryptor", default: []].append(seed)
+            }
+            return
+        }
+        seeds["stream-dissector", default: []].append(Conversation.encode(control: 0x12, connection.chunks))
+        seeds["http-head", default: []].append([0] + Array(client.prefix(4096)))
+        seeds["http-head", default: []].append([1] + Array(server.prefix(4096)))
+        if let end = headEnd(server) {
+            seeds["frame-parser", default: []].append([3, 17] + Array(server[end...].prefix(1 << 16)))
+        } else {
+            seeds["frame-parser", default: []].append([3, 17] + Array(server.prefix(1 << 16)))
+        }
+        if let end = headEnd(client) {
+            seeds["frame-parser", default: []].append([1, 5] + Array(client[end...].prefix(1 << 16)))
+        }
+        // The relay's view: the client's head, the upstream connected, the answer, then the frames.
+        var relay: [UInt8] = [0]
+        func event(_ kind: UInt8, _ bytes: [UInt8]) {
+            let piece = bytes.prefix(4095)
+            relay += [kind, UInt8(piece.count >> 8), UInt8(piece.count & 0xFF)] + piece
+        }
+        event(11, [])
+        for (index, chunk) in connection.chunks.enumerated() {
+            event(chunk.0 == .clientToServer ? 0 : 3, chunk.1)
+            if index == 0 { event(5, []) }
+        }
+        event(7, [])
+        event(8, [])
+        seeds["relay-session", default: []].append(relay)
+    }
+
+    private static func headEnd(_ bytes: [UInt8]) -> Int? {
+        guard bytes.count >= 4 else { return nil }
+        for index in 3..<bytes.count where bytes[index - 3] == 0x0D && bytes[index - 2] == 0x0A && bytes[index - 1] == 0x0D && bytes[index] == 0x0A {
+            return index + 1
+        }
+        return nil
+    }
+
+    /// Seeds for inputs the captures do not hold in the target's shape.
+    private static func addSynthetic(to seeds: inout [String: [[UInt8]]]) {
+        seeds["tls-client-hello", default: []] += [TLSHelloFixture.withSNI, TLSHelloFixture.withoutSNI]
+        seeds["http-body", default: []] += [[0, 0, 5] + Array("hello".utf8), [1, 0, 0] + Array("5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n".utf8),
+                                             [2, 0, 0] + Array("until close".utf8), [1, 0, 0] + Array("a;ext=1\r\n0123456789\r\n0\r\n\r\n".utf8)]
+        seeds["deflate-parameters", default: []] += [
+            Array("permessage-deflate; client_max_window_bits".utf8),
+            Array("permessage-deflate; server_no_context_takeover; client_max_window_bits=10\nx-webkit-deflate-frame".utf8),
+            Array("permessage-deflate; server_max_window_bits=\"12\", permessage-deflate".utf8),
+        ]
+        var rng = SplitMix(seed: 7)
+        for round in 0..<6 {
+            let deflater = Deflater(windowBits: 9 + round, noContextTakeover: round % 2 == 0)
+            var seed: [UInt8] = [UInt8(round * 37)]
+            for message in 0..<3 {
+                let text = (0..<(50 + rng.below(400))).map { _ in UInt8(ascii: "a") + UInt8(rng.below(message + 3)) }
+                if message > 0 { seed += [0xFF, 0x00] }
+                seed += deflater.compressMessage(text + Array(String(repeating: "{\"id\":\(message)}", count: 8).utf8))
+            }
+            seeds["inflater", default: []].append(seed)
+        }
+        seeds["key-log", default: []].append(Array("CLIENT_RANDOM \(String(repeating: "ab", count: 32)) \(String(repeating: "01", count: 48))\n# comment\n".utf8))
+        // Segments: SYN, SYN-ACK, data both ways out of order, a retransmission, FINs.
+        seeds["tcp-reassembly", default: []].append([0x02, 0, 0, 0, 0, 0x12, 1, 0, 0, 0, 0x18, 0, 0, 1, 5] + Array("GET /".utf8)
+            + [0x18, 0, 0, 10, 3] + Array("xyz".utf8) + [0x18, 0, 0xFF, 0xF6, 5] + Array("GET /".utf8)
+            + [0x18, 1, 0, 1, 4] + Array("HTTP".utf8) + [0x11, 0, 0, 0, 0, 0x11, 1, 0, 0, 0])
+    }
+}
