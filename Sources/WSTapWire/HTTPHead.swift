@@ -289,7 +289,6 @@ public struct HTTPHeadParser: Sendable {
         // Search for the end of head, allowing the terminator to straddle calls.
         var scanFrom = max(0, start - 3)
         buffer.append(contentsOf: bytes.prefix(max(0, limit + 4 - start)))
-        if start < 16, let problem = startProblem() { throw problem }
         // Leading empty lines are skipped (RFC 9112 §2.2), so an end of head only counts after the
         // first byte of the start line; `contentStart` is found once, however the bytes arrive.
         if contentStart == nil, let first = buffer[start...].firstIndex(where: { $0 != 0x0D && $0 != 0x0A }) { contentStart = first }
@@ -297,6 +296,9 @@ public struct HTTPHeadParser: Sendable {
             if buffer.count > limit { throw HTTPHeadError.tooLarge(limit: limit) }
             return nil
         }
+        // The first 16 bytes of the start line decide whether this can be HTTP at all: checked until
+        // they have all been seen, wherever the pieces begin and end.
+        if start - contentStart < 16, let problem = startProblem() { throw problem }
         scanFrom = max(scanFrom, contentStart)
         while scanFrom < buffer.count {
             if buffer[scanFrom] == 0x0A {

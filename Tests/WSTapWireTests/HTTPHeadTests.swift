@@ -94,6 +94,16 @@ import Testing
         }
     }
 
+    /// Found by fuzzing: after 16 bytes of leading empty lines the start was no longer checked.
+    @Test func theStartIsCheckedAfterAnyNumberOfEmptyLines() {
+        var parser = HTTPHeadParser(expecting: .response)
+        var refused = false
+        for byte in [UInt8](repeating: 0x0D, count: 24) + [0x00, 0x41] {
+            do { _ = try parser.feed([byte]) } catch { refused = true; break }
+        }
+        #expect(refused)
+    }
+
     @Test func bytesThatCannotStartAHeadAreRefusedAtOnce() {
         var requests = HTTPHeadParser(expecting: .request)
         #expect(throws: HTTPHeadError.self) { try requests.feed([0x16, 0x03, 0x01, 0x02, 0x00]) }
