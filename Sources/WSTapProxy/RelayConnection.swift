@@ -20,6 +20,10 @@ final class RelayConnection {
     /// A read the side's handler held back because the other side cannot take more bytes.
     private var heldRead: Set<RelaySession.Side> = []
     private var closing: Set<RelaySession.Side> = []
+    /// Sides whose peer has sent its FIN (or reset): nothing more will arrive from them.
+    private var inputEnded: Set<RelaySession.Side> = []
+    /// The client while wstap drains it before the full close (see `lingeringClose`).
+    private var drainingClient = false
     private var timers: [RelaySession.Timer: Scheduled<Void>] = [:]
 
     init(session: RelaySession, client: Channel, sink: any RecordSink, tls: TLSContexts?, capture: DecryptedCapture?) {
@@ -47,7 +51,11 @@ final class RelayConnection {
                 afterWrites(side) { channel.close(mode: .output, promise: nil) }
             case .close(let side):
                 guard let channel = channel(side), closing.insert(side).inserted else { continue }
-                afterWrites(side) { channel.close(promise: nil) }
+                if side == .client && !inputEnded.contains(.client) {
+                    afterWrites(side) { [bound = NIOLoopBound(self, eventLoop: channel.eventLoop)] in bound.value.lingeringClose() }
+                } else {
+                    afterWrites(side) { channel.close(promise: nil) }
+                }
             case .reset(let side):
                 guard let channel = channel(side), closing.insert(side).inserted else { continue }
                 // After what was written has gone out, as the peer's own reset came after its data.
@@ -93,6 +101,45 @@ final class RelayConnection {
     }
 
     private func channel(_ side: RelaySession.Side) -> Channel? { side == .client ? client : upstream }
+
+    /// How long a closed client may go on sending before wstap stops draining it.
+    static let lingerTime = TimeAmount.seconds(2)
+
+    /// Closes the client while it may still be sending (a 408, 431 or 502 answered before its request
+    /// ended). A plain close() with unread bytes in the receive buffer makes the kernel send a reset,
+    /// and a reset makes the client's TCP discard the answer it has not read yet. So, as HTTP servers
+    /// do: FIN first, then read and discard until the client's FIN or `lingerTime`, then close.
+    private func lingeringClose() {
+        guard client.isActive else { return }
+        drainingClient = true
+        let bound = NIOLoopBound(self, eventLoop: client.eventLoop)
+        client.close(mode: .output).whenComplete { result in
+            let connection = bound.value
+            guard case .success = result else {
+                connection.client.close(promise: nil)
+                return
+            }
+            connection.client.eventLoop.scheduleTask(in: Self.lingerTime) { bound.value.client.close(promise: nil) }
+            connection.heldRead.remove(.client)
+            connection.client.read()
+        }
+    }
+
+    /// Bytes from `side`'s channel; a draining client's are discarded.
+    func received(_ buffer: ByteBuffer, from side: RelaySession.Side) {
+        if side == .client && drainingClient { return }
+        handle(side == .client ? .clientData(buffer) : .upstreamData(buffer))
+    }
+
+    /// `side` sent its FIN.
+    func inputClosed(_ side: RelaySession.Side) {
+        inputEnded.insert(side)
+        if side == .client && drainingClient {
+            client.close(promise: nil)
+            return
+        }
+        handle(.inputClosed(side))
+    }
 
     private func startClientTLS(certificateHost: String, replay: ByteBuffer) {
         do {
@@ -168,6 +215,7 @@ final class RelayConnection {
 
     /// Whether the side's handler may read now: not while the other side cannot take more bytes.
     func mayRead(_ side: RelaySession.Side) -> Bool {
+        if side == .client && drainingClient { return true }
         if side == .client {
             guard let upstream else { return session.wantsClientData }
             return upstream.isWritable && session.wantsClientData
@@ -220,13 +268,12 @@ final class RelaySideHandler: ChannelDuplexHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let buffer = unwrapInboundIn(data)
-        connection?.handle(side == .client ? .clientData(buffer) : .upstreamData(buffer))
+        connection?.received(unwrapInboundIn(data), from: side)
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? ChannelEvent, event == .inputClosed {
-            connection?.handle(.inputClosed(side))
+            connection?.inputClosed(side)
         } else if let event = event as? TLSUserEvent, case .handshakeCompleted = event {
             connection?.tlsHandshakeCompleted(side)
         } else if let hello = event as? ClientHelloSeen {
@@ -239,7 +286,7 @@ final class RelaySideHandler: ChannelDuplexHandler {
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         // Many TLS peers close without close_notify; that is an ordinary end of input.
         if let tlsError = error as? NIOSSLError, case .uncleanShutdown = tlsError {
-            connection?.handle(.inputClosed(side))
+            connection?.inputClosed(side)
             return
         }
         if let io = error as? IOError, io.errnoCode == ECONNRESET {
