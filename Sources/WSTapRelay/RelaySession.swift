@@ -493,15 +493,46 @@ public final class RelaySession {
     private func sideReset(_ side: Side) -> [Action] {
         if side == .upstream, case .connecting = phase { return upstreamFailed("connection reset") }
         noteEnd(side, how: .reset)
-        guard case .relaying = phase else { return [.close(.client), .close(.upstream)] + finish(reason: nil) }
-        let other: Side = side == .client ? .upstream : .client
-        return [.close(side), .reset(other)] + finish(reason: nil, note: "reset passed on to the \(other.name)")
+        switch phase {
+        case .readingHead, .tunnelOpen, .clientTLSHandshake:
+            return [.close(.client)] + finish(reason: "client reset the connection before sending a request")
+        case .relaying:
+            let other: Side = side == .client ? .upstream : .client
+            // What the server sent before its reset (a response head the follower was still holding)
+            // goes on first, as it would have reached the client directly.
+            let held = side == .upstream ? (follower?.upstreamEnded() ?? []).map { Action.send(.client, $0) } : []
+            return held + [.close(side), .reset(other)] + finish(reason: nil, note: "reset passed on to the \(other.name)")
+        case .connecting, .done:
+            return [.close(.client), .close(.upstream)] + finish(reason: nil)
+        }
     }
 
     private func sideFailed(_ side: Side, reason: String) -> [Action] {
         if side == .upstream, case .connecting = phase { return upstreamFailed(reason) }
         noteEnd(side, how: .error(reason))
+        if side == .client && clientTLSPending {
+            return [.close(.client), .close(.upstream)] + finish(reason: Self.clientTLSFailure(reason))
+        }
         return [.close(.client), .close(.upstream)] + finish(reason: nil)
+    }
+
+    /// The client's TLS handshake (--listen-tls, or intercepted CONNECT) has not completed.
+    private var clientTLSPending: Bool {
+        switch phase {
+        case .clientTLSHandshake: true
+        case .readingHead: !clientTLSUp
+        default: false
+        }
+    }
+
+    /// Most client handshake failures mean the client does not trust wstap's CA: say what to do.
+    /// A TLS 1.2 client says so with an alert (UNKNOWN_CA and kin); OpenSSL's TLS 1.3 clients abort
+    /// in a way BoringSSL reports as BAD_PACKET_LENGTH.
+    static func clientTLSFailure(_ reason: String) -> String {
+        let distrust = ["UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_UNKNOWN", "DECRYPT_ERROR", "BAD_PACKET_LENGTH"].contains { reason.contains($0) }
+        let detail = reason.hasPrefix("TLS handshake failed: ") ? String(reason.dropFirst("TLS handshake failed: ".count)) : reason
+        return "the TLS handshake with the client failed: \(detail)"
+            + (distrust ? "; most likely the client does not trust wstap's certificate: make it trust wstap's CA (wstap ca, certs/README.md)" : "")
     }
 
     private func sideClosed(_ side: Side) -> [Action] {

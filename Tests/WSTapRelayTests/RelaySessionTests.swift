@@ -178,6 +178,28 @@ import WSTapTestSupport
         #expect(reset.endRecord?.reason == "server reset without a close frame; reset passed on to the client")
     }
 
+    @Test func aResetBeforeTheRequestEndsTheConnectionSayingSo() throws {
+        let s = session(.reverse(try UpstreamURL.parse("ws://127.0.0.1:9000")))
+        _ = s.handle(.clientConnected)
+        _ = s.handle(.clientData(buffer("GET / HT")))
+        let reset = s.handle(.reset(.client))
+        #expect(reset.contains { if case .close(.client) = $0 { true } else { false } })
+        #expect(reset.endRecord?.reason == "client reset the connection before sending a request")
+    }
+
+    /// A response head still being read when the server resets reaches the client before the reset.
+    @Test func anUpstreamResetPassesOnTheHeldPartOfItsAnswerFirst() throws {
+        let s = session(.reverse(try UpstreamURL.parse("ws://127.0.0.1:9000")))
+        _ = s.handle(.clientData(buffer(Self.request)))
+        _ = s.handle(.upstreamConnected(serverAddress: "127.0.0.1:9000"))
+        #expect(s.handle(.upstreamData(buffer("HTTP/1.1 101 Swi"))).sent(to: .client).isEmpty)
+        let reset = s.handle(.reset(.upstream))
+        #expect(String(decoding: reset.sent(to: .client), as: UTF8.self) == "HTTP/1.1 101 Swi")
+        let sendIndex = reset.firstIndex { if case .send(.client, _) = $0 { true } else { false } }
+        let resetIndex = reset.firstIndex { if case .reset(.client) = $0 { true } else { false } }
+        #expect(sendIndex != nil && resetIndex != nil && sendIndex! < resetIndex!)
+    }
+
     @Test func connectTunnelIsAnsweredOnceUpAndCleartextInsideIsDissected() {
         let s = session(.forward)
         let actions = s.handle(.clientData(buffer("CONNECT 127.0.0.1:9000 HTTP/1.1\r\nHost: 127.0.0.1:9000\r\n\r\n")))
