@@ -1,3 +1,4 @@
+import Dispatch
 import NIOCore
 import NIOPosix
 import NIOSSL
@@ -86,6 +87,7 @@ public final class ProxyServer: Sendable {
                                                capture: configuration.capture)
                     })
                     try channel.pipeline.syncOperations.addHandler(handler)
+                    channel.closeFuture.whenComplete { _ in ids.closed() }
                 }
             }
         do {
@@ -111,13 +113,35 @@ public final class ProxyServer: Sendable {
 
 enum RelayTuning {
     /// Reads grow up to 256 KiB (NIO's default stops at 64 KiB): fewer reads and writes per megabyte,
-    /// like socat's -b 262144. The allocator adapts down again for small-message traffic.
-    static let receiveAllocator = AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 16 * 1024, maximum: 256 * 1024)
+    /// like socat's -b 262144. Each channel keeps its receive buffer between reads, so the first size
+    /// is what every idle connection costs twice (client and upstream leg): 2 KiB, not 16, took an
+    /// idle proxied WebSocket from about 40 KiB to about 13 KiB (docs/reliability.md). Bulk traffic
+    /// doubles it to 256 KiB within a few reads, and it adapts down again.
+    static let receiveAllocator = AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 2 * 1024, maximum: 256 * 1024)
 }
 
+/// Connection ids, and how many connections are open: when the last one closes, the heap is trimmed,
+/// so memory a burst of connections took goes back to the system instead of staying with the
+/// allocator's free lists for as long as wstap runs.
 final class ConnectionIDs: Sendable {
     private let counter = Atomic<UInt64>(0)
-    func next() -> UInt64 { counter.add(1, ordering: .relaxed).newValue }
+    private let open = Atomic<Int>(0)
+
+    func next() -> UInt64 {
+        open.add(1, ordering: .relaxed)
+        return counter.add(1, ordering: .relaxed).newValue
+    }
+
+    func closed() {
+        guard open.subtract(1, ordering: .relaxed).newValue == 0 else { return }
+        DispatchQueue.global(qos: .utility).async { _ = Self.trimHeap?(0) }
+    }
+
+    /// glibc's malloc_trim (not in the Glibc module's headers), looked up once; nil elsewhere.
+    private static let trimHeap: (@convention(c) (Int) -> Int32)? = {
+        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "malloc_trim") else { return nil }
+        return unsafeBitCast(symbol, to: (@convention(c) (Int) -> Int32).self)
+    }()
 }
 
 extension Timestamp {
