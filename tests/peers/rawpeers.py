@@ -110,3 +110,22 @@ def recv_until_closed(sock):
         if not chunk:
             return data
         data += chunk
+
+
+def abort(sock):
+    """Closes with RST instead of FIN."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def recv_until_end(sock):
+    """Bytes received, and how the stream ended: 'fin' or 'reset'."""
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return data, "reset"
+        if not chunk:
+            return data, "fin"
+        data += chunk

@@ -5,7 +5,7 @@ import socket
 import time
 
 from conftest import DEADLINE
-from rawpeers import RawServer
+from rawpeers import RawServer, abort, recv_until_end
 
 
 def open_descriptors(pid):
@@ -193,26 +193,6 @@ def test_a_tls_client_on_a_plain_listener_is_told_at_once(wstap):
     end = next(r for r in proxy.wait_ended() if r["type"] == "end")
     assert end["reason"].startswith("TLS on a plain listener") and "--listen-tls" in end["reason"]
     assert end["closed_by"] == "proxy"
-
-
-def abort(sock):
-    """Closes with RST instead of FIN."""
-    import struct
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
-
-
-def recv_until_end(sock):
-    """Bytes received, and how the stream ended: 'fin' or 'reset'."""
-    data = b""
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            return data, "reset"
-        if not chunk:
-            return data, "fin"
-        data += chunk
 
 
 def test_an_upstream_reset_reaches_the_client_as_a_reset(wstap):

@@ -8,30 +8,23 @@ import struct
 import time
 
 from conftest import DEADLINE, messages
-from rawpeers import RawServer, frame, raw_client, recv_until_closed
+from rawpeers import RawServer, abort, frame, raw_client, read_head, recv_until_closed, recv_until_end
 
 M = b"\x0a\x0b\x0c\x0d"
 UPGRADE = (b"GET /f HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
 
 
-def abort(sock):
-    """Closes with RST instead of FIN."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
-
-
-def recv_until_end(sock):
-    """Bytes received, and how the stream ended: 'fin' or 'reset'."""
-    data = b""
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            return data, "reset"
-        if not chunk:
-            return data, "fin"
-        data += chunk
+def upgrade_to_a_raw_listener(wstap, scheme="ws"):
+    """A proxy whose upstream is a bare listening socket: the client has sent its upgrade and the
+    upstream has accepted; what each does next is up to the test."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    proxy = wstap(f"{scheme}://{'localhost' if scheme == 'wss' else '127.0.0.1'}:{listener.getsockname()[1]}")
+    client = socket.create_connection(("127.0.0.1", proxy.port))
+    client.sendall(UPGRADE)
+    upstream, _ = listener.accept()
+    listener.close()
+    return proxy, client, upstream
 
 
 def the_end(proxy):
@@ -60,14 +53,8 @@ def test_an_upstream_reset_mid_message(wstap):
 
 
 def test_an_upstream_that_resets_inside_its_handshake_answer(wstap):
-    listener = socket.create_server(("127.0.0.1", 0))
-    proxy = wstap(f"ws://127.0.0.1:{listener.getsockname()[1]}")
-    client = socket.create_connection(("127.0.0.1", proxy.port))
-    client.sendall(UPGRADE)
-    upstream, _ = listener.accept()
-    request = b""
-    while b"\r\n\r\n" not in request:
-        request += upstream.recv(4096)
+    proxy, client, upstream = upgrade_to_a_raw_listener(wstap)
+    read_head(upstream)
     upstream.sendall(b"HTTP/1.1 101 Switching Pro")  # half a status line, then RST
     abort(upstream)
     received, how = recv_until_end(client)
@@ -88,9 +75,7 @@ def test_a_client_that_vanishes_mid_handshake(wstap):
     client = socket.create_connection(("127.0.0.1", proxy.port))
     client.sendall(UPGRADE)
     upstream, _ = listener.accept()
-    request = b""
-    while b"\r\n\r\n" not in request:
-        request += upstream.recv(4096)
+    read_head(upstream)
     abort(client)
     _, how = recv_until_end(upstream)
     assert how == "reset"
@@ -183,11 +168,7 @@ def test_a_client_that_does_not_trust_the_ca_is_recorded_with_what_to_do(wstap, 
 
 
 def test_an_upstream_that_does_not_speak_tls_gets_the_client_a_502(wstap):
-    listener = socket.create_server(("127.0.0.1", 0))
-    proxy = wstap(f"wss://localhost:{listener.getsockname()[1]}")
-    client = socket.create_connection(("127.0.0.1", proxy.port))
-    client.sendall(UPGRADE)
-    upstream, _ = listener.accept()
+    proxy, client, upstream = upgrade_to_a_raw_listener(wstap, "wss")
     hello = upstream.recv(4096)
     assert hello[:1] == b"\x16"  # wstap started TLS
     upstream.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")  # a plain HTTP server answers
