@@ -157,7 +157,9 @@ enum WireTargets {
     }
 
     /// Differential: our inflater against zlib on the same messages, fed in pieces. Where zlib
-    /// succeeds ours must give its output; where zlib fails ours must fail with zlib's reason.
+    /// succeeds ours must give its output; where zlib fails ours must fail with zlib's reason. Before
+    /// a message's end is fed the outputs must agree too: nothing decodable may be held back, since a
+    /// message cut short (a capture gap, a violation) shows what had come out by then.
     static func inflater(_ data: [UInt8]) {
         var reader = FuzzReader(data)
         let control = reader.byte()
@@ -169,10 +171,12 @@ enum WireTargets {
         let limit = 4 << 20  // outputs compared up to here: bombs are the dissector's limit to catch
         for message in messages.prefix(8) {
             var ourError: String?, referenceError: String?
+            var ourBeforeEnd: Int?, referenceBeforeEnd: Int?
             do {
                 for piece in cut(message, sizes: [1 + Int(control >> 1)]) {
                     try piece.withUnsafeBytes { try ours.inflate($0) { if ourOut.count < limit { ourOut += $0 } } }
                 }
+                ourBeforeEnd = ourOut.count
                 try ours.finishMessage(resetContext: resetContext) { if ourOut.count < limit { ourOut += $0 } }
             } catch Inflater.Failure.invalid(let reason) {
                 ourError = reason
@@ -181,11 +185,15 @@ enum WireTargets {
             }
             do {
                 try message.withUnsafeBytes { try reference.inflate($0) { if referenceOut.count < limit { referenceOut += $0 } } }
+                referenceBeforeEnd = referenceOut.count
                 try reference.finishMessage(resetContext: resetContext) { if referenceOut.count < limit { referenceOut += $0 } }
             } catch ZlibReferenceInflater.Failure.zlib(_, let reason) {
                 referenceError = reason
             } catch {
                 FuzzCheck.fail("unexpected zlib error \(error)")
+            }
+            if let ourBeforeEnd, let referenceBeforeEnd, ourBeforeEnd < limit && referenceBeforeEnd < limit {
+                FuzzCheck.expect(ourBeforeEnd == referenceBeforeEnd, "before the message's end: \(ourBeforeEnd) bytes out, zlib \(referenceBeforeEnd)")
             }
             FuzzCheck.expect(ourError == referenceError, "inflater says \(ourError ?? "ok"), zlib says \(referenceError ?? "ok")")
             FuzzCheck.expect(ourOut.prefix(limit) == referenceOut.prefix(limit), "inflated output differs from zlib's")

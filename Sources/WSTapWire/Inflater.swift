@@ -195,15 +195,15 @@ public final class Inflater {
                             // lookahead (only the first can come from a subtable).
                             var taken = 0
                             repeat {
-                                b &>>= UInt64(entry & 0xFF)
-                                n -= Int(entry & 0xFF)
+                                b &>>= UInt64(entry & 0xF)
+                                n -= Int(entry & 0xF)
                                 UnsafeMutableRawPointer(out + op).storeBytes(of: UInt16(truncatingIfNeeded: entry >> 16), as: UInt16.self)
                                 op += Int((entry >> 8) & 0xF)
                                 entry = literalTable[Int(truncatingIfNeeded: b) & HuffmanTable.literalMask]
                                 taken += 1
                             } while taken < 3 && entry & HuffmanTable.kindMask == HuffmanTable.literal
                         } else if kind == HuffmanTable.lengthOrDistance {
-                            let codeLength = entry & 0xFF
+                            let codeLength = entry & 0xF
                             let lengthExtra = (entry >> 8) & 0xF
                             let length = Int(entry >> 16) + (Int(truncatingIfNeeded: b &>> UInt64(codeLength)) & ((1 << Int(lengthExtra)) - 1))
                             b &>>= UInt64(codeLength + lengthExtra)
@@ -216,7 +216,7 @@ public final class Inflater {
                                 error = "invalid distance code"
                                 break decoding
                             }
-                            let distanceLength = distanceEntry & 0xFF
+                            let distanceLength = distanceEntry & 0xF
                             let distanceExtra = (distanceEntry >> 8) & 0xF
                             let distance = Int(distanceEntry >> 16)
                                 + (Int(truncatingIfNeeded: b &>> UInt64(distanceLength)) & ((1 << Int(distanceExtra)) - 1))
@@ -260,10 +260,21 @@ public final class Inflater {
                     if entry & HuffmanTable.kindMask == HuffmanTable.link {
                         entry = literalTable[HuffmanTable.subtableIndex(entry, b &>> UInt64(HuffmanTable.literalBits))]
                     }
-                    let codeLength = Int(entry & 0xFF)
+                    let codeLength = Int(entry & 0xF)
                     let kind = entry & HuffmanTable.kindMask
                     if kind == HuffmanTable.literal {
-                        guard codeLength <= n else { break decoding }
+                        if codeLength > n {
+                            // A pair whose second code has not fully arrived: the first literal alone may
+                            // have. Nothing decodable may be held back, or the output of a message cut
+                            // short would depend on where its input was split.
+                            let firstLength = Int((entry >> 4) & 0xF)
+                            guard (entry >> 8) & 0xF == 2 && firstLength <= n else { break decoding }
+                            b &>>= UInt64(firstLength)
+                            n -= firstLength
+                            out[op] = UInt8(truncatingIfNeeded: entry >> 16)
+                            op += 1
+                            continue symbols
+                        }
                         b &>>= UInt64(codeLength)
                         n -= codeLength
                         UnsafeMutableRawPointer(out + op).storeBytes(of: UInt16(truncatingIfNeeded: entry >> 16), as: UInt16.self)
@@ -272,9 +283,9 @@ public final class Inflater {
                         // (the slack past `limit` has room for them).
                         for _ in 0..<2 {
                             entry = literalTable[Int(truncatingIfNeeded: b) & HuffmanTable.literalMask]
-                            guard entry & HuffmanTable.kindMask == HuffmanTable.literal && Int(entry & 0xFF) <= n else { break }
-                            b &>>= UInt64(entry & 0xFF)
-                            n -= Int(entry & 0xFF)
+                            guard entry & HuffmanTable.kindMask == HuffmanTable.literal && Int(entry & 0xF) <= n else { break }
+                            b &>>= UInt64(entry & 0xF)
+                            n -= Int(entry & 0xF)
                             UnsafeMutableRawPointer(out + op).storeBytes(of: UInt16(truncatingIfNeeded: entry >> 16), as: UInt16.self)
                             op += Int((entry >> 8) & 0xF)
                         }
@@ -290,7 +301,7 @@ public final class Inflater {
                         if distanceEntry & HuffmanTable.kindMask == HuffmanTable.link {
                             distanceEntry = distanceTable[HuffmanTable.subtableIndex(distanceEntry, rest &>> UInt64(HuffmanTable.distanceBits))]
                         }
-                        let distanceLength = Int(distanceEntry & 0xFF)
+                        let distanceLength = Int(distanceEntry & 0xF)
                         guard used + distanceLength <= n else { break decoding }
                         guard distanceEntry & HuffmanTable.kindMask == HuffmanTable.lengthOrDistance else {
                             error = "invalid distance code"
@@ -447,7 +458,7 @@ public final class Inflater {
                 while index < total {
                     _ = cursor.ensure(14)
                     let entry = precode[Int(truncatingIfNeeded: cursor.bits) & ((1 << HuffmanTable.precodeBits) - 1)]
-                    let codeLength = Int(entry & 0xFF)
+                    let codeLength = Int(entry & 0xF)
                     guard codeLength <= cursor.count else { return .needInput }
                     guard entry & HuffmanTable.kindMask == HuffmanTable.literal else { return .invalid("invalid code lengths set") }
                     let symbol = Int(entry >> 16)
@@ -517,7 +528,7 @@ private struct BitCursor {
 }
 
 /// Decode tables for canonical Huffman codes (RFC 1951 §3.2.2). An entry is a `UInt32`:
-/// bits 0–7 the code length to consume, 8–11 the extra bits of a length or distance (or the width of a
+/// bits 0–3 the code length to consume (4–7: of a literal pair, the first literal's code length), 8–11 the extra bits of a length or distance (or the width of a
 /// subtable, or how many literals a literal/length entry holds), 12–15 the kind, 16–31 the literal (two
 /// literals: bits 16–23 then 24–31), base value or subtable offset. Codes longer than the root width go
 /// through a subtable; its entries carry the full code length. A literal/length root entry whose literal
@@ -672,12 +683,13 @@ enum HuffmanTable {
         var index = (1 << rootBits) - 1
         while index >= 0 {
             let first = table[index]
-            let firstLength = Int(first & 0xFF)
+            let firstLength = Int(first & 0xF)
             if first & kindMask == literal && firstLength < rootBits {
                 let second = table[index >> firstLength]
-                let secondLength = Int(second & 0xFF)
+                let secondLength = Int(second & 0xF)
                 if second & kindMask == literal && (second >> 8) & 0xF == 1 && firstLength + secondLength <= rootBits {
-                    table[index] = (first & 0x00FF_0000) | (second & 0x00FF_0000) << 8 | 2 << 8 | literal | UInt32(firstLength + secondLength)
+                    table[index] = (first & 0x00FF_0000) | (second & 0x00FF_0000) << 8 | 2 << 8 | literal
+                        | UInt32(firstLength) << 4 | UInt32(firstLength + secondLength)
                 }
             }
             index -= 1
