@@ -614,6 +614,9 @@ public final class StreamDissector {
                     // A second fragmented message replaces the first: report the first as cut short.
                     open.incomplete = true
                     emitMessage(&open, state: &state, records: &records)
+                    // The first message's compressed stream stops mid-way: what the inflater holds of
+                    // it must not reach the next message, and the sender's window is unknown from here.
+                    if open.compressed { state.inflater?.reset() }
                     state.fragmented = message
                     state.target = .fragmented
                 } else {

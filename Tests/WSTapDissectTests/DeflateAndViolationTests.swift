@@ -57,6 +57,24 @@ import WSTapWire
         #expect(messages[1].contains("\"text\":\"fresh\""))
     }
 
+    /// A new fragmented message while a compressed one is open: the first is reported incomplete, and
+    /// what the inflater held of it must not become the start of the second, which starts afresh.
+    @Test func aCompressedMessageCutShortByANewOneLeavesNothingBehind() {
+        let abandoned = Deflater().compressMessage(Array("the first message, never finished".utf8))
+        let fresh = Deflater().compressMessage(Array("a second one".utf8))
+        let lines = dissect([
+            (c2s, Wire.request(extensions: "permessage-deflate")), (s2c, Wire.response(extensions: "permessage-deflate")),
+            (s2c, Wire.frame(.text, Array(abandoned.prefix(abandoned.count / 2)), fin: false, rsv1: true)),
+            (s2c, Wire.frame(.text, Array(fresh.prefix(5)), fin: false, rsv1: true)),
+            (s2c, Wire.frame(.continuation, Array(fresh.dropFirst(5)))),
+        ])
+        #expect(diagnosticCodes(lines) == ["data-frame-inside-fragmented-message"])
+        let messages = records(lines, type: "message")
+        #expect(messages.count == 2)
+        #expect(messages[0].contains("\"incomplete\":true"))
+        #expect(messages[1].contains("\"text\":\"a second one\"") && messages[1].contains("\"frames\":2"))
+    }
+
     @Test func decompressionBombStopsAtTheLimit() {
         var config = StreamDissector.Configuration()
         config.maxInflatedMessage = 100_000
