@@ -29,16 +29,38 @@ def rss_kib(pid):
     return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
 
 
+def sockets(pid):
+    """How many sockets the process holds."""
+    held = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            held += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+        except FileNotFoundError:
+            pass  # closed while we looked
+    return held
+
+
+def open_sockets(pid, baseline):
+    """What the proxy still holds beyond its idle sockets: TCP states of its sockets, from ss."""
+    held = sockets(pid)
+    states = subprocess.run(["ss", "-tanpH"], capture_output=True, text=True).stdout.splitlines()
+    counts = {}
+    for line in states:
+        if f"pid={pid}," in line:
+            counts[line.split()[0]] = counts.get(line.split()[0], 0) + 1
+    return f": {held} sockets against {baseline} when idle; its TCP sockets by state: {counts}"
+
+
 def ends(path):
     with open(path) as f:
         return sum(1 for line in f if '"type":"end"' in line)
 
 
-def wait_for(condition, what, timeout=600):
+def wait_for(condition, what, timeout=600, explain=lambda: ""):
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            sys.exit(f"connections.py: timed out waiting for {what}")
+            sys.exit(f"connections.py: timed out waiting for {what}{explain()}")
         time.sleep(0.05)  # polling a condition, not timing anything
 
 
@@ -49,7 +71,9 @@ async def run(url, count, proxy_pid, jsonl, report):
         async with gate:
             return await connect(f"{url}/c{i}", ping_interval=None, compression=None, open_timeout=120)
 
-    descriptors = len(os.listdir(f"/proc/{proxy_pid}/fd"))
+    # Sockets, not all descriptors: wstap opens its signal and timer descriptors as it starts up,
+    # which under load can be after the listening line.
+    idle_sockets = sockets(proxy_pid)
     report("idle, before any connection", rss_kib(proxy_pid))
     connections = await asyncio.gather(*(one(i) for i in range(count)))
     report(f"{count} connections open (handshakes done)", rss_kib(proxy_pid))
@@ -63,7 +87,8 @@ async def run(url, count, proxy_pid, jsonl, report):
     report("all closed (end records written)", rss_kib(proxy_pid))
     # When its last connection closes wstap trims its heap on a background queue: once every socket
     # is gone, the lowest RSS of the next two seconds is what it keeps.
-    wait_for(lambda: len(os.listdir(f"/proc/{proxy_pid}/fd")) <= descriptors, "the sockets to close")
+    wait_for(lambda: sockets(proxy_pid) <= idle_sockets, "the sockets to close",
+             explain=lambda: open_sockets(proxy_pid, idle_sockets))
     lowest = rss_kib(proxy_pid)
     for _ in range(40):
         time.sleep(0.05)
