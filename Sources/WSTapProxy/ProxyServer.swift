@@ -116,7 +116,7 @@ enum RelayTuning {
     /// like socat's -b 262144. Each channel keeps its receive buffer between reads, so the first size
     /// is what every idle connection costs twice (client and upstream leg): 2 KiB, not 16, took an
     /// idle proxied WebSocket from about 40 KiB to about 13 KiB (docs/reliability.md). Bulk traffic
-    /// doubles it to 256 KiB within a few reads, and it adapts down again.
+    /// grows it to 256 KiB within a few reads, and it adapts down again.
     static let receiveAllocator = AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 2 * 1024, maximum: 256 * 1024)
 }
 

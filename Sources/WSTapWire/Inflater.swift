@@ -528,9 +528,10 @@ private struct BitCursor {
 }
 
 /// Decode tables for canonical Huffman codes (RFC 1951 §3.2.2). An entry is a `UInt32`:
-/// bits 0–3 the code length to consume (4–7: of a literal pair, the first literal's code length), 8–11 the extra bits of a length or distance (or the width of a
-/// subtable, or how many literals a literal/length entry holds), 12–15 the kind, 16–31 the literal (two
-/// literals: bits 16–23 then 24–31), base value or subtable offset. Codes longer than the root width go
+/// bits 0–3 the code length to consume, 4–7 in a literal pair the first literal's code length, 8–11
+/// the extra bits of a length or distance (or the width of a subtable, or how many literals a
+/// literal/length entry holds), 12–15 the kind, 16–31 the literal (two literals: bits 16–23 then
+/// 24–31), base value or subtable offset. Codes longer than the root width go
 /// through a subtable; its entries carry the full code length. A literal/length root entry whose literal
 /// code leaves room for the whole code of a second literal holds both, so runs of short literals (digits,
 /// punctuation) take half the lookups.
