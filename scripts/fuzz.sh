@@ -45,8 +45,9 @@ swift build -c release --product wstap-fuzz --scratch-path .build-fuzz \
   -Xswiftc -sanitize-coverage=edge,inline-8bit-counters,pc-table,trace-cmp >/dev/null
 fuzzer="$root/.build-fuzz/release/wstap-fuzz"
 
-work="$root/.build-fuzz/work"
-rm -rf "$work/seeds" "$work/artifacts" "$work/logs"
+# A folder per run, so that a second run started beside a long one does not take its logs away.
+work="$root/.build-fuzz/work/$$"
+rm -rf "$work"
 mkdir -p "$work/seeds" "$work/artifacts" "$work/logs"
 "$root/.build/debug/wstap-fuzz" seeds "$work/seeds" "$captures" "$root/Tests/Regressions" >/dev/null
 if [ ${#targets[@]} -eq 0 ]; then
