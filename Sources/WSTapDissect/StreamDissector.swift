@@ -28,6 +28,9 @@ public final class StreamDissector {
     public private(set) var isWebSocket = false
     /// The client asked to upgrade and the server has not answered yet (the relay bounds this wait).
     public var isAwaitingUpgradeAnswer: Bool { client.phase == .awaitingUpgradeAnswer }
+    /// Where the WebSocket part of the connection begins, once the 101 was seen (or from the first byte
+    /// for a mid-stream session): the relay takes the frames over from there.
+    public private(set) var webSocketStart: WebSocketStart?
 
     var client = DirectionState(direction: .clientToServer)
     var server = DirectionState(direction: .serverToClient)
@@ -63,6 +66,7 @@ public final class StreamDissector {
         self.init(connection: connection, info: info, configuration: configuration)
         midstreamDiscovery = discovery
         isWebSocket = true
+        webSocketStart = WebSocketStart(clientOffset: 0, serverOffset: 0, negotiationSeen: false, deflate: nil, subprotocol: nil)
         client.phase = .websocket
         server.phase = .websocket
         client.resyncing = true
@@ -458,6 +462,10 @@ public final class StreamDissector {
         for (code, detail) in problems { diagnose(code, serverState, offset: offset, detail, &records) }
 
         isWebSocket = true
+        // The client's frames start where its upgrade request ended: its offset has not yet moved past
+        // the bytes held while the answer was pending.
+        webSocketStart = WebSocketStart(clientOffset: client.offset, serverOffset: serverState.offset, negotiationSeen: true,
+                                        deflate: deflate, subprotocol: subprotocol)
         serverState.phase = .websocket
         if let deflate {
             serverState.inflater = Inflater()
@@ -862,5 +870,26 @@ extension UInt64 {
     mutating func addSaturating(_ other: UInt64) {
         let (sum, overflow) = addingReportingOverflow(other)
         self = overflow ? .max : sum
+    }
+}
+
+/// What a connection's upgrade settled, as the relay needs it to take over the frames.
+public struct WebSocketStart: Sendable, Equatable {
+    /// Offset in the client's stream of its first byte after the upgrade request head.
+    public var clientOffset: UInt64
+    /// Offset in the server's stream of its first byte after the 101 head.
+    public var serverOffset: UInt64
+    /// False for a mid-stream session: the handshake was not seen, compression is a guess from RSV1.
+    public var negotiationSeen: Bool
+    /// The permessage-deflate parameters the server accepted; nil when it accepted none.
+    public var deflate: PerMessageDeflate?
+    public var subprotocol: String?
+
+    public init(clientOffset: UInt64, serverOffset: UInt64, negotiationSeen: Bool, deflate: PerMessageDeflate?, subprotocol: String?) {
+        self.clientOffset = clientOffset
+        self.serverOffset = serverOffset
+        self.negotiationSeen = negotiationSeen
+        self.deflate = deflate
+        self.subprotocol = subprotocol
     }
 }

@@ -228,6 +228,53 @@ import WSTapTestSupport
     }
 }
 
+/// Where the relay takes the frames over: the byte after each side's handshake head, however it arrived.
+@Suite struct WebSocketStartTests {
+    func start(_ steps: [Step], split: ([UInt8]) -> [[UInt8]] = { [$0] }) -> WebSocketStart? {
+        let dissector = StreamDissector(connection: 1, info: ConnectionInfo(client: "c", server: "s"))
+        var records: [TapRecord] = []
+        for (direction, bytes) in steps {
+            for piece in split(bytes) { dissector.feed(piece, from: direction, at: Timestamp(nanoseconds: 1), into: &records) }
+        }
+        return dissector.webSocketStart
+    }
+
+    @Test func theStartIsTheByteAfterEachHeadAtEverySplitPoint() throws {
+        // A refused attempt first: the start is that of the upgrade that succeeded, with early client
+        // frames held by the dissector (they must not move the client's start).
+        let refusal = Array("HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n".utf8)
+        let request = Wire.request(extensions: "permessage-deflate; client_max_window_bits", protocols: "chat")
+        let response = Wire.response(extensions: "permessage-deflate; client_no_context_takeover; client_max_window_bits=10", protocol: "chat")
+        let early = Wire.text("early", mask: 0x0102_0304)
+        let steps: [Step] = [(c2s, request), (s2c, refusal), (c2s, request + early), (s2c, response + Wire.text("hi"))]
+        let expected = try #require(start(steps))
+        #expect(expected.clientOffset == UInt64(2 * request.count))
+        #expect(expected.serverOffset == UInt64(refusal.count + response.count))
+        #expect(expected.negotiationSeen && expected.subprotocol == "chat")
+        var deflate = PerMessageDeflate()
+        deflate.clientNoContextTakeover = true
+        deflate.clientMaxWindowBits = 10
+        #expect(expected.deflate == deflate)
+        for point in 1..<(request.count + early.count) {
+            #expect(start(steps) { point < $0.count ? [Array($0[..<point]), Array($0[point...])] : [$0] } == expected, "split at \(point)")
+        }
+        #expect(start(steps) { $0.map { [$0] } } == expected)
+    }
+
+    @Test func noStartUntilTheUpgradeIsAnsweredAndNoneForPlainHTTP() {
+        #expect(start([(c2s, Wire.request())]) == nil)
+        #expect(start([(c2s, Array("GET / HTTP/1.1\r\nHost: h\r\n\r\n".utf8)), (s2c, Array("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".utf8))]) == nil)
+        // A 101 to something else (h2c) is not WebSocket.
+        #expect(start([(c2s, Array("GET / HTTP/1.1\r\nHost: h\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n".utf8)),
+                       (s2c, Array("HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n".utf8))]) == nil)
+    }
+
+    @Test func aMidStreamSessionStartsAtItsFirstByteWithoutNegotiation() {
+        let dissector = StreamDissector(connection: 1, info: ConnectionInfo(client: "c", server: "s"), midstream: "heuristic")
+        #expect(dissector.webSocketStart == WebSocketStart(clientOffset: 0, serverOffset: 0, negotiationSeen: false, deflate: nil, subprotocol: nil))
+    }
+}
+
 @Suite struct ConnectionEndTests {
     @Test func theWordingFollowsTheFacts() {
         let closed = ConnectionEnd(first: (.serverToClient, .fin), closeFrameFrom: .clientToServer, isWebSocket: true)
