@@ -47,8 +47,10 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        // Shared by tests and fuzz targets: the zlib oracle, a seeded generator, byte fixtures.
-        .target(name: "WSTapTestSupport", dependencies: ["CZlib"]),
+        // Shared by tests and fuzz targets: the zlib oracle, a seeded generator, byte fixtures, the split
+        // verifier and the relay playbook.
+        .target(name: "WSTapTestSupport", dependencies: ["CZlib", "WSTapWire", "WSTapDissect", "WSTapFormats", "WSTapRelay",
+                                                         .product(name: "NIOCore", package: "swift-nio")]),
         // One libFuzzer target per parser that sees untrusted bytes (docs/reliability.md, scripts/fuzz.sh).
         .target(
             name: "WSTapFuzzTargets",

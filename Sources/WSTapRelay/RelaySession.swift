@@ -107,7 +107,10 @@ public final class RelaySession {
         /// The shell is terminating the client's TLS.
         case clientTLSHandshake
         case connecting
+        /// HTTP, or bytes of a CONNECT tunnel, until the dissector sees a WebSocket start.
         case relaying
+        /// After the 101: every byte goes through the WebSocket relay.
+        case webSocket(WebSocketRelay)
         case done
     }
     private var phase = Phase.readingHead
@@ -215,6 +218,9 @@ public final class RelaySession {
             clientBytes += UInt64(buffer.readableBytes)
             if follower != nil { return apply(follower!.clientBytes(buffer)) }
             return recordThenForward(buffer, .clientToServer)
+        case .webSocket(let relay):
+            clientBytes += UInt64(buffer.readableBytes)
+            return Self.actions(relay.handle(.received(.clientToServer, buffer, at: clock())))
         case .done:
             return []
         }
@@ -430,17 +436,38 @@ public final class RelaySession {
     }
 
     private func upstreamData(_ buffer: ByteBuffer) -> [Action] {
+        if case .webSocket(let relay) = phase {
+            serverBytes += UInt64(buffer.readableBytes)
+            return Self.actions(relay.handle(.received(.serverToClient, buffer, at: clock())))
+        }
         guard case .relaying = phase else { return [] }
         serverBytes += UInt64(buffer.readableBytes)
         // Records describe the server's bytes as it sent them; the client gets them through the
         // follower, which only ever removes a Content-Length that chunking overrides.
         var actions: [Action] = []
         if let records = dissect(buffer, .serverToClient) { actions.append(.emit(records)) }
-        guard follower != nil else { return actions + [.send(.client, buffer)] }
+        guard follower != nil else { return actions + [.send(.client, buffer)] + handOverToWebSocket() }
         let (toClient, switchOutput) = follower!.upstreamBytes(buffer)
         actions += toClient.map { .send(.client, $0) }
         if let switchOutput { actions += apply([switchOutput]) }
-        return actions
+        return actions + handOverToWebSocket()
+    }
+
+    /// Once the server's 101 was dissected (the rest of its read went on with it), later bytes of both
+    /// directions go through the WebSocket relay. The follower has become a pipe on the same 101.
+    private func handOverToWebSocket() -> [Action] {
+        guard case .relaying = phase, let dissector, let start = dissector.webSocketStart, follower?.isPipe ?? true else { return [] }
+        phase = .webSocket(WebSocketRelay(start: start, dissector: dissector, clientPosition: clientBytes, serverPosition: serverBytes))
+        return []
+    }
+
+    private static func actions(_ relayed: [WebSocketRelay.Action]) -> [Action] {
+        relayed.map { action in
+            switch action {
+            case .send(let direction, let bytes): .send(direction == .clientToServer ? .upstream : .client, bytes)
+            case .emit(let records): .emit(records)
+            }
+        }
     }
 
     /// Records go out before the bytes they describe: once a peer has seen a byte, its records are
@@ -476,7 +503,7 @@ public final class RelaySession {
             return []  // forwarded once connected
         case .done:
             return []  // already ended (refused, timed out): nothing more goes anywhere
-        case .relaying:
+        case .relaying, .webSocket:
             break
         }
         var actions: [Action]
@@ -496,7 +523,7 @@ public final class RelaySession {
         switch phase {
         case .readingHead, .tunnelOpen, .clientTLSHandshake:
             return [.close(.client)] + finish(reason: "client reset the connection before sending a request")
-        case .relaying:
+        case .relaying, .webSocket:
             let other: Side = side == .client ? .upstream : .client
             // What the server sent before its reset (a response head the follower was still holding)
             // goes on first, as it would have reached the client directly.

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import WSTapDissect
 import WSTapWire
+import WSTapTestSupport
 
 @Suite struct DeflateDissectionTests {
     @Test func rfc7692FragmentedCompressedMessageInflates() {

@@ -38,33 +38,12 @@ import WSTapTestSupport
     }
 
     @Test func everySplitPointGivesTheSameRecords() {
-        let whole = dissect(Self.basic)
-        let maxLength = Self.basic.map(\.1.count).max()!
-        for point in 1..<maxLength {
-            let split = dissect(Self.basic) { bytes in point < bytes.count ? [Array(bytes[..<point]), Array(bytes[point...])] : [bytes] }
-            #expect(split == whole, "split at \(point)")
-        }
-        let byteByByte = dissect(Self.basic) { $0.map { [$0] } }
-        #expect(byteByByte == whole)
+        #expect(Splits.verify(Self.basic) { dissect($0) } == [])
     }
 
     @Test func randomSplitsGiveTheSameRecords() {
-        var rng = SplitMix(seed: 42)
         let steps = Self.basic + [(c2s, Wire.frame(.binary, (0..<70_000).map { UInt8($0 & 0xFF) }, mask: 0x5555_1234))]
-        let whole = dissect(steps)
-        for _ in 0..<50 {
-            let lines = dissect(steps) { bytes in
-                var pieces: [[UInt8]] = []
-                var i = 0
-                while i < bytes.count {
-                    let n = Int(rng.next() % 4000) + 1
-                    pieces.append(Array(bytes[i..<min(bytes.count, i + n)]))
-                    i += n
-                }
-                return pieces
-            }
-            #expect(lines == whole)
-        }
+        #expect(Splits.verify(steps, everyPointUpTo: 0, randomRounds: 10, largest: 4000, seed: 42) { dissect($0) } == [])
     }
 
     @Test func upgradeResponseAndFirstFrameInOneSegment() {

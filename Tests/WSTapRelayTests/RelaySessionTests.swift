@@ -254,33 +254,6 @@ import WSTapTestSupport
     }
 }
 
-extension Array where Element == RelaySession.Action {
-    var connectTarget: String? {
-        for case .connect(let host, let port, _) in self { return "\(host):\(port)" }
-        return nil
-    }
-
-    var connectTLS: UpstreamTLS?? {
-        for case .connect(_, _, let tls) in self { return .some(tls) }
-        return .none
-    }
-
-    func sent(to side: RelaySession.Side) -> [UInt8] {
-        var bytes: [UInt8] = []
-        for case .send(let s, let buffer) in self where s == side { bytes += buffer.readableBytesView }
-        return bytes
-    }
-
-    func closes(_ side: RelaySession.Side) -> Bool { contains { if case .close(let s) = $0 { s == side } else { false } } }
-    func shutsDown(_ side: RelaySession.Side) -> Bool { contains { if case .shutdownOutput(let s) = $0 { s == side } else { false } } }
-
-    var records: [TapRecord] {
-        var all: [TapRecord] = []
-        for case .emit(let records) in self { all += records }
-        return all
-    }
-}
-
 @Suite struct InterceptionTests {
     func forwardSession(passthrough: [String] = []) -> RelaySession {
         RelaySession(connection: 3, mode: .forward, tls: TLSSettings(interceptConnect: true, passthrough: passthrough),
@@ -422,13 +395,5 @@ enum TLSHelloBytes {
         #expect(opened.records.contains { if case .open = $0.body { true } else { false } })
         let frame = s.handle(.clientData(ByteBuffer(bytes: RelaySessionTests.maskedHello)))
         #expect(frame.sent(to: .upstream) == RelaySessionTests.maskedHello)
-    }
-}
-
-extension Array where Element == RelaySession.Action {
-    var switches: Bool { contains { if case .switchUpstream = $0 { true } else { false } } }
-    var switchTarget: String? {
-        for case .switchUpstream(let host, let port, _) in self { return "\(host):\(port)" }
-        return nil
     }
 }

@@ -1,0 +1,142 @@
+import NIOCore
+import WSTapDissect
+import WSTapRelay
+import WSTapWire
+
+/// Drives a `RelaySession` as the NIO shell would, keeping what each action did: the bytes each side
+/// received, the records, and the other actions in order. Tests read a conversation as events in and
+/// outcomes out, without sockets.
+public final class RelayPlaybook {
+    public let session: RelaySession
+    /// Everything sent to each side so far, in order.
+    public private(set) var sentToClient: [UInt8] = []
+    public private(set) var sentToUpstream: [UInt8] = []
+    public private(set) var records: [TapRecord] = []
+    /// Every action, in the order the session returned them.
+    public private(set) var actions: [RelaySession.Action] = []
+
+    public init(_ session: RelaySession) { self.session = session }
+
+    /// A reverse-mode session to ws://127.0.0.1:9000, as most transcripts need.
+    public convenience init(configuration: StreamDissector.Configuration = .init()) {
+        self.init(RelaySession(connection: 1, mode: .reverse(UpstreamURL(host: "127.0.0.1", port: 9000)), clientAddress: "127.0.0.1:5000",
+                               proxyAddress: "127.0.0.1:8080", configuration: configuration, clock: { fixtureTime }))
+    }
+
+    /// Hands the event to the session and returns what it asked for (also kept in the totals).
+    @discardableResult
+    public func handle(_ event: RelaySession.Event) -> [RelaySession.Action] {
+        let produced = session.handle(event)
+        for action in produced {
+            switch action {
+            case .send(.client, let buffer): sentToClient += buffer.readableBytesView
+            case .send(.upstream, let buffer): sentToUpstream += buffer.readableBytesView
+            case .emit(let emitted): records += emitted
+            default: break
+            }
+        }
+        actions += produced
+        return produced
+    }
+
+    @discardableResult public func client(_ bytes: [UInt8]) -> [RelaySession.Action] { handle(.clientData(ByteBuffer(bytes: bytes))) }
+    @discardableResult public func upstream(_ bytes: [UInt8]) -> [RelaySession.Action] { handle(.upstreamData(ByteBuffer(bytes: bytes))) }
+
+    /// Reverse mode up to an open WebSocket: the client's upgrade request, the connect, the server's
+    /// 101. Returns the actions of the three events.
+    @discardableResult
+    public func openWebSocket(request: [UInt8] = Wire.request(), response: [UInt8] = Wire.response()) -> [RelaySession.Action] {
+        client(request) + handle(.upstreamConnected(serverAddress: "127.0.0.1:9000")) + upstream(response)
+    }
+
+    /// Plays `steps` (client steps as client data, server steps as upstream data).
+    public func play(_ steps: [Step]) {
+        for (direction, bytes) in steps {
+            if direction == .clientToServer { client(bytes) } else { upstream(bytes) }
+        }
+    }
+}
+
+extension Array where Element == RelaySession.Action {
+    public var connectTarget: String? {
+        for case .connect(let host, let port, _) in self { return "\(host):\(port)" }
+        return nil
+    }
+
+    public var connectTLS: UpstreamTLS?? {
+        for case .connect(_, _, let tls) in self { return .some(tls) }
+        return .none
+    }
+
+    public func sent(to side: RelaySession.Side) -> [UInt8] {
+        var bytes: [UInt8] = []
+        for case .send(let s, let buffer) in self where s == side { bytes += buffer.readableBytesView }
+        return bytes
+    }
+
+    public func closes(_ side: RelaySession.Side) -> Bool { contains { if case .close(let s) = $0 { s == side } else { false } } }
+    public func shutsDown(_ side: RelaySession.Side) -> Bool { contains { if case .shutdownOutput(let s) = $0 { s == side } else { false } } }
+
+    public var records: [TapRecord] {
+        var all: [TapRecord] = []
+        for case .emit(let records) in self { all += records }
+        return all
+    }
+
+    public var switches: Bool { contains { if case .switchUpstream = $0 { true } else { false } } }
+    public var switchTarget: String? {
+        for case .switchUpstream(let host, let port, _) in self { return "\(host):\(port)" }
+        return nil
+    }
+}
+
+/// A frame as a peer understands it: header bits, opcode and the unmasked payload, with whether it was
+/// masked but not the key. Frames wstap builds itself get fresh random mask keys, so tests compare
+/// these instead of bytes.
+public struct SeenFrame: Equatable, CustomStringConvertible {
+    public var fin: Bool
+    public var rsv1: Bool, rsv2: Bool, rsv3: Bool
+    public var opcode: Opcode
+    public var masked: Bool
+    public var payload: [UInt8]
+
+    public init(fin: Bool = true, rsv1: Bool = false, rsv2: Bool = false, rsv3: Bool = false, opcode: Opcode, masked: Bool, payload: [UInt8]) {
+        self.fin = fin
+        self.rsv1 = rsv1
+        self.rsv2 = rsv2
+        self.rsv3 = rsv3
+        self.opcode = opcode
+        self.masked = masked
+        self.payload = payload
+    }
+
+    /// The frames in `bytes` and what is left after the last whole frame (nil if nothing is).
+    public static func parse(_ bytes: [UInt8]) -> (frames: [SeenFrame], rest: [UInt8]?) {
+        var parser = FrameParser()
+        var frames: [SeenFrame] = []
+        var current: (FrameHeader, [UInt8])?
+        var index = 0
+        var lastEnd = 0
+        bytes.withUnsafeBytes { raw in
+            while let event = parser.next(raw, index: &index) {
+                switch event {
+                case .header(let header): current = (header, [])
+                case .payload(let range, _): current?.1 += raw[range]
+                case .frameEnd:
+                    guard let (header, masked) = current else { continue }
+                    var payload = masked
+                    if let key = header.maskKey { Masking.apply(key: key, offset: 0, to: &payload) }
+                    frames.append(SeenFrame(fin: header.fin, rsv1: header.rsv1, rsv2: header.rsv2, rsv3: header.rsv3, opcode: header.opcode,
+                                            masked: header.maskKey != nil, payload: payload))
+                    current = nil
+                    lastEnd = index
+                }
+            }
+        }
+        return (frames, lastEnd < bytes.count ? Array(bytes[lastEnd...]) : nil)
+    }
+
+    public var description: String {
+        "\(opcode)\(fin ? "" : " FIN=0")\(rsv1 ? " RSV1" : "")\(masked ? " masked" : "") \(payload.count) bytes"
+    }
+}
