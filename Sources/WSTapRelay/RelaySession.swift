@@ -94,51 +94,109 @@ public final class RelaySession {
     private let proxyAddress: String
     private let configuration: StreamDissector.Configuration
     public let limits: Limits
-    private var dissector: StreamDissector?
-    private var runningTimers: Set<Timer> = []
-    /// --listen-tls: whether the client's TLS handshake has completed (until then no HTTP can be sent).
-    private var clientTLSUp: Bool
-    private var clock: () -> Timestamp
+    private let clock: () -> Timestamp
 
+    /// Where the connection stands. Each phase carries what only it needs; what outlives a phase is
+    /// below (the route, the follower and dissector, the connection's history).
     private enum Phase {
-        case readingHead
-        /// CONNECT answered; the first tunnel bytes decide between interception and a plain tunnel.
-        case tunnelOpen
-        /// The shell is terminating the client's TLS.
+        /// Waiting for a complete request head: the first one, or the first inside an intercepted tunnel.
+        case readingHead(HeadReading)
+        /// CONNECT answered; the first tunnel bytes (kept here until they decide) tell interception
+        /// from a plain tunnel.
+        case tunnelOpen(probe: [UInt8])
+        /// The shell is terminating the client's TLS inside a CONNECT tunnel.
         case clientTLSHandshake
-        case connecting
-        /// HTTP, or bytes of a CONNECT tunnel, until the dissector sees a WebSocket start.
+        /// Waiting for the upstream (TCP, then TLS); the client's bytes wait here, in order.
+        case connecting(Waiting)
+        /// HTTP through the follower, or a CONNECT tunnel as bytes, until the dissector sees WebSocket start.
         case relaying
         /// After the 101: every byte goes through the WebSocket relay.
         case webSocket(WebSocketRelay)
         case done
     }
-    private var phase = Phase.readingHead
-    private var headParser: HTTPHeadParser
-    /// How the connection's HTTP is relayed: every mode but a CONNECT tunnel relayed as bytes. Nil
-    /// until the first request head was read, and for raw tunnels.
+
+    private struct HeadReading {
+        var parser: HTTPHeadParser
+        /// --listen-tls: the client's TLS handshake has not completed (no HTTP answer can reach it yet).
+        var clientTLSPending: Bool
+    }
+
+    /// Client bytes held until the upstream is connected (bounded: the shell stops reading past 1 MiB).
+    private enum Waiting {
+        /// For the follower: a head already rewritten for a host switch, then bytes not yet followed (the
+        /// first time: the whole first request).
+        case http(head: ByteBuffer?, rest: ByteBuffer)
+        /// A raw tunnel's bytes as they came.
+        case tunnel([ByteBuffer])
+
+        var byteCount: Int {
+            switch self {
+            case .http(_, let rest): rest.readableBytes
+            case .tunnel(let buffers): buffers.reduce(0) { $0 + $1.readableBytes }
+            }
+        }
+
+        mutating func append(_ buffer: ByteBuffer) {
+            switch self {
+            case .http(let head, var rest):
+                self = .tunnel([])  // let go of `rest` first, so writing to it does not copy it
+                var copy = buffer
+                rest.writeBuffer(&copy)
+                self = .http(head: head, rest: rest)
+            case .tunnel(var buffers):
+                self = .tunnel([])
+                buffers.append(buffer)
+                self = .tunnel(buffers)
+            }
+        }
+    }
+
+    private var phase: Phase
+
+    /// What the first request head (or CONNECT) settled about where the connection goes.
+    private struct Route {
+        /// The client sent CONNECT.
+        var tunnel: Tunnel?
+        var scheme = "ws"
+        /// How the upstream is named in messages: "ws://host:port/path", "host:port".
+        var upstreamLabel = ""
+        var upstreamTLS: UpstreamTLS?
+        /// The server name the client's TLS asked for (--listen-tls or an intercepted tunnel).
+        var clientTLSServerName: String?
+        /// A CONNECT tunnel whose bytes are relayed as they are (not intercepted TLS).
+        var isRawTunnel: Bool { tunnel.map { !$0.isIntercepted } ?? false }
+    }
+
+    private struct Tunnel {
+        /// The CONNECT target: where the tunnel goes, and the authority of URLs recorded inside it.
+        let host: String
+        let port: Int
+        /// CONNECT was answered with 200 before the upstream was reached (interception needs that: the
+        /// client sends its ClientHello only after the 200).
+        var answeredEarly = false
+        var handling = Handling.undecided
+
+        enum Handling {
+            case undecided
+            /// Relayed as bytes; `checked` once its first client bytes were looked at (cleartext is
+            /// dissected, TLS is not).
+            case raw(checked: Bool)
+            /// The client's TLS was terminated: its requests go to host:port over TLS, with this SNI.
+            case intercepted(sni: String?)
+        }
+
+        var isIntercepted: Bool { if case .intercepted = handling { true } else { false } }
+    }
+
+    private var route = Route()
+    /// How the connection's HTTP is relayed: every mode but a raw CONNECT tunnel. Nil until the first
+    /// request head was read, and for raw tunnels; it outlives `connecting` for forward-mode host switches.
     private var follower: HTTPExchangeFollower?
-    /// Client bytes for the follower once the (new) upstream is connected: a head already rewritten
-    /// for a host switch, then bytes not yet followed (the first time: the whole first request).
-    private var pendingForUpstream: (head: ByteBuffer?, rest: ByteBuffer)?
-    /// Raw tunnels: client bytes that arrived before the upstream was connected (bounded by the shell
-    /// pausing reads).
-    private var pendingTunnelBytes: [ByteBuffer] = []
-    /// The client sent CONNECT.
-    private var isTunnel = false
-    /// A CONNECT tunnel whose bytes are relayed as they are (not intercepted TLS).
-    private var isRawTunnel: Bool { isTunnel && interceptedTarget == nil }
-    /// CONNECT was answered with 200 before the upstream was reached (interception needs that).
-    private var connectAnswered = false
-    /// The CONNECT target: where the tunnel goes, and the authority of URLs recorded inside it.
-    private var connectHost: (host: String, port: Int)?
-    private var tunnelProbe: [UInt8] = []
-    /// Set once the client's TLS inside a CONNECT tunnel was terminated: where its requests go.
-    private var interceptedTarget: (host: String, port: Int, sni: String?)?
-    private var clientTLSServerName: String?
-    private var upstreamTLS: UpstreamTLS?
-    private var scheme = "ws"
-    private var upstreamLabel = ""
+    /// From the first request head on (from the first cleartext bytes in a raw tunnel).
+    private var dissector: StreamDissector?
+    private var runningTimers: Set<Timer> = []
+
+    // The connection's history, for its end record.
     private var clientBytes: UInt64 = 0
     private var serverBytes: UInt64 = 0
     private var inputClosed: Set<Side> = []
@@ -147,8 +205,6 @@ public final class RelaySession {
     private var ended = false
     /// The upstream's address once connected, for records of a tunnel dissected later.
     private var server = ""
-    /// A raw tunnel's first client bytes were looked at (cleartext is dissected, TLS is not).
-    private var tunnelChecked = false
 
     /// - Parameter clock: the shell's clock; the session never reads time itself.
     public init(connection: UInt64, mode: Mode, tls: TLSSettings = TLSSettings(), limits: Limits = Limits(), clientAddress: String,
@@ -161,15 +217,14 @@ public final class RelaySession {
         self.proxyAddress = proxyAddress
         self.configuration = configuration
         self.clock = clock
-        headParser = HTTPHeadParser(limit: limits.maxHeadBytes, expecting: .request)
-        clientTLSUp = !tls.clientTLS
+        phase = .readingHead(HeadReading(parser: HTTPHeadParser(limit: limits.maxHeadBytes, expecting: .request), clientTLSPending: tls.clientTLS))
     }
 
     /// False while more than 1 MiB of client bytes wait inside the session (upstream not connected yet,
     /// or a forward-mode host switch waiting for the previous host's responses): the shell stops reading.
     public var wantsClientData: Bool {
-        let held = pendingTunnelBytes.reduce(0) { $0 + $1.readableBytes } + (pendingForUpstream?.rest.readableBytes ?? 0)
-            + (follower?.heldByteCount ?? 0)
+        var held = follower?.heldByteCount ?? 0
+        if case .connecting(let waiting) = phase { held += waiting.byteCount }
         return held < 1 << 20
     }
 
@@ -179,7 +234,7 @@ public final class RelaySession {
         case .clientConnected: actions = []
         case .clientData(let buffer): actions = clientData(buffer)
         case .clientTLSEstablished: actions = clientTLSEstablished()
-        case .clientTLSHello(let serverName): clientTLSServerName = serverName; actions = []
+        case .clientTLSHello(let serverName): route.clientTLSServerName = serverName; actions = []
         case .upstreamData(let buffer): actions = upstreamData(buffer)
         case .upstreamConnected(let address): actions = upstreamConnected(address)
         case .upstreamConnectFailed(let reason): actions = upstreamFailed(reason)
@@ -196,23 +251,25 @@ public final class RelaySession {
 
     private func clientData(_ buffer: ByteBuffer) -> [Action] {
         switch phase {
-        case .readingHead:
-            return readHead(buffer)
-        case .tunnelOpen:
-            return probeTunnel(buffer)
+        // Each phase's data is taken out while it changes (`phase = .done` as a placeholder): a copy
+        // still referenced by `phase` would make every read copy the bytes held so far.
+        case .readingHead(var reading):
+            phase = .done
+            let actions = readHead(buffer, &reading.parser)
+            if case .done = phase, !ended { phase = .readingHead(reading) }  // the head is not complete yet
+            return actions
+        case .tunnelOpen(var probe):
+            phase = .done
+            probe += buffer.readableBytesView
+            return probeTunnel(probe)
         case .clientTLSHandshake:
             return []  // bytes arrive decrypted once the handshake is done
-        case .connecting:
+        case .connecting(var waiting):
+            // Still connecting (first request, host switch or tunnel): keep the bytes in order.
             clientBytes += UInt64(buffer.readableBytes)
-            if let pending = pendingForUpstream {
-                // Still connecting (first request or a host switch): keep the bytes in order.
-                var rest = pending.rest
-                var copy = buffer
-                rest.writeBuffer(&copy)
-                pendingForUpstream = (pending.head, rest)
-            } else {
-                pendingTunnelBytes.append(buffer)
-            }
+            phase = .done
+            waiting.append(buffer)
+            phase = .connecting(waiting)
             return []
         case .relaying:
             clientBytes += UInt64(buffer.readableBytes)
@@ -226,10 +283,10 @@ public final class RelaySession {
         }
     }
 
-    private func readHead(_ buffer: ByteBuffer) -> [Action] {
+    private func readHead(_ buffer: ByteBuffer, _ parser: inout HTTPHeadParser) -> [Action] {
         let result: (head: HTTPHead, consumed: Int)?
         do {
-            result = try buffer.withUnsafeReadableBytes { try headParser.feed($0) }
+            result = try buffer.withUnsafeReadableBytes { try parser.feed($0) }
         } catch let error as HTTPHeadError {
             if error.looksLikeTLS {
                 // A ClientHello: the client cannot read an HTTP answer, so the record says what to do.
@@ -254,13 +311,13 @@ public final class RelaySession {
             return refuse(status: 400, reason: "Bad Request", message: "expected an HTTP request")
         }
 
-        if let intercepted = interceptedTarget {
+        if let tunnel = route.tunnel, case .intercepted(let sni) = tunnel.handling {
             // Inside an intercepted tunnel: requests go to the CONNECT target over TLS, with the client's SNI.
-            let tls = UpstreamTLS.forHost(intercepted.host, sni: intercepted.sni)
+            let tls = UpstreamTLS.forHost(tunnel.host, sni: sni)
             // Named as what the client asked for: not every request inside a tunnel is a WebSocket.
-            let label = "\(head.isWebSocketUpgradeRequest ? "wss" : "https")://\(intercepted.sni ?? intercepted.host):\(intercepted.port)"
-            let upstream = HTTPExchangeFollower.Target(host: intercepted.host, port: intercepted.port, tls: tls, label: label,
-                                                       authority: UpstreamURL(scheme: "wss", host: intercepted.host, port: intercepted.port).hostHeader)
+            let label = "\(head.isWebSocketUpgradeRequest ? "wss" : "https")://\(sni ?? tunnel.host):\(tunnel.port)"
+            let upstream = HTTPExchangeFollower.Target(host: tunnel.host, port: tunnel.port, tls: tls, label: label,
+                                                       authority: UpstreamURL(scheme: "wss", host: tunnel.host, port: tunnel.port).hostHeader)
             return follow(head, rest, scheme: "wss", routing: .fixed(upstream), rewrite: .init(originForm: true))
         }
         switch mode {
@@ -279,16 +336,13 @@ public final class RelaySession {
                 } catch {
                     return refuse(status: 400, reason: "Bad Request", message: "CONNECT target '\(target)': \(error)")
                 }
-                isTunnel = true
-                connectHost = (host, port)
-                upstreamLabel = "\(host):\(port)"
-                if tls.interceptConnect { return answerConnectThenProbe(host: host, port: port, rest: rest) }
-                phase = .connecting
+                route.tunnel = Tunnel(host: host, port: port)
+                route.upstreamLabel = "\(host):\(port)"
+                if tls.interceptConnect { return answerConnectThenProbe(rest: rest) }
                 // CONNECT is answered by us once the tunnel is up; the tunnelled bytes are dissected if cleartext.
-                if rest.readableBytes > 0 {
-                    clientBytes += UInt64(rest.readableBytes)
-                    pendingTunnelBytes.append(rest)
-                }
+                route.tunnel?.handling = .raw(checked: false)
+                clientBytes += UInt64(rest.readableBytes)
+                phase = .connecting(.tunnel(rest.readableBytes > 0 ? [rest] : []))
                 return [.connect(host: host, port: port, tls: nil)]
             }
             guard let url = try? UpstreamURL.parse(target) else {
@@ -306,65 +360,61 @@ public final class RelaySession {
     /// offsets match a capture of that leg.
     private func follow(_ head: HTTPHead, _ rest: ByteBuffer, scheme: String, routing: HTTPExchangeFollower.Routing,
                         rewrite: HTTPExchangeFollower.RequestRewrite) -> [Action] {
-        let follower = HTTPExchangeFollower(routing: routing, rewrite: rewrite, headLimit: headParser.limit)
+        let follower = HTTPExchangeFollower(routing: routing, rewrite: rewrite, headLimit: limits.maxHeadBytes)
         let first = follower.current
         self.follower = follower
-        self.scheme = scheme
-        upstreamLabel = first.label
-        upstreamTLS = first.tls
+        route.scheme = scheme
+        route.upstreamLabel = first.label
+        route.upstreamTLS = first.tls
         var replay = ByteBuffer(bytes: head.bytes)
         var restCopy = rest
         replay.writeBuffer(&restCopy)
-        pendingForUpstream = (nil, replay)
         clientBytes += UInt64(head.byteCount + rest.readableBytes)
         startDissector(authority: first.authority)
-        phase = .connecting
+        phase = .connecting(.http(head: nil, rest: replay))
         return [.connect(host: first.host, port: first.port, tls: first.tls)]
     }
 
     /// Interception: CONNECT is answered before the upstream is reached, because the client sends its
     /// ClientHello only after the 200 and the SNI in it decides what to do.
-    private func answerConnectThenProbe(host: String, port: Int, rest: ByteBuffer) -> [Action] {
-        connectAnswered = true
-        phase = .tunnelOpen
-        connectHost = (host, port)
+    private func answerConnectThenProbe(rest: ByteBuffer) -> [Action] {
+        route.tunnel?.answeredEarly = true
+        phase = .tunnelOpen(probe: [])
         var reply = ByteBuffer()
         reply.writeString("HTTP/1.1 200 Connection Established\r\n\r\n")
         var actions: [Action] = [.send(.client, reply)]
-        if rest.readableBytes > 0 { actions += probeTunnel(rest) }
+        if rest.readableBytes > 0 { actions += probeTunnel(Array(rest.readableBytesView)) }
         return actions
     }
 
-    private func probeTunnel(_ buffer: ByteBuffer) -> [Action] {
-        guard let (host, port) = connectHost else { return [] }
-        tunnelProbe += buffer.readableBytesView
+    /// `probe`: every byte the client sent in the tunnel so far.
+    private func probeTunnel(_ probe: [UInt8]) -> [Action] {
+        guard let tunnel = route.tunnel else { return [] }
         let sni: String?
-        switch TLSClientHello.parse(tunnelProbe) {
+        switch TLSClientHello.parse(probe) {
         case .needMoreBytes:
+            phase = .tunnelOpen(probe: probe)
             return []
         case .notTLS:
-            return plainTunnel(host: host, port: port)
+            return plainTunnel(tunnel, probe)
         case .clientHello(let serverName):
             sni = serverName
         }
-        if tls.isPassthrough(host) || sni.map(tls.isPassthrough) == true {
-            return plainTunnel(host: host, port: port)
+        if tls.isPassthrough(tunnel.host) || sni.map(tls.isPassthrough) == true {
+            return plainTunnel(tunnel, probe)
         }
         phase = .clientTLSHandshake
-        interceptedTarget = (host, port, sni)
-        clientTLSServerName = sni
-        let replay = ByteBuffer(bytes: tunnelProbe)
-        tunnelProbe = []
-        return [.startClientTLS(certificateHost: sni ?? host, replay: replay)]
+        route.tunnel?.handling = .intercepted(sni: sni)
+        route.clientTLSServerName = sni
+        return [.startClientTLS(certificateHost: sni ?? tunnel.host, replay: ByteBuffer(bytes: probe))]
     }
 
     /// Not TLS, or TLS to a passthrough host: relay the tunnel as bytes (dissected if cleartext).
-    private func plainTunnel(host: String, port: Int) -> [Action] {
-        phase = .connecting
-        clientBytes += UInt64(tunnelProbe.count)
-        pendingTunnelBytes = [ByteBuffer(bytes: tunnelProbe)]
-        tunnelProbe = []
-        return [.connect(host: host, port: port, tls: nil)]
+    private func plainTunnel(_ tunnel: Tunnel, _ probe: [UInt8]) -> [Action] {
+        route.tunnel?.handling = .raw(checked: false)
+        clientBytes += UInt64(probe.count)
+        phase = .connecting(.tunnel([ByteBuffer(bytes: probe)]))
+        return [.connect(host: tunnel.host, port: tunnel.port, tls: nil)]
     }
 
     private func apply(_ outputs: [HTTPExchangeFollower.Output]) -> [Action] {
@@ -384,41 +434,46 @@ public final class RelaySession {
 
     /// Forward-mode plain HTTP: the next request is for another host.
     private func switchUpstream(to target: HTTPExchangeFollower.Target, head: ByteBuffer, rest: ByteBuffer) -> [Action] {
-        phase = .connecting
+        phase = .connecting(.http(head: head, rest: rest))
         dissector?.updateAuthority(target.authority)
-        upstreamLabel = target.label
-        upstreamTLS = target.tls
-        pendingForUpstream = (head, rest)
+        route.upstreamLabel = target.label
+        route.upstreamTLS = target.tls
         return [.switchUpstream(host: target.host, port: target.port, tls: target.tls)]
     }
 
     private func clientTLSEstablished() -> [Action] {
-        clientTLSUp = true
-        guard case .clientTLSHandshake = phase else { return [] }
-        phase = .readingHead
+        switch phase {
+        case .readingHead(var reading):
+            reading.clientTLSPending = false  // --listen-tls
+            phase = .readingHead(reading)
+        case .clientTLSHandshake:
+            // An intercepted tunnel: its first request head comes next, decrypted.
+            phase = .readingHead(HeadReading(parser: HTTPHeadParser(limit: limits.maxHeadBytes, expecting: .request), clientTLSPending: false))
+        default:
+            break
+        }
         return []
     }
 
     // MARK: - Upstream side
 
     private func upstreamConnected(_ serverAddress: String) -> [Action] {
-        guard case .connecting = phase else { return [] }
+        guard case .connecting(let waiting) = phase else { return [] }
         phase = .relaying
         server = serverAddress
         dissector?.updateServer(serverAddress)
         var actions: [Action] = []
-        if let pending = pendingForUpstream {
-            pendingForUpstream = nil
-            if let head = pending.head { actions += recordThenForward(head, .clientToServer) }
-            actions += apply(follower!.clientBytes(pending.rest))
-        } else if isRawTunnel {
-            if !connectAnswered {
+        switch waiting {
+        case .http(let head, let rest):
+            if let head { actions += recordThenForward(head, .clientToServer) }
+            actions += apply(follower!.clientBytes(rest))
+        case .tunnel(let buffers):
+            if route.tunnel?.answeredEarly == false {
                 var reply = ByteBuffer()
                 reply.writeString("HTTP/1.1 200 Connection Established\r\n\r\n")
                 actions.append(.send(.client, reply))
             }
-            for buffer in pendingTunnelBytes { actions += recordThenForward(buffer, .clientToServer) }
-            pendingTunnelBytes = []
+            for buffer in buffers { actions += recordThenForward(buffer, .clientToServer) }
         }
         if inputClosed.contains(.client), case .relaying = phase { actions += clientInputEnded() }
         return actions
@@ -426,8 +481,8 @@ public final class RelaySession {
 
     private func upstreamFailed(_ reason: String) -> [Action] {
         guard case .connecting = phase else { return [] }
-        let message = "cannot reach upstream \(upstreamLabel): \(reason)"
-        if connectAnswered && interceptedTarget == nil {
+        let message = "cannot reach upstream \(route.upstreamLabel): \(reason)"
+        if let tunnel = route.tunnel, tunnel.answeredEarly && !tunnel.isIntercepted {
             // The tunnel was already answered and the client speaks its own protocol in it: just close.
             phase = .done
             return [.close(.client)] + finish(reason: message, closedBy: "proxy")
@@ -547,7 +602,7 @@ public final class RelaySession {
     private var clientTLSPending: Bool {
         switch phase {
         case .clientTLSHandshake: true
-        case .readingHead: !clientTLSUp
+        case .readingHead(let reading): reading.clientTLSPending
         default: false
         }
     }
@@ -606,7 +661,7 @@ public final class RelaySession {
         case .requestHead:
             let limit = Self.seconds(limits.requestHeadTimeout)
             switch phase {
-            case .readingHead where clientTLSUp:
+            case .readingHead(let reading) where !reading.clientTLSPending:
                 return refuse(status: 408, reason: "Request Timeout",
                               message: "the client did not send a complete request head within \(limit) (--head-timeout)")
             case .readingHead, .clientTLSHandshake:
@@ -620,13 +675,13 @@ public final class RelaySession {
             let limit = Self.seconds(limits.upstreamTimeout)
             switch phase {
             case .connecting:
-                let message = "upstream \(upstreamLabel) did not accept the connection\(upstreamTLS == nil ? "" : " and complete TLS") within \(limit) (--upstream-timeout)"
-                if connectAnswered && interceptedTarget == nil {
+                let message = "upstream \(route.upstreamLabel) did not accept the connection\(route.upstreamTLS == nil ? "" : " and complete TLS") within \(limit) (--upstream-timeout)"
+                if let tunnel = route.tunnel, tunnel.answeredEarly && !tunnel.isIntercepted {
                     return [.close(.client), .close(.upstream)] + finish(reason: message, closedBy: "proxy")
                 }
                 return refuse(status: 504, reason: "Gateway Timeout", message: message)
             case .relaying:
-                let message = "upstream \(upstreamLabel) did not answer the WebSocket handshake within \(limit) (--upstream-timeout)"
+                let message = "upstream \(route.upstreamLabel) did not answer the WebSocket handshake within \(limit) (--upstream-timeout)"
                 return refuse(status: 504, reason: "Gateway Timeout", message: message)
             default:
                 return []
@@ -679,12 +734,12 @@ public final class RelaySession {
     // MARK: - Dissection
 
     private func startDissector(authority: String?) {
-        var info = ConnectionInfo(client: clientAddress, server: proxyAddress, scheme: scheme)
+        var info = ConnectionInfo(client: clientAddress, server: proxyAddress, scheme: route.scheme)
         info.authority = authority
-        if interceptedTarget != nil || tls.clientTLS {
-            info.clientTLS = TLSLegInfo(serverName: clientTLSServerName, verified: nil)
+        if route.tunnel?.isIntercepted == true || tls.clientTLS {
+            info.clientTLS = TLSLegInfo(serverName: route.clientTLSServerName, verified: nil)
         }
-        if let upstreamTLS {
+        if let upstreamTLS = route.upstreamTLS {
             info.upstreamTLS = TLSLegInfo(serverName: upstreamTLS.serverName, verified: tls.verifyUpstream)
         }
         dissector = StreamDissector(connection: connection, info: info, configuration: configuration)
@@ -692,12 +747,13 @@ public final class RelaySession {
 
 
     private func dissect(_ buffer: ByteBuffer, _ direction: Direction) -> [TapRecord]? {
-        if isRawTunnel && !tunnelChecked && direction == .clientToServer {
-            tunnelChecked = true
-            // A TLS ClientHello starts with 0x16: opaque until interception exists; anything else may be HTTP.
+        if direction == .clientToServer, let tunnel = route.tunnel, case .raw(checked: false) = tunnel.handling {
+            route.tunnel?.handling = .raw(checked: true)
+            // A TLS ClientHello starts with 0x16 (TLS to a passthrough host, or not intercepted): opaque.
+            // Anything else may be HTTP.
             if buffer.getInteger(at: buffer.readerIndex, as: UInt8.self) != 0x16 {
                 // A cleartext WebSocket inside CONNECT: its URL names the CONNECT target.
-                startDissector(authority: connectHost.map { UpstreamURL(scheme: "ws", host: $0.host, port: $0.port).hostHeader })
+                startDissector(authority: UpstreamURL(scheme: "ws", host: tunnel.host, port: tunnel.port).hostHeader)
                 dissector?.updateServer(server)
             }
         }
