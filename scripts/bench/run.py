@@ -2,6 +2,11 @@
 """wstap benchmark: direct vs socat-tuned vs wstap (--jsonl to a file), interleaved in one run.
 
     python3 scripts/bench/run.py [--reps 3] [--out docs/performance.md]
+    python3 scripts/bench/run.py --baseline /tmp/wstap-before --out /tmp/compare.md
+
+With --baseline, a second wstap binary (say, a release build of the commit before a change) runs as one
+more target in the same rotation, and the report gets a table of wstap against it: a change's cost
+measured in one run, not against figures from another day.
 
 Load comes from wsbench.c (a C client and echo server), so the load generator is not the bottleneck.
 Every workload runs against the three targets in rotating order, REPS times; the table shows medians
@@ -98,7 +103,10 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--out", default=str(ROOT / "docs" / "performance.md"))
+    parser.add_argument("--baseline", help="another wstap binary to measure in the same run")
     opts = parser.parse_args()
+    if opts.baseline and not os.access(opts.baseline, os.X_OK):
+        sys.exit(f"--baseline {opts.baseline}: not an executable file")
     build()
 
     tmp = Path(tempfile.mkdtemp(prefix="wstap-bench-"))
@@ -107,11 +115,19 @@ def main():
     socat_port = free_port()
     socat = subprocess.Popen(["socat", "-b", "262144", f"TCP-LISTEN:{socat_port},bind=127.0.0.1,reuseaddr,fork,nodelay,backlog=1024",
                               f"TCP:127.0.0.1:{echo_port},nodelay"])
+    def start_wstap(binary, jsonl):
+        proc = subprocess.Popen([str(binary), "proxy", "--listen", "127.0.0.1:0",
+                                 "--upstream", f"ws://127.0.0.1:{echo_port}", "--jsonl", str(jsonl), "-q"],
+                                stderr=subprocess.PIPE, text=True)
+        return proc, int(re.search(r"listening on 127\.0\.0\.1:(\d+)", proc.stderr.readline()).group(1))
+
     jsonl = tmp / "records.jsonl"
-    wstap = subprocess.Popen([str(ROOT / ".build/release/wstap"), "proxy", "--listen", "127.0.0.1:0",
-                              "--upstream", f"ws://127.0.0.1:{echo_port}", "--jsonl", str(jsonl), "-q"],
-                             stderr=subprocess.PIPE, text=True)
-    wstap_port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", wstap.stderr.readline()).group(1))
+    wstap, wstap_port = start_wstap(ROOT / ".build/release/wstap", jsonl)
+    jsonl_files = {"wstap": jsonl}
+    baseline = None
+    if opts.baseline:
+        jsonl_files["baseline"] = tmp / "baseline.jsonl"
+        baseline, baseline_port = start_wstap(opts.baseline, jsonl_files["baseline"])
     # socat listens once its process is up; a connect loop proves it.
     for _ in range(200):
         try:
@@ -121,6 +137,8 @@ def main():
             time.sleep(0.01)
 
     targets = {"direct": (echo_port, None), "socat": (socat_port, socat.pid), "wstap": (wstap_port, wstap.pid)}
+    if baseline:
+        targets["baseline"] = (baseline_port, baseline.pid)
     results = {w[0]: {t: [] for t in targets} for w in WORKLOADS}
     cpu = {w[0]: {t: [] for t in targets} for w in WORKLOADS}
     order = list(targets)
@@ -128,7 +146,7 @@ def main():
     try:
         for rep in range(opts.reps):
             for name, kind, args in WORKLOADS:
-                for target in order[rep % 3:] + order[:rep % 3]:
+                for target in order[rep % len(order):] + order[:rep % len(order)]:
                     port, pid = targets[target]
                     before = cpu_seconds(pid, children=(target == "socat")) if pid else 0
                     r = run_client(kind, port, args)
@@ -138,12 +156,14 @@ def main():
                     results[name][target].append(r)
                     cpu[name][target].append((after - before, r))
                     print(f"rep {rep} {name:34} {target:6} {r}", flush=True)
-                    if target == "wstap":
-                        jsonl_bytes[name] = jsonl.stat().st_size
-                        os.truncate(jsonl, 0)  # bound disk use; wstap opens with O_APPEND, so it writes on at the new end
+                    if target in jsonl_files:
+                        if target == "wstap":
+                            jsonl_bytes[name] = jsonl.stat().st_size
+                        # Bound disk use; wstap opens with O_APPEND, so it writes on at the new end.
+                        os.truncate(jsonl_files[target], 0)
         wstap_rss = peak_rss_mb(wstap.pid)
     finally:
-        for p in (wstap, socat, echo):
+        for p in (wstap, socat, echo) + ((baseline,) if baseline else ()):
             p.terminate()
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -156,6 +176,7 @@ def median(values):
 
 def write_report(opts, results, cpu, wstap_rss, jsonl_bytes):
     rows = []
+    baseline_rows = []
     for name, kind, args in WORKLOADS:
         if kind == "load":
             key, unit = "msgs_per_s", "msg/s"
@@ -173,7 +194,7 @@ def write_report(opts, results, cpu, wstap_rss, jsonl_bytes):
             extra = f" ({mb['wstap']:.0f} MB/s each way through wstap)"
         # CPU per message: proxy CPU seconds over messages relayed in both directions.
         per_msg = {}
-        for t in ("socat", "wstap"):
+        for t in [t for t in ("socat", "wstap", "baseline") if t in cpu[name]]:
             samples = []
             for seconds, r in cpu[name][t]:
                 if kind == "handshakes":
@@ -192,6 +213,10 @@ def write_report(opts, results, cpu, wstap_rss, jsonl_bytes):
             ratio_d = med["wstap"] / med["direct"]
             ratio_s = med["wstap"] / med["socat"]
         rows.append(f"| {name} | {med['direct']:,.1f} | {med['socat']:,.1f} | {med['wstap']:,.1f} {unit} | {ratio_d:.2f}× | {ratio_s:.2f}× | {per_msg['socat']:.2f} | {per_msg['wstap']:.2f} |{extra}")
+        if "baseline" in med:
+            ratio_b = med["baseline"] / med["wstap"] if kind == "rtt" else med["wstap"] / med["baseline"]
+            baseline_rows.append(f"| {name} | {med['baseline']:,.1f} | {med['wstap']:,.1f} {unit} | {ratio_b:.2f}× "
+                                 f"| {per_msg['baseline']:.2f} | {per_msg['wstap']:.2f} | {per_msg['wstap'] - per_msg['baseline']:+.2f} |")
 
     jsonl_lines = "\n".join(f"- {name}: {size / 1e6:,.1f} MB" for name, size in jsonl_bytes.items())
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -219,6 +244,13 @@ JSONL written by one wstap run of each workload (the file is emptied between run
 Targets (issue 2): throughput ≥ 1.0× socat in every workload, p50 RTT no worse than socat,
 ≤ 3 µs proxy CPU per small message, peak RSS ≤ 50 MB.
 """
+    if baseline_rows:
+        text += f"""
+## Against the baseline `{opts.baseline}`, same run
+
+| workload | baseline | wstap | wstap/baseline | baseline µs/msg | wstap µs/msg | difference µs/msg |
+|---|---|---|---|---|---|---|
+""" + "\n".join(baseline_rows) + "\n"
     # Keep the hand-written analysis below the marker across runs.
     marker = "<!-- analysis: kept by run.py -->"
     out = Path(opts.out)
