@@ -24,7 +24,9 @@ let package = Package(
         .target(name: "WSTapDissect", dependencies: ["WSTapWire"]),
         .target(name: "WSTapRelay", dependencies: ["WSTapDissect", "WSTapWire", .product(name: "NIOCore", package: "swift-nio")]),
         .target(name: "WSTapCapture", dependencies: ["WSTapDissect", "WSTapWire", "CPcap", .product(name: "Crypto", package: "swift-crypto")]),
-        .target(name: "WSTapFormats", dependencies: ["WSTapDissect", "WSTapWire"]),
+        // The filter grammar shared by --filter, rules, replay and the UI.
+        .target(name: "WSTapFilter", dependencies: ["WSTapDissect", "WSTapWire"]),
+        .target(name: "WSTapFormats", dependencies: ["WSTapDissect", "WSTapWire", "WSTapFilter"]),
         .target(
             name: "WSTapProxy",
             dependencies: [
@@ -43,7 +45,7 @@ let package = Package(
         .executableTarget(
             name: "wstap",
             dependencies: [
-                "WSTapProxy", "WSTapFormats", "WSTapCapture",
+                "WSTapProxy", "WSTapFormats", "WSTapCapture", "WSTapFilter",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -54,7 +56,7 @@ let package = Package(
         // One libFuzzer target per parser that sees untrusted bytes (docs/reliability.md, scripts/fuzz.sh).
         .target(
             name: "WSTapFuzzTargets",
-            dependencies: ["WSTapWire", "WSTapDissect", "WSTapRelay", "WSTapCapture", "WSTapFormats", "WSTapTestSupport", "CZlib", "CPcap",
+            dependencies: ["WSTapWire", "WSTapDissect", "WSTapRelay", "WSTapCapture", "WSTapFormats", "WSTapFilter", "WSTapTestSupport", "CZlib", "CPcap",
                            .product(name: "NIOCore", package: "swift-nio")]
         ),
         // Built with --sanitize=fuzzer it is a libFuzzer binary; built normally it replays inputs and makes seeds.
@@ -65,5 +67,6 @@ let package = Package(
         .testTarget(name: "WSTapProxyTests", dependencies: ["WSTapProxy"]),
         .testTarget(name: "WSTapCaptureTests", dependencies: ["WSTapCapture", "WSTapFormats"]),
         .testTarget(name: "WSTapFuzzTargetsTests", dependencies: ["WSTapFuzzTargets"]),
+        .testTarget(name: "WSTapFilterTests", dependencies: ["WSTapFilter", "WSTapTestSupport"]),
     ]
 )

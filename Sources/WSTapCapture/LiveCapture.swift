@@ -89,7 +89,7 @@ public final class LiveCapture {
     private static func apply(filter: String, to handle: OpaquePointer) throws {
         var program = bpf_program()
         guard pcap_compile(handle, &program, filter, 1, PCAP_NETMASK_UNKNOWN) == 0 else {
-            throw PcapFile.Failure(description: "--filter '\(filter)' is not a valid capture filter: \(String(cString: pcap_geterr(handle))). The syntax is tcpdump's (man pcap-filter), e.g. 'tcp port 8080'.")
+            throw PcapFile.Failure(description: "--bpf '\(filter)' is not a valid capture filter: \(String(cString: pcap_geterr(handle))). The syntax is tcpdump's (man pcap-filter), e.g. 'tcp port 8080'.")
         }
         defer { pcap_freecode(&program) }
         guard pcap_setfilter(handle, &program) == 0 else {

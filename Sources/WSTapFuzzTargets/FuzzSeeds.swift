@@ -171,6 +171,13 @@ public enum FuzzSeeds {
             }
             seeds["inflater", default: []].append(seed)
         }
+        seeds["json", default: []] += [#"{"op":"subscribe","data":[{"id":7,"tags":["a","b"]}],"ok":true,"n":null}"#,
+                                       #"[1,-2.5e3,"x\u00e9\n\ud83d\ude00",{},[]]"#, "0", #""\"""#].map { Array($0.utf8) }
+        seeds["filter", default: []] += [
+            #"from=client op=text text~/"op":"subscribe"/"#, #"from=server json.type="tick" len>4K"#, "url~/chat/ -op=ping -op=pong",
+            "type=message (op=ping or op=pong) not compressed?", #"json.data[0].tags[1]="b" bytes:7b22 code>=1000 reason:by"#,
+            "diag=reserved-opcode or frames>1 and wire<=0.5M", #"json["odd key"]? /SUB/i "two words" masked=true fin=false"#,
+        ].map { Array($0.utf8) + [0] + Array(#"{"type":"tick","data":[{"id":7,"tags":["a","b"]}],"odd key":1}"#.utf8) }
         seeds["key-log", default: []].append(Array("CLIENT_RANDOM \(String(repeating: "ab", count: 32)) \(String(repeating: "01", count: 48))\n# comment\n".utf8))
         // Segments: SYN, SYN-ACK, data both ways out of order, a retransmission, FINs.
         seeds["tcp-reassembly", default: []].append([0x02, 0, 0, 0, 0, 0x12, 1, 0, 0, 0, 0x18, 0, 0, 1, 5] + Array("GET /".utf8)

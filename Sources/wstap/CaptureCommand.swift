@@ -28,8 +28,9 @@ struct CaptureCommand: ParsableCommand {
     @Option(name: .shortAndLong, help: ArgumentHelp("Interface to capture on ('lo', 'eth0', 'any'; see `ip link`).", valueName: "interface"))
     var interface: String
 
-    @Option(name: .shortAndLong, help: ArgumentHelp("Capture filter in tcpdump syntax, e.g. 'tcp port 8080'.", valueName: "bpf"))
-    var filter: String?
+    // -f as in tshark's capture filter; --filter (of OutputOptions) selects records, like tshark's -Y.
+    @Option(name: [.customShort("f"), .long], help: ArgumentHelp("Capture filter in tcpdump syntax, e.g. 'tcp port 8080': which packets the kernel hands over.", valueName: "bpf"))
+    var bpf: String?
 
     @Option(name: .shortAndLong, help: ArgumentHelp("Stop after this many packets.", valueName: "count"))
     var count: Int?
@@ -52,7 +53,7 @@ struct CaptureCommand: ParsableCommand {
     }
 
     func run() throws {
-        var options = LiveCapture.Options(interface: interface, filter: filter)
+        var options = LiveCapture.Options(interface: interface, filter: bpf)
         options.promiscuous = promiscuous
         options.snapLength = snapLength
         let capture: LiveCapture
@@ -70,7 +71,7 @@ struct CaptureCommand: ParsableCommand {
         let stop = CaptureStop()
         ShutdownSignals.install { stop.requestAndWait() }
 
-        let banner = "wstap capturing on \(interface) (\(capture.link))" + (filter.map { ", filter '\($0)'" } ?? "")
+        let banner = "wstap capturing on \(interface) (\(capture.link))" + (bpf.map { ", BPF '\($0)'" } ?? "")
             + (write.map { ", packets to \($0)" } ?? "") + (output.jsonl.map { ", records to \($0)" } ?? "") + "; Ctrl-C stops\n"
         OutputFile.standardError.write(Array(banner.utf8))
 
@@ -85,7 +86,7 @@ struct CaptureCommand: ParsableCommand {
         discovery.reportTLS(of: [session])
         var line = "wstap: captured \(counted(summary.packets, "packet")) (\(counted(summary.tcpSegments, "TCP segment"))), "
             + "\(counted(summary.connections, "connection")) dissected; dropped \(summary.droppedByKernel) in the kernel, \(summary.droppedByInterface) by the interface"
-        if summary.droppedByKernel > 0 { line += " (records may show gaps; a narrower --filter helps)" }
+        if summary.droppedByKernel > 0 { line += " (records may show gaps; a narrower --bpf helps)" }
         OutputFile.standardError.write(Array((line + "\n").utf8))
         stop.finished()
     }

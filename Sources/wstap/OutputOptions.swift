@@ -1,6 +1,11 @@
 import ArgumentParser
 import WSTapDissect
+import WSTapFilter
 import WSTapFormats
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Where records go and how much of each is kept, shared by `proxy`, `read` and `capture`.
 struct OutputOptions: ParsableArguments {
@@ -22,6 +27,9 @@ struct OutputOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("Write a HAR 1.2 log (Chrome's WebSocket format) to this file; valid even after Ctrl-C.", valueName: "file"))
     var har: String?
 
+    @Option(name: .long, help: ArgumentHelp("Record and show only what matches, with each matching connection's open and end records: 'from=client op=text', 'json.type=tick len>4K', 'url~/chat/ -op=ping' (docs/filters.md). Never changes what is relayed.", valueName: "expr"))
+    var filter: String?
+
     var dissectorConfiguration: StreamDissector.Configuration {
         var configuration = StreamDissector.Configuration()
         configuration.payloadCap = maxPayload
@@ -32,6 +40,7 @@ struct OutputOptions: ParsableArguments {
     func validate() throws {
         if maxPayload < 0 { throw ValidationError("--max-payload must be 0 or more bytes.") }
         if verbose && quiet { throw ValidationError("-v and -q contradict each other: choose one.") }
+        _ = makeFilter()  // a bad filter stops wstap here, before anything is opened
     }
 
     /// Every sink asked for, as one. `finish()` must run before exit: it writes what is still queued and
@@ -40,6 +49,7 @@ struct OutputOptions: ParsableArguments {
         let all: any RecordSink
         let har: HARSink?
         let background: BackgroundSink?
+        let filtered: FilteredSink?
 
         /// Waits until every record handed over so far is written.
         func drain() { background?.drain() }
@@ -54,6 +64,7 @@ struct OutputOptions: ParsableArguments {
     /// exits with one line on failure. `background` puts encoding and writing on a thread of their own
     /// (for `read` and `capture`; the proxy writes each batch before forwarding the bytes it describes).
     func makeSinks(background: Bool = false) -> Sinks {
+        let selection = makeFilter()
         var sinks: [any RecordSink] = []
         var harSink: HARSink?
         if let jsonl {
@@ -77,8 +88,22 @@ struct OutputOptions: ParsableArguments {
             let color = ConsoleSink.wantsColor(console, environment: environment())
             sinks.append(ConsoleSink(output: console, options: .init(verbose: verbose, color: color)))
         }
-        let all: any RecordSink = sinks.count == 1 ? sinks[0] : FanoutSink(sinks)
+        var all: any RecordSink = sinks.count == 1 ? sinks[0] : FanoutSink(sinks)
+        // Behind the background queue the filter runs on the writer thread, not on the dissecting ones.
+        let filtered = selection.map { FilteredSink($0, downstream: all) }
+        if let filtered { all = filtered }
         let queue = background ? BackgroundSink(all) : nil
-        return Sinks(all: queue ?? all, har: harSink, background: queue)
+        return Sinks(all: queue ?? all, har: harSink, background: queue, filtered: filtered)
+    }
+
+    /// The parsed --filter, or one line saying where it is wrong and exit 64 (a usage error).
+    func makeFilter() -> Filter? {
+        guard let filter else { return nil }
+        do {
+            return try Filter(parsing: filter)
+        } catch {
+            OutputFile.standardError.write(Array("wstap: --filter: \(error)\n".utf8))
+            Glibc.exit(64)
+        }
     }
 }

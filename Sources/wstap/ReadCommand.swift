@@ -74,6 +74,10 @@ struct ReadCommand: ParsableCommand {
             }
         }
         sinks.finish()
+        if let filtered = sinks.filtered, !output.quiet {
+            let (seen, kept) = filtered.counts
+            OutputFile.standardError.write(Array("wstap: --filter kept \(grouped(kept)) of \(counted(seen, "record"))\n".utf8))
+        }
     }
 }
 

@@ -104,7 +104,12 @@ def main():
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--out", default=str(ROOT / "docs" / "performance.md"))
     parser.add_argument("--baseline", help="another wstap binary to measure in the same run")
+    parser.add_argument("--only", help="run only the workloads whose name contains this (e.g. RTT)")
     opts = parser.parse_args()
+    if opts.only:
+        WORKLOADS[:] = [w for w in WORKLOADS if opts.only in w[0]]
+        if not WORKLOADS:
+            sys.exit(f"--only {opts.only}: no workload has that in its name")
     if opts.baseline and not os.access(opts.baseline, os.X_OK):
         sys.exit(f"--baseline {opts.baseline}: not an executable file")
     build()

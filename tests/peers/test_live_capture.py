@@ -92,7 +92,7 @@ def test_count_stops_by_itself_and_ctrl_c_stops_a_quiet_interface(wstap, peer, p
 
 @pytest.mark.parametrize("args, message", [
     (["-i", "nosuch0"], r"there is no interface 'nosuch0'\. List them with `ip link`"),
-    (["-i", "lo", "-f", "tcp prt 80"], r"--filter 'tcp prt 80' is not a valid capture filter: .*man pcap-filter"),
+    (["-i", "lo", "-f", "tcp prt 80"], r"--bpf 'tcp prt 80' is not a valid capture filter: .*man pcap-filter"),
     (["-i", "lo", "--write", "/nonexistent-dir/x.pcap"], r"--write: cannot create '/nonexistent-dir/x\.pcap'.*directory exists"),
     (["-i", "lo", "-c", "0"], r"--count must be 1 or more"),
 ], ids=["no-such-interface", "bad-filter", "unwritable-file", "bad-count"])

@@ -1,0 +1,176 @@
+import WSTapDissect
+import WSTapWire
+
+/// A filter over records, in the grammar every surface shares (`--filter`, rule conditions, holds,
+/// replay and mock selection, the UI's search box):
+///
+///     from=client op=text text~/"op":"subscribe"/
+///     from=server json.type="tick" len>4K
+///     url~/chat/ -op=ping -op=pong
+///
+/// Field names follow the JSON Lines schema. Operators: `=` `!=` `<` `<=` `>` `>=`, `~` (regular
+/// expression), `:` (contains), `?` (exists / is true). Juxtaposition and `and` are AND; `or`; `not`
+/// or a leading `-`; parentheses. A bare word or quoted string means `text:` it. Sizes take K and M
+/// (1024 and 1024²). Parsed once (`Filter(parsing:)`); `matches` is then cheap: within an AND, checks
+/// that need no payload work run before regular expressions and JSON.
+public struct Filter: Sendable, CustomStringConvertible {
+    public let source: String
+    let root: Node
+
+    public init(parsing source: String) throws(FilterError) {
+        self.source = source
+        var parser = FilterParser(source)
+        root = try parser.parseWhole()
+    }
+
+    public var description: String { source }
+
+    /// Whether `record` matches; `connection` supplies the connection's own fields (url, host, path,
+    /// sub) to records other than its `open`.
+    public func matches(_ record: TapRecord, connection: ConnectionFacts? = nil) -> Bool {
+        var subject = FilterSubject(record: record, connection: connection)
+        return root.evaluate(&subject)
+    }
+}
+
+/// Where a filter is wrong: the 1-based column in the source and what was expected there.
+public struct FilterError: Error, CustomStringConvertible, Equatable {
+    public let column: Int
+    public let message: String
+    public let source: String
+
+    /// One line: the message, the column and the filter.
+    public var description: String { "\(message) at column \(column): \(source)" }
+
+    /// The filter and a caret under the column, for surfaces with room for two lines.
+    public var pointer: String { "\(source)\n\(String(repeating: " ", count: max(0, column - 1)))^" }
+}
+
+/// The fields a connection's `open` record settles, for the records after it.
+public struct ConnectionFacts: Sendable, Equatable {
+    public var url: String
+    public var subprotocol: String?
+
+    public init(url: String, subprotocol: String?) {
+        self.url = url
+        self.subprotocol = subprotocol
+    }
+
+    public init(_ open: OpenRecord) { self.init(url: open.url, subprotocol: open.subprotocol) }
+
+    /// host[:port] of the URL.
+    public var host: String {
+        guard let scheme = url.firstRange(of: "://") else { return "" }
+        return String(url[scheme.upperBound...].prefix { $0 != "/" && $0 != "?" })
+    }
+
+    /// The URL's path, without the query.
+    public var path: String {
+        guard let scheme = url.firstRange(of: "://") else { return url }
+        let rest = url[scheme.upperBound...]
+        guard let slash = rest.firstIndex(where: { $0 == "/" || $0 == "?" }) else { return "/" }
+        let path = rest[slash...].prefix { $0 != "?" }
+        return path.isEmpty ? "/" : String(path)
+    }
+}
+
+// MARK: - Syntax tree
+
+indirect enum Node: Sendable {
+    case and([Node])
+    case or([Node])
+    case not(Node)
+    case test(Test)
+
+    func evaluate(_ subject: inout FilterSubject) -> Bool {
+        switch self {
+        case .and(let nodes): return nodes.allSatisfy { $0.evaluate(&subject) }
+        case .or(let nodes): return nodes.contains { $0.evaluate(&subject) }
+        case .not(let node): return !node.evaluate(&subject)
+        case .test(let test): return test.evaluate(&subject)
+        }
+    }
+
+    /// Relative cost of evaluating: ANDs run their cheap children first.
+    var cost: Int {
+        switch self {
+        case .and(let nodes), .or(let nodes): nodes.reduce(0) { $0 + $1.cost }
+        case .not(let node): node.cost
+        case .test(let test): test.cost
+        }
+    }
+}
+
+enum Field: Sendable, Equatable {
+    case type, from, op, len, wire, frames, compressed, masked, fin, text, bytes, code, reason, conn, url, host, path, sub, diag
+    case json([JSONPathStep])
+
+    static let named: [String: Field] = [
+        "type": .type, "from": .from, "op": .op, "len": .len, "wire": .wire, "frames": .frames, "compressed": .compressed,
+        "masked": .masked, "fin": .fin, "text": .text, "bytes": .bytes, "code": .code, "reason": .reason, "conn": .conn,
+        "url": .url, "host": .host, "path": .path, "sub": .sub, "diag": .diag,
+    ]
+
+    var name: String {
+        switch self {
+        case .json(let path): "json" + path.map(\.description).joined()
+        default: Self.named.first { $0.value == self }!.key
+        }
+    }
+
+    enum Kind { case number, boolean, text, bytes, json }
+
+    var kind: Kind {
+        switch self {
+        case .len, .wire, .frames, .code, .conn: .number
+        case .compressed, .masked, .fin: .boolean
+        case .bytes: .bytes
+        case .json: .json
+        case .type, .from, .op, .text, .reason, .url, .host, .path, .sub, .diag: .text
+        }
+    }
+}
+
+enum JSONPathStep: Sendable, Equatable, CustomStringConvertible {
+    case member(String)
+    case index(Int)
+
+    var description: String {
+        switch self {
+        case .member(let name): name.allSatisfy { $0.isLetter || $0.isNumber || $0 == "_" } ? ".\(name)" : "[\(JSONValue.quoted(name))]"
+        case .index(let i): "[\(i)]"
+        }
+    }
+}
+
+enum Operator: String, Sendable {
+    case equal = "=", notEqual = "!=", less = "<", lessOrEqual = "<=", greater = ">", greaterOrEqual = ">="
+    case matches = "~", contains = ":", exists = "?"
+}
+
+/// A filter value, already converted to what its field compares with.
+enum Operand: Sendable {
+    case none
+    case number(Double)
+    case boolean(Bool)
+    case text(String)
+    case bytes([UInt8])
+    case regex(FilterRegex)
+    /// json fields: a JSON literal (`json.n=3`, `json.ok=true`, `json.x=null`) or text.
+    case json(JSONValue)
+}
+
+struct Test: Sendable {
+    let field: Field
+    let op: Operator
+    let operand: Operand
+
+    var cost: Int {
+        switch (field, operand) {
+        case (.json, _): 100
+        case (_, .regex): 50
+        case (.text, _), (.bytes, _), (.reason, _): 10
+        default: 1
+        }
+    }
+}

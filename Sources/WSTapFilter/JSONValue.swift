@@ -1,0 +1,261 @@
+/// A JSON document (RFC 8259) parsed from message bytes, for `json.<path>` in filters and rules.
+///
+/// Payloads are untrusted: nesting is bounded (deeper documents are rejected, not recursed into), and
+/// anything that is not exactly one JSON value with optional whitespace around it is rejected.
+public indirect enum JSONValue: Equatable, Sendable {
+    case null
+    case bool(Bool)
+    /// The number's value and its text as written (`1e3` and `1000` are equal numbers, different text).
+    case number(Double, text: String)
+    case string(String)
+    case array([JSONValue])
+    /// Members in document order; a name that appears twice keeps both (lookups take the last, as
+    /// JavaScript's JSON.parse does).
+    case object([(name: String, value: JSONValue)])
+
+    public static func == (a: JSONValue, b: JSONValue) -> Bool {
+        switch (a, b) {
+        case (.null, .null): true
+        case (.bool(let x), .bool(let y)): x == y
+        case (.number(let x, _), .number(let y, _)): x == y
+        case (.string(let x), .string(let y)): x == y
+        case (.array(let x), .array(let y)): x == y
+        case (.object(let x), .object(let y)): x.count == y.count && zip(x, y).allSatisfy { $0.name == $1.name && $0.value == $1.value }
+        default: false
+        }
+    }
+
+    /// Deeper documents are rejected: recursion on hostile input must not exhaust the stack.
+    public static let maximumDepth = 256
+
+    /// The document in `bytes`, or nil if they are not exactly one JSON value.
+    public static func parse<C: Collection>(_ bytes: C) -> JSONValue? where C.Element == UInt8 {
+        var parser = Parser(bytes: Array(bytes))
+        guard let value = parser.value(depth: 0) else { return nil }
+        parser.skipWhitespace()
+        return parser.index == parser.bytes.count ? value : nil
+    }
+
+    public subscript(member name: String) -> JSONValue? {
+        guard case .object(let members) = self else { return nil }
+        return members.last { $0.name == name }?.value
+    }
+
+    public subscript(index index: Int) -> JSONValue? {
+        guard case .array(let items) = self, index >= 0, index < items.count else { return nil }
+        return items[index]
+    }
+
+    /// How the value reads in a comparison with text: strings as they are, the rest as JSON.
+    public var text: String {
+        switch self {
+        case .string(let s): s
+        default: serialized
+        }
+    }
+
+    /// Compact JSON text of the value.
+    public var serialized: String {
+        switch self {
+        case .null: "null"
+        case .bool(let b): b ? "true" : "false"
+        case .number(_, let text): text
+        case .string(let s): Self.quoted(s)
+        case .array(let items): "[" + items.map(\.serialized).joined(separator: ",") + "]"
+        case .object(let members): "{" + members.map { Self.quoted($0.name) + ":" + $0.value.serialized }.joined(separator: ",") + "}"
+        }
+    }
+
+    static func quoted(_ s: String) -> String {
+        var out = "\""
+        for scalar in s.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case _ where scalar.value < 0x20:
+                let hex = String(scalar.value, radix: 16)
+                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out + "\""
+    }
+
+    private struct Parser {
+        let bytes: [UInt8]
+        var index = 0
+
+        mutating func skipWhitespace() {
+            while index < bytes.count, [0x20, 0x09, 0x0A, 0x0D].contains(bytes[index]) { index += 1 }
+        }
+
+        mutating func value(depth: Int) -> JSONValue? {
+            guard depth < JSONValue.maximumDepth else { return nil }
+            skipWhitespace()
+            guard index < bytes.count else { return nil }
+            switch bytes[index] {
+            case UInt8(ascii: "{"): return object(depth: depth)
+            case UInt8(ascii: "["): return array(depth: depth)
+            case UInt8(ascii: "\""): return string().map { .string($0) }
+            case UInt8(ascii: "t"): return literal("true", .bool(true))
+            case UInt8(ascii: "f"): return literal("false", .bool(false))
+            case UInt8(ascii: "n"): return literal("null", .null)
+            default: return number()
+            }
+        }
+
+        mutating func literal(_ word: String, _ value: JSONValue) -> JSONValue? {
+            let expected = Array(word.utf8)
+            guard bytes.count - index >= expected.count, bytes[index..<(index + expected.count)].elementsEqual(expected) else { return nil }
+            index += expected.count
+            return value
+        }
+
+        mutating func object(depth: Int) -> JSONValue? {
+            index += 1  // {
+            var members: [(name: String, value: JSONValue)] = []
+            skipWhitespace()
+            if index < bytes.count, bytes[index] == UInt8(ascii: "}") { index += 1; return .object(members) }
+            while true {
+                skipWhitespace()
+                guard index < bytes.count, bytes[index] == UInt8(ascii: "\""), let name = string() else { return nil }
+                skipWhitespace()
+                guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { return nil }
+                index += 1
+                guard let member = value(depth: depth + 1) else { return nil }
+                members.append((name, member))
+                skipWhitespace()
+                guard index < bytes.count else { return nil }
+                if bytes[index] == UInt8(ascii: ",") { index += 1; continue }
+                guard bytes[index] == UInt8(ascii: "}") else { return nil }
+                index += 1
+                return .object(members)
+            }
+        }
+
+        mutating func array(depth: Int) -> JSONValue? {
+            index += 1  // [
+            var items: [JSONValue] = []
+            skipWhitespace()
+            if index < bytes.count, bytes[index] == UInt8(ascii: "]") { index += 1; return .array(items) }
+            while true {
+                guard let item = value(depth: depth + 1) else { return nil }
+                items.append(item)
+                skipWhitespace()
+                guard index < bytes.count else { return nil }
+                if bytes[index] == UInt8(ascii: ",") { index += 1; continue }
+                guard bytes[index] == UInt8(ascii: "]") else { return nil }
+                index += 1
+                return .array(items)
+            }
+        }
+
+        /// A string starting at the opening quote; escapes decoded, surrogate pairs joined. Unpaired
+        /// surrogates become U+FFFD (they cannot be in a Swift string); raw bytes must be UTF-8.
+        mutating func string() -> String? {
+            index += 1  // "
+            var scalars = String.UnicodeScalarView()
+            var runStart = index
+            func flushRun(_ end: Int) -> Bool {
+                guard end > runStart else { return true }
+                let run = bytes[runStart..<end]
+                guard let text = String(validating: run, as: UTF8.self) else { return false }
+                scalars.append(contentsOf: text.unicodeScalars)
+                return true
+            }
+            while index < bytes.count {
+                let byte = bytes[index]
+                if byte == UInt8(ascii: "\"") {
+                    guard flushRun(index) else { return nil }
+                    index += 1
+                    return String(scalars)
+                }
+                if byte < 0x20 { return nil }  // control characters must be escaped
+                if byte != UInt8(ascii: "\\") { index += 1; continue }
+                guard flushRun(index), index + 1 < bytes.count else { return nil }
+                let escape = bytes[index + 1]
+                index += 2
+                switch escape {
+                case UInt8(ascii: "\""): scalars.append("\"")
+                case UInt8(ascii: "\\"): scalars.append("\\")
+                case UInt8(ascii: "/"): scalars.append("/")
+                case UInt8(ascii: "b"): scalars.append("\u{8}")
+                case UInt8(ascii: "f"): scalars.append("\u{C}")
+                case UInt8(ascii: "n"): scalars.append("\n")
+                case UInt8(ascii: "r"): scalars.append("\r")
+                case UInt8(ascii: "t"): scalars.append("\t")
+                case UInt8(ascii: "u"):
+                    guard let unit = hex4() else { return nil }
+                    if (0xD800..<0xDC00).contains(unit), index + 1 < bytes.count, bytes[index] == UInt8(ascii: "\\"), bytes[index + 1] == UInt8(ascii: "u") {
+                        let save = index
+                        index += 2
+                        if let low = hex4(), (0xDC00..<0xE000).contains(low) {
+                            scalars.append(Unicode.Scalar(0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00))!)
+                        } else {
+                            index = save
+                            scalars.append("\u{FFFD}")
+                        }
+                    } else {
+                        scalars.append(Unicode.Scalar(unit) ?? "\u{FFFD}")
+                    }
+                default:
+                    return nil
+                }
+                runStart = index
+            }
+            return nil  // no closing quote
+        }
+
+        mutating func hex4() -> UInt32? {
+            guard bytes.count - index >= 4 else { return nil }
+            var value: UInt32 = 0
+            for byte in bytes[index..<(index + 4)] {
+                guard let digit = hexDigit(byte) else { return nil }
+                value = value << 4 | UInt32(digit)
+            }
+            index += 4
+            return value
+        }
+
+        /// RFC 8259 §6: -? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?
+        mutating func number() -> JSONValue? {
+            let start = index
+            func digits() -> Int {
+                let from = index
+                while index < bytes.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[index]) { index += 1 }
+                return index - from
+            }
+            if index < bytes.count, bytes[index] == UInt8(ascii: "-") { index += 1 }
+            guard index < bytes.count else { return nil }
+            if bytes[index] == UInt8(ascii: "0") {
+                index += 1
+            } else {
+                guard digits() > 0 else { return nil }
+            }
+            if index < bytes.count, bytes[index] == UInt8(ascii: ".") {
+                index += 1
+                guard digits() > 0 else { return nil }
+            }
+            if index < bytes.count, bytes[index] == UInt8(ascii: "e") || bytes[index] == UInt8(ascii: "E") {
+                index += 1
+                if index < bytes.count, bytes[index] == UInt8(ascii: "+") || bytes[index] == UInt8(ascii: "-") { index += 1 }
+                guard digits() > 0 else { return nil }
+            }
+            let text = String(decoding: bytes[start..<index], as: UTF8.self)
+            guard let value = Double(text) else { return nil }
+            return .number(value, text: text)
+        }
+    }
+}
+
+func hexDigit(_ byte: UInt8) -> UInt8? {
+    switch byte {
+    case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
+    case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
+    case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
+    default: nil
+    }
+}
