@@ -26,6 +26,8 @@ let package = Package(
         .target(name: "WSTapCapture", dependencies: ["WSTapDissect", "WSTapWire", "CPcap", .product(name: "Crypto", package: "swift-crypto")]),
         // The filter grammar shared by --filter, rules, replay and the UI.
         .target(name: "WSTapFilter", dependencies: ["WSTapDissect", "WSTapWire"]),
+        // Rules: WHEN => ACTION, parsed and evaluated to an outcome per message (sans-IO).
+        .target(name: "WSTapRules", dependencies: ["WSTapFilter", "WSTapDissect", "WSTapWire"]),
         .target(name: "WSTapFormats", dependencies: ["WSTapDissect", "WSTapWire", "WSTapFilter"]),
         .target(
             name: "WSTapProxy",
@@ -45,7 +47,7 @@ let package = Package(
         .executableTarget(
             name: "wstap",
             dependencies: [
-                "WSTapProxy", "WSTapFormats", "WSTapCapture", "WSTapFilter",
+                "WSTapProxy", "WSTapFormats", "WSTapCapture", "WSTapFilter", "WSTapRules",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -56,7 +58,7 @@ let package = Package(
         // One libFuzzer target per parser that sees untrusted bytes (docs/reliability.md, scripts/fuzz.sh).
         .target(
             name: "WSTapFuzzTargets",
-            dependencies: ["WSTapWire", "WSTapDissect", "WSTapRelay", "WSTapCapture", "WSTapFormats", "WSTapFilter", "WSTapTestSupport", "CZlib", "CPcap",
+            dependencies: ["WSTapWire", "WSTapDissect", "WSTapRelay", "WSTapCapture", "WSTapFormats", "WSTapFilter", "WSTapRules", "WSTapTestSupport", "CZlib", "CPcap",
                            .product(name: "NIOCore", package: "swift-nio")]
         ),
         // Built with --sanitize=fuzzer it is a libFuzzer binary; built normally it replays inputs and makes seeds.
@@ -68,5 +70,6 @@ let package = Package(
         .testTarget(name: "WSTapCaptureTests", dependencies: ["WSTapCapture", "WSTapFormats"]),
         .testTarget(name: "WSTapFuzzTargetsTests", dependencies: ["WSTapFuzzTargets"]),
         .testTarget(name: "WSTapFilterTests", dependencies: ["WSTapFilter", "WSTapTestSupport"]),
+        .testTarget(name: "WSTapRulesTests", dependencies: ["WSTapRules", "WSTapFilter", "WSTapTestSupport"]),
     ]
 )

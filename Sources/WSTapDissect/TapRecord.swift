@@ -64,6 +64,20 @@ public struct OpenRecord: Sendable {
     public var upstreamTLS: TLSLegInfo?
     /// "handshake", or for captures that start after the upgrade: "decode-as port N" or "heuristic".
     public var discovery: String = "handshake"
+
+    public init(client: String, server: String, url: String, request: HTTPHead?, response: HTTPHead?, subprotocol: String?,
+                extensions: String?, clientTLS: TLSLegInfo?, upstreamTLS: TLSLegInfo?, discovery: String = "handshake") {
+        self.client = client
+        self.server = server
+        self.url = url
+        self.request = request
+        self.response = response
+        self.subprotocol = subprotocol
+        self.extensions = extensions
+        self.clientTLS = clientTLS
+        self.upstreamTLS = upstreamTLS
+        self.discovery = discovery
+    }
 }
 
 /// A non-upgrade HTTP exchange, or an upgrade the server refused.

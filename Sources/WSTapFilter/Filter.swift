@@ -131,13 +131,83 @@ enum Field: Sendable, Equatable {
     }
 }
 
+/// A path into a JSON document: `json.data[0].id`.
+public struct JSONPath: Sendable, Equatable, CustomStringConvertible {
+    let steps: [JSONPathStep]
+
+    public init(parsing text: String) throws(FilterError) { steps = try FilterParser.jsonPath(parsing: text) }
+
+    public var description: String { "json" + steps.map(\.description).joined() }
+
+    public func value(in root: JSONValue) -> JSONValue? { Test.lookup(root, steps) }
+
+    /// The document with the value at the path set (members and array slots are created as needed,
+    /// an index one past the end appends); nil when the path goes through something that is not an
+    /// object or array.
+    public func setting(_ value: JSONValue, in root: JSONValue) -> JSONValue? { Self.set(value, at: steps[...], in: root) }
+
+    /// The document without the value at the path; nil when there is nothing there.
+    public func removing(from root: JSONValue) -> JSONValue? { Self.remove(at: steps[...], in: root) }
+
+    private static func set(_ value: JSONValue, at steps: ArraySlice<JSONPathStep>, in node: JSONValue?) -> JSONValue? {
+        guard let step = steps.first else { return value }
+        switch (step, node) {
+        case (.member(let name), .object(var members)?):
+            let index = members.lastIndex { $0.name == name }
+            guard let child = set(value, at: steps.dropFirst(), in: index.map { members[$0].value }) else { return nil }
+            if let index { members[index].value = child } else { members.append((name, child)) }
+            return .object(members)
+        case (.member(let name), nil):
+            return set(value, at: steps.dropFirst(), in: nil).map { .object([(name, $0)]) }
+        case (.index(let i), .array(var items)?):
+            guard i <= items.count, let child = set(value, at: steps.dropFirst(), in: i < items.count ? items[i] : nil) else { return nil }
+            if i < items.count { items[i] = child } else { items.append(child) }
+            return .array(items)
+        default:
+            return nil
+        }
+    }
+
+    private static func remove(at steps: ArraySlice<JSONPathStep>, in node: JSONValue) -> JSONValue? {
+        guard let step = steps.first else { return nil }
+        let last = steps.count == 1
+        switch (step, node) {
+        case (.member(let name), .object(var members)):
+            guard let index = members.lastIndex(where: { $0.name == name }) else { return nil }
+            if last { members.remove(at: index) } else {
+                guard let child = remove(at: steps.dropFirst(), in: members[index].value) else { return nil }
+                members[index].value = child
+            }
+            return .object(members)
+        case (.index(let i), .array(var items)) where i < items.count:
+            if last { items.remove(at: i) } else {
+                guard let child = remove(at: steps.dropFirst(), in: items[i]) else { return nil }
+                items[i] = child
+            }
+            return .array(items)
+        default:
+            return nil
+        }
+    }
+}
+
 enum JSONPathStep: Sendable, Equatable, CustomStringConvertible {
     case member(String)
     case index(Int)
 
     var description: String {
         switch self {
-        case .member(let name): name.allSatisfy { $0.isLetter || $0.isNumber || $0 == "_" } ? ".\(name)" : "[\(JSONValue.quoted(name))]"
+        case .member(let name):
+            if !name.isEmpty && name.unicodeScalars.allSatisfy({ $0.properties.isAlphabetic || $0.properties.numericType != nil || $0 == "_" }) {
+                ".\(name)"
+            } else {
+                // One word however odd the name: whitespace and ';' as \uXXXX inside the JSON string.
+                "[" + JSONValue.quoted(name).unicodeScalars.map { scalar in
+                    guard scalar.properties.isWhitespace || scalar == ";" else { return String(scalar) }
+                    let hex = String(scalar.value, radix: 16)
+                    return "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+                }.joined() + "]"
+            }
         case .index(let i): "[\(i)]"
         }
     }

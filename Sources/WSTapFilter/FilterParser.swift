@@ -112,6 +112,15 @@ struct FilterParser {
         throw error("unknown field '\(name)' (fields: \(known), json.<path>; quote a word to search for it)", at: column)
     }
 
+    /// `json.a.b[0]` on its own, as rules name what they set or delete.
+    static func jsonPath(parsing text: String) throws(FilterError) -> [JSONPathStep] {
+        let parser = FilterParser(text)
+        guard text.hasPrefix("json.") || text.hasPrefix("json[") else {
+            throw parser.error("expected a JSON path like json.type or json.data[0].id", at: 0)
+        }
+        return try parser.jsonPath(String(text.dropFirst(4)), at: 4)
+    }
+
     /// `.a.b[0]["odd key"]` after `json`.
     private func jsonPath(_ text: String, at column: Int) throws(FilterError) -> [JSONPathStep] {
         let c = Array(text)
@@ -126,15 +135,22 @@ struct FilterParser {
                 steps.append(.member(String(c[from..<i])))
             } else if c[i] == "[" {
                 let from = i
-                guard let close = c[i...].firstIndex(of: "]") else { throw error("'[' is not closed in the JSON path", at: column + from) }
-                let inside = String(c[(i + 1)..<close])
-                if let n = Int(inside), n >= 0 {
-                    steps.append(.index(n))
-                } else if inside.count >= 2, inside.first == "\"", inside.last == "\"" {
-                    steps.append(.member(String(inside.dropFirst().dropLast())))
-                } else {
+                if i + 1 < c.count, c[i + 1] == "\"" {
+                    // A JSON string: escapes as in JSON (what wstap prints for odd names).
+                    var end = i + 2
+                    while end < c.count, c[end] != "\"" { end += c[end] == "\\" ? 2 : 1 }
+                    guard end + 1 < c.count, c[end + 1] == "]" else { throw error("'[' is not closed in the JSON path", at: column + from) }
+                    guard case .string(let name)? = JSONValue.parse(Array(String(c[(i + 1)...end]).utf8)) else {
+                        throw error("bad quoted name in the JSON path", at: column + from)
+                    }
+                    steps.append(.member(name))
+                    i = end + 2
+                    continue
+                }
+                guard let close = c[i...].firstIndex(of: "]"), let n = Int(String(c[(i + 1)..<close])), n >= 0 else {
                     throw error("expected an index or a quoted name in [...]", at: column + from)
                 }
+                steps.append(.index(n))
                 i = close + 1
             } else {
                 throw error("expected '.' or '[' in the JSON path", at: column + i)
@@ -222,10 +238,13 @@ struct FilterParser {
     private mutating func readName() -> String {
         let start = index
         var inBracket = false
+        var inQuote = false
         while index < chars.count {
             let c = chars[index]
-            if inBracket {
-                if c == "]" { inBracket = false }
+            if inQuote {
+                if c == "\\" { index += 1 } else if c == "\"" { inQuote = false }
+            } else if inBracket {
+                if c == "]" { inBracket = false } else if c == "\"" { inQuote = true }
             } else if c == "[" {
                 inBracket = true
             } else if !(c.properties.isAlphabetic || c.properties.numericType != nil || c == "_" || c == ".") {
@@ -233,6 +252,7 @@ struct FilterParser {
             }
             index += 1
         }
+        index = min(index, chars.count)  // a backslash at the very end stepped past it
         return Self.text(chars[start..<index])
     }
 
@@ -280,7 +300,15 @@ struct FilterParser {
                 case "t": out.append("\t")
                 case "r": out.append("\r")
                 case "\"", "\\", "/": out.append(e)
-                default: throw error("unknown escape '\\\(e)' (use \\\" \\\\ \\n \\t \\r)", at: index - 2)
+                case "u":
+                    // \uXXXX as in JSON, so what wstap prints (JSON-escaped) reads back.
+                    guard index + 4 <= chars.count, let code = UInt32(Self.text4(chars[index..<(index + 4)]), radix: 16),
+                          let scalar = Unicode.Scalar(code) else {
+                        throw error("\\u takes four hex digits of a character that is not a surrogate", at: index - 2)
+                    }
+                    out.append(scalar)
+                    index += 4
+                default: throw error("unknown escape '\\\(e)' (use \\\" \\\\ \\n \\t \\r \\uXXXX)", at: index - 2)
                 }
                 continue
             }
@@ -295,8 +323,10 @@ struct FilterParser {
         index += 1
         var pattern = String.UnicodeScalarView()
         while index < chars.count, chars[index] != "/" {
-            if chars[index] == "\\", index + 1 < chars.count, chars[index + 1] == "/" {
-                pattern.append("/")
+            // `\/` is a slash; any other escape stays for the regular expression (`\\`, `\d`).
+            if chars[index] == "\\", index + 1 < chars.count {
+                if chars[index + 1] != "/" { pattern.append("\\") }
+                pattern.append(chars[index + 1])
                 index += 2
                 continue
             }
@@ -368,5 +398,13 @@ struct FilterParser {
             i += 2
         }
         return out
+    }
+}
+
+extension FilterParser {
+    static func text4(_ scalars: ArraySlice<Unicode.Scalar>) -> String {
+        var view = String.UnicodeScalarView()
+        view.append(contentsOf: scalars)
+        return String(view)
     }
 }

@@ -178,6 +178,19 @@ public enum FuzzSeeds {
             "type=message (op=ping or op=pong) not compressed?", #"json.data[0].tags[1]="b" bytes:7b22 code>=1000 reason:by"#,
             "diag=reserved-opcode or frames>1 and wire<=0.5M", #"json["odd key"]? /SUB/i "two words" masked=true fin=false"#,
         ].map { Array($0.utf8) + [0] + Array(#"{"type":"tick","data":[{"id":7,"tags":["a","b"]}],"odd key":1}"#.utf8) }
+        let rulesFile = """
+            # a rules file
+            [greet p=0.5] from=client op=text => replace /(\\w+)/ "<$1>"; mark g
+            json.type? => set json.type "edited"; delete json.id; set json.data[1] {"a":[1,null]}
+            op=ping => drop
+            * => delay 200ms±50ms; hold; inject to=client text "hi"; inject to=server hex:0102; close 4000 "bye" to=server
+            len>4K => fragment size=1K; uncompressed; corrupt utf8; duplicate; replace-bytes hex:6162 hex:ff; exec ./hook --x
+            """
+        let recording = dissect([(c2s, Wire.request(extensions: "permessage-deflate")), (s2c, Wire.response(extensions: "permessage-deflate")),
+                                 (c2s, Wire.text(#"{"op":"hi"}"#, mask: 7)), (s2c, Wire.frame(.binary, [0, 1, 0xFF])),
+                                 (c2s, Wire.frame(.close, [0x03, 0xE8] + Array("bye".utf8), mask: 9)), (s2c, Wire.frame(.text, [0x61, 0xFF]))])
+        seeds["jsonl-reader", default: []].append(Array(recording.joined().utf8))
+        seeds["rules", default: []] += [Array(rulesFile.utf8) + [0] + Array(#"{"type":"t","id":1,"data":[0]} abc"#.utf8)]
         seeds["key-log", default: []].append(Array("CLIENT_RANDOM \(String(repeating: "ab", count: 32)) \(String(repeating: "01", count: 48))\n# comment\n".utf8))
         // Segments: SYN, SYN-ACK, data both ways out of order, a retransmission, FINs.
         seeds["tcp-reassembly", default: []].append([0x02, 0, 0, 0, 0, 0x12, 1, 0, 0, 0, 0x18, 0, 0, 1, 5] + Array("GET /".utf8)

@@ -18,7 +18,7 @@ public struct FuzzTarget: Sendable {
         self.run = run
     }
 
-    public static let all: [FuzzTarget] = WireTargets.all + DissectTargets.all + CaptureTargets.all + RelayTargets.all + FilterTargets.all
+    public static let all: [FuzzTarget] = WireTargets.all + DissectTargets.all + CaptureTargets.all + RelayTargets.all + FilterTargets.all + RulesTargets.all
 
     public static func named(_ name: String) -> FuzzTarget? { all.first { $0.name == name } }
 }

@@ -1,6 +1,7 @@
 import Testing
 import WSTapDissect
 import WSTapFormats
+import WSTapTestSupport
 import WSTapWire
 
 @Suite struct JSONLinesEncoderTests {
@@ -44,5 +45,31 @@ enum MessageRecordBuilder {
         MessageRecord(direction: .serverToClient, opcode: .text, frames: 1, wireLength: UInt64(payload.count), length: UInt64(payload.count),
                       compressed: false, payload: payload, truncated: false, closeCode: nil, closeReason: nil,
                       inflateFailed: false, incomplete: false, offset: 0)
+    }
+}
+
+/// What rules, replay and mocks read back from a recording is what was written.
+@Suite struct JSONLinesReaderTests {
+    @Test func messagesOpensAndEndsReadBackAsTheyWereWritten() throws {
+        var configuration = StreamDissector.Configuration()
+        configuration.payloadCap = 100
+        let steps = StreamDissectorTests.basic + [(c2s, Wire.frame(.binary, Array(repeating: 0xAB, count: 300), mask: 3)),
+                                                  (s2c, Wire.frame(.text, [0x61, 0xFF]))]
+        let lines = dissect(steps, configuration: configuration)
+        let read = try JSONLinesReader.records(lines.joined())
+        let written = lines.filter { $0.contains(#""type":"message""#) || $0.contains(#""type":"open""#) || $0.contains(#""type":"end""#) }
+        #expect(read.map(JSONLinesEncoder.line).map(Self.comparable) == written.map(Self.comparable))
+        let messages = read.compactMap { if case .message(let m) = $0.body { m } else { nil } }
+        #expect(messages.contains { $0.truncated && $0.length == 300 && $0.payload.count == 100 })
+        #expect(messages.contains { $0.payload == [0x61, 0xFF] })  // invalid text kept as its bytes
+        #expect(throws: JSONLinesReader.Failure.self) { _ = try JSONLinesReader.records("{\"type\":\"message\"}\n") }
+        // Found by the jsonl-reader fuzz target: a negative connection number trapped.
+        #expect(throws: JSONLinesReader.Failure.self) { _ = try JSONLinesReader.records(#"{"type":"end","conn":-1}"#) }
+    }
+
+    /// Open records read back without their request and response heads (rules do not need them).
+    static func comparable(_ line: String) -> String {
+        guard line.contains(#""type":"open""#), let start = line.range(of: #","request":"#), let end = line.range(of: #","subprotocol":"#) else { return line }
+        return String(line[..<start.lowerBound] + line[end.lowerBound...])
     }
 }

@@ -1,0 +1,207 @@
+import ArgumentParser
+import WSTapCapture
+import WSTapDissect
+import WSTapFilter
+import WSTapFormats
+import WSTapRules
+import WSTapWire
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct RulesCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "rules",
+        abstract: "Check rules (WHEN => ACTION) against recorded traffic.",
+        subcommands: [RulesTestCommand.self]
+    )
+}
+
+/// `--rule` and `--rules FILE`, shared by every command that takes rules.
+struct RuleOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("A rule: '[name p=0.05] WHEN => ACTION; ACTION', e.g. 'from=client json.op=subscribe => set json.channel \"test\"' (docs/rules.md). Repeatable.", valueName: "rule"))
+    var rule: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("A file of rules, one a line; # starts a comment.", valueName: "file"))
+    var rules: String?
+
+    /// The rules in order (file first, then --rule), or one line saying where one is wrong and exit 64.
+    func load() -> [Rule] {
+        var loaded: [Rule] = []
+        do {
+            if let rules {
+                guard let text = readText(rules) else { fail("--rules: cannot read '\(rules)'. Check the path and that it is readable.") }
+                loaded += try RuleParser.parseFile(text, origin: rules)
+            }
+            for text in rule { loaded.append(try RuleParser.parse(text)) }
+        } catch {
+            OutputFile.standardError.write(Array("wstap: \(error)\n".utf8))
+            Glibc.exit(64)
+        }
+        return loaded
+    }
+}
+
+struct RulesTestCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "test",
+        abstract: "Run rules over a JSONL recording or a capture and say, per rule, what it would change.",
+        discussion: """
+            Nothing is sent anywhere: every message of the recording goes through the rules as the proxy \
+            would apply them, and each rule reports how many messages it matched, how many it would change, \
+            and the first change as before and after.
+
+            Examples:
+              wstap rules test --rules rules.txt session.jsonl
+              wstap rules test --rule 'json.type=tick => set json.price 0' capture.pcapng
+            """
+    )
+
+    @OptionGroup var ruleOptions: RuleOptions
+
+    @Argument(help: ArgumentHelp("JSONL recordings (.jsonl) or captures (pcap, pcapng).", valueName: "recording"))
+    var recordings: [String]
+
+    @OptionGroup var discovery: DiscoveryOptions
+
+    @Option(name: .long, help: ArgumentHelp("Seed for rules with a probability (p=), so runs repeat.", valueName: "n"))
+    var seed: UInt64 = 1
+
+    func validate() throws {
+        if ruleOptions.rule.isEmpty && ruleOptions.rules == nil { throw ValidationError("give rules with --rules FILE or --rule 'WHEN => ACTION'.") }
+    }
+
+    func run() throws {
+        let rules = ruleOptions.load()
+        var tally = RuleTally(engine: RuleEngine(rules: rules), seed: seed)
+        for path in recordings {
+            if path.hasSuffix(".jsonl") || path.hasSuffix(".json") || path == "-" {
+                guard let text = readText(path) else { fail("cannot read '\(path)'. Check the path and that it is readable.") }
+                do {
+                    for record in try JSONLinesReader.records(text) { tally.add(record) }
+                } catch {
+                    fail("'\(path)' \(error): expected wstap's JSON Lines (--jsonl)")
+                }
+            } else {
+                var configuration = StreamDissector.Configuration()
+                configuration.frameRecords = false
+                let session = discovery.makeSessions(configuration, count: 1, file: path)[0]
+                do {
+                    _ = try PcapFile.read(path: path, session: session, emit: { records in for record in records { tally.add(record) } }, progress: nil)
+                } catch {
+                    fail("\(error)")
+                }
+            }
+        }
+        OutputFile.standardOutput.write(Array(tally.report(rules: rules, over: recordings).utf8))
+    }
+}
+
+/// Per rule: messages matched, messages changed, the first change.
+struct RuleTally {
+    let engine: RuleEngine
+    var random: SeededRandom
+    var messages = 0
+    var facts: [UInt64: ConnectionFacts] = [:]
+    var matched: [String: Int] = [:]
+    var changed: [String: Int] = [:]
+    var samples: [String: (before: [UInt8], after: [UInt8], opcode: Opcode, effects: [RuleAction])] = [:]
+    var skipped: [String: [String: Int]] = [:]
+
+    init(engine: RuleEngine, seed: UInt64) {
+        self.engine = engine
+        random = SeededRandom(seed: seed)
+    }
+
+    mutating func add(_ record: TapRecord) {
+        switch record.body {
+        case .open(let open): facts[record.connection] = ConnectionFacts(open)
+        case .end: facts[record.connection] = nil
+        case .message(let message):
+            messages += 1
+            var generator = random
+            let outcome = engine.apply(to: record, connection: facts[record.connection]) { generator.nextUnit() }
+            random = generator
+            for applied in outcome.applied {
+                matched[applied.rule, default: 0] += 1
+                let effects = applied.actions.filter { if case .mark = $0 { false } else { true } }
+                let edits = applied.before != applied.after
+                let acts = effects.contains { action in
+                    switch action {
+                    case .replace, .replaceBytes, .setJSON, .deleteJSON: false
+                    default: true
+                    }
+                }
+                if edits || acts {
+                    changed[applied.rule, default: 0] += 1
+                    if samples[applied.rule] == nil { samples[applied.rule] = (applied.before, applied.after, message.opcode, effects) }
+                }
+            }
+            for skip in outcome.skipped { skipped[skip.rule, default: [:]][skip.reason, default: 0] += 1 }
+        default:
+            break
+        }
+    }
+
+    func report(rules: [Rule], over recordings: [String]) -> String {
+        var out = "\(counted(rules.count, "rule")) over \(recordings.joined(separator: ", ")): \(counted(messages, "message"))\n"
+        for rule in rules {
+            let hit = matched[rule.name] ?? 0
+            let change = changed[rule.name] ?? 0
+            let chance = rule.probability.map { ", p=\($0)" } ?? ""
+            out += "\n[\(rule.name)] line \(rule.line)\(chance): matches \(grouped(hit)), would change \(grouped(change)): "
+                + rule.actions.map(\.description).joined(separator: "; ") + "\n"
+            if let sample = samples[rule.name] {
+                if sample.before != sample.after {
+                    out += "  before: \(Self.preview(sample.before, sample.opcode))\n  after:  \(Self.preview(sample.after, sample.opcode))\n"
+                } else {
+                    out += "  first: \(Self.preview(sample.before, sample.opcode))\n"
+                }
+            }
+            for (reason, count) in (skipped[rule.name] ?? [:]).sorted(by: { $0.key < $1.key }) {
+                out += "  not applied to \(counted(count, "message")): \(reason)\n"
+            }
+        }
+        return out
+    }
+
+    static func preview(_ payload: [UInt8], _ opcode: Opcode) -> String {
+        if opcode != .binary, let text = String(validating: payload, as: UTF8.self) {
+            // As the text reads, one line: line breaks and tabs shown as escapes.
+            let shown = String(text.prefix(160)).replacing("\\", with: "\\\\").replacing("\n", with: "\\n").replacing("\r", with: "\\r").replacing("\t", with: "\\t")
+            return shown + (text.count > 160 ? "…" : "")
+        }
+        let hex = payload.prefix(48).map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined(separator: " ")
+        return "\(payload.count) bytes: \(hex)\(payload.count > 48 ? " …" : "")"
+    }
+}
+
+/// SplitMix64 (the tests' generator): rules with p= draw from it, so a seed repeats a run.
+struct SeededRandom {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func nextUnit() -> Double {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return Double((z ^ (z >> 31)) >> 11) / Double(1 << 53)
+    }
+}
+
+/// A whole (small) text file, or nil.
+func readText(_ path: String) -> String? {
+    let file = path == "-" ? fdopen(dup(STDIN_FILENO), "r") : fopen(path, "r")
+    guard let file else { return nil }
+    defer { fclose(file) }
+    var bytes: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = fread(&buffer, 1, buffer.count, file)
+        if n > 0 { bytes += buffer[0..<n] }
+        if n < buffer.count { break }
+    }
+    if ferror(file) != 0 { return nil }
+    return String(decoding: bytes, as: UTF8.self)
+}
