@@ -173,7 +173,7 @@ struct FilterParser {
         switch field.kind {
         case .number:
             guard op != .contains else { throw refuse("cannot take ':': it is a number") }
-            guard let number = Self.number(value) else { throw error("expected a number (sizes may end in K or M), got '\(value)'", at: at) }
+            guard let number = ScalarLexer.size(value) else { throw error("expected a number (sizes may end in K or M), got '\(value)'", at: at) }
             return .number(number)
         case .boolean:
             guard op == .equal || op == .notEqual else { throw refuse("is true or false: use =, != or ?") }
@@ -184,11 +184,11 @@ struct FilterParser {
             }
         case .bytes:
             guard op == .equal || op == .notEqual || op == .contains else { throw refuse("takes =, != or : with hex bytes") }
-            guard let bytes = Self.hexBytes(value) else { throw error("expected hex bytes like 89504e47 or \"de ad\", got '\(value)'", at: at) }
+            guard let bytes = ScalarLexer.hexBytes(value), !bytes.isEmpty else { throw error("expected hex bytes like 89504e47 or \"de ad\", got '\(value)'", at: at) }
             return .bytes(bytes)
         case .json:
             if ordering.contains(op) {
-                guard let number = Self.number(value) else { throw error("expected a number, got '\(value)'", at: at) }
+                guard let number = ScalarLexer.size(value) else { throw error("expected a number, got '\(value)'", at: at) }
                 return .number(number)
             }
             if op == .contains { return .text(value) }
@@ -253,12 +253,12 @@ struct FilterParser {
             index += 1
         }
         index = min(index, chars.count)  // a backslash at the very end stepped past it
-        return Self.text(chars[start..<index])
+        return ScalarLexer.string(chars[start..<index])
     }
 
     private mutating func readOperator() -> Operator? {
         if index + 1 < chars.count {
-            let two = Self.text(chars[index...(index + 1)])
+            let two = ScalarLexer.string(chars[index...(index + 1)])
             for op in [Operator.notEqual, .lessOrEqual, .greaterOrEqual] where two == op.rawValue {
                 index += 2
                 return op
@@ -273,68 +273,27 @@ struct FilterParser {
     private mutating func readBare() -> String {
         let start = index
         while index < chars.count, !chars[index].properties.isWhitespace, chars[index] != ")" { index += 1 }
-        return Self.text(chars[start..<index])
+        return ScalarLexer.string(chars[start..<index])
     }
 
-    private static func text(_ scalars: ArraySlice<Unicode.Scalar>) -> String {
-        var view = String.UnicodeScalarView()
-        view.append(contentsOf: scalars)
-        return String(view)
-    }
 
-    /// `"..."` with \" \\ \n \t \r escapes.
     private mutating func readQuoted() throws(FilterError) -> String {
-        let open = index
-        index += 1
-        var out = String.UnicodeScalarView()
-        while index < chars.count {
-            let c = chars[index]
-            index += 1
-            if c == "\"" { return String(out) }
-            if c == "\\" {
-                guard index < chars.count else { break }
-                let e = chars[index]
-                index += 1
-                switch e {
-                case "n": out.append("\n")
-                case "t": out.append("\t")
-                case "r": out.append("\r")
-                case "\"", "\\", "/": out.append(e)
-                case "u":
-                    // \uXXXX as in JSON, so what wstap prints (JSON-escaped) reads back.
-                    guard index + 4 <= chars.count, let code = UInt32(Self.text4(chars[index..<(index + 4)]), radix: 16),
-                          let scalar = Unicode.Scalar(code) else {
-                        throw error("\\u takes four hex digits of a character that is not a surrogate", at: index - 2)
-                    }
-                    out.append(scalar)
-                    index += 4
-                default: throw error("unknown escape '\\\(e)' (use \\\" \\\\ \\n \\t \\r \\uXXXX)", at: index - 2)
-                }
-                continue
-            }
-            out.append(c)
+        do {
+            return try ScalarLexer.quoted(chars, &index)
+        } catch {
+            throw self.error(error.message, at: error.position)
         }
-        throw error("the quote is not closed", at: open)
     }
 
     /// `/.../` with an optional `i` (ignore case); `\/` is a slash inside.
     private mutating func readRegex() throws(FilterError) -> FilterRegex {
         let open = index
-        index += 1
-        var pattern = String.UnicodeScalarView()
-        while index < chars.count, chars[index] != "/" {
-            // `\/` is a slash; any other escape stays for the regular expression (`\\`, `\d`).
-            if chars[index] == "\\", index + 1 < chars.count {
-                if chars[index + 1] != "/" { pattern.append("\\") }
-                pattern.append(chars[index + 1])
-                index += 2
-                continue
-            }
-            pattern.append(chars[index])
-            index += 1
+        let pattern: String
+        do {
+            pattern = try ScalarLexer.regex(chars, &index)
+        } catch {
+            throw self.error(error.message, at: error.position)
         }
-        guard index < chars.count else { throw error("the regular expression is not closed with '/'", at: open) }
-        index += 1
         var ignoreCase = false
         while index < chars.count, chars[index].properties.isAlphabetic {
             guard chars[index] == "i" else { throw error("unknown regular expression flag '\(chars[index])' (only i)", at: index) }
@@ -342,7 +301,7 @@ struct FilterParser {
             index += 1
         }
         do {
-            return try FilterRegex(String(pattern), ignoreCase: ignoreCase)
+            return try FilterRegex(pattern, ignoreCase: ignoreCase)
         } catch {
             throw self.error("bad regular expression: \(error)", at: open + 1)
         }
@@ -368,43 +327,5 @@ struct FilterParser {
 
     private func error(_ message: String, at position: Int) -> FilterError {
         FilterError(column: position + 1, message: message, source: source)
-    }
-
-    // MARK: - Values
-
-    /// 12, 4K (4096), 1.5M, 0x10.
-    static func number(_ text: String) -> Double? {
-        var digits = Substring(text)
-        var scale = 1.0
-        if let last = digits.last, "kKmM".contains(last) {
-            scale = "kK".contains(last) ? 1024 : 1024 * 1024
-            digits = digits.dropLast()
-        }
-        if digits.hasPrefix("0x"), let n = UInt64(digits.dropFirst(2), radix: 16) { return Double(n) * scale }
-        guard !digits.isEmpty, digits.allSatisfy({ $0.isNumber || $0 == "." || $0 == "-" || $0 == "+" || $0 == "e" || $0 == "E" }),
-              let n = Double(digits), n.isFinite else { return nil }
-        return n * scale
-    }
-
-    /// `89504e47`, `"de ad be ef"`, `de:ad`.
-    static func hexBytes(_ text: String) -> [UInt8]? {
-        let digits = text.utf8.filter { $0 != UInt8(ascii: " ") && $0 != UInt8(ascii: ":") }
-        guard !digits.isEmpty, digits.count % 2 == 0 else { return nil }
-        var out: [UInt8] = []
-        var i = 0
-        while i < digits.count {
-            guard let high = hexDigit(digits[i]), let low = hexDigit(digits[i + 1]) else { return nil }
-            out.append(high << 4 | low)
-            i += 2
-        }
-        return out
-    }
-}
-
-extension FilterParser {
-    static func text4(_ scalars: ArraySlice<Unicode.Scalar>) -> String {
-        var view = String.UnicodeScalarView()
-        view.append(contentsOf: scalars)
-        return String(view)
     }
 }

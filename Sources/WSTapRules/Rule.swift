@@ -59,7 +59,7 @@ public enum RuleAction: Sendable, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case .replace(let p, let w): "replace /\(Self.slashesEscaped(p))/ \(JSONValue.string(w).serialized)"
+        case .replace(let p, let w): "replace /\(ScalarLexer.slashesEscaped(p))/ \(JSONValue.string(w).serialized)"
         case .replaceBytes(let f, let t): "replace-bytes hex:\(hexString(f)) hex:\(hexString(t))"
         case .setJSON(let path, let value):
             if case .string(let text) = value { "set \(path) \(JSONValue.string(text).serialized)" } else { "set \(path) \(Self.bareJSON(value))" }
@@ -86,27 +86,6 @@ public enum RuleAction: Sendable, CustomStringConvertible {
 }
 
 extension RuleAction {
-    /// The pattern as it is written between slashes: the inverse of how the parser reads it (`\X`
-    /// pairs kept, a bare `/` escaped).
-    static func slashesEscaped(_ pattern: String) -> String {
-        var out = ""
-        var escaped = false
-        for scalar in pattern.unicodeScalars {
-            if escaped {
-                out.unicodeScalars.append(scalar)
-                escaped = false
-            } else if scalar == "\\" {
-                out.unicodeScalars.append(scalar)
-                escaped = true
-            } else if scalar == "/" {
-                out += "\\/"
-            } else {
-                out.unicodeScalars.append(scalar)
-            }
-        }
-        return out
-    }
-
     /// A JSON value written as one bare word of a rule: whitespace and ';' can only be inside its
     /// strings, where `\uXXXX` says the same thing without ending the word.
     static func bareJSON(_ value: JSONValue) -> String {

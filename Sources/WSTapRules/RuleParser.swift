@@ -272,7 +272,7 @@ struct RuleScanner {
         skipSpace()
         let at = index
         let word = bare()
-        guard word.hasPrefix("hex:"), let bytes = Self.hexBytes(String(word.dropFirst(4))) else {
+        guard word.hasPrefix("hex:"), let bytes = ScalarLexer.hexBytes(String(word.dropFirst(4))) else {
             throw error("expected \(what) as hex:0a1b2c", at: at)
         }
         return bytes
@@ -301,68 +301,26 @@ struct RuleScanner {
     }
 
     private mutating func quoted() throws(RuleError) -> String {
-        let open = index
-        index += 1
-        var out = String.UnicodeScalarView()
-        while index < chars.count {
-            let c = chars[index]
-            index += 1
-            if c == "\"" { return String(out) }
-            if c == "\\" {
-                guard index < chars.count else { break }
-                let e = chars[index]
-                index += 1
-                switch e {
-                case "n": out.append("\n")
-                case "t": out.append("\t")
-                case "r": out.append("\r")
-                case "\"", "\\": out.append(e)
-                case "u":
-                    // \uXXXX as in JSON, so what wstap prints (JSON-escaped) reads back.
-                    guard index + 4 <= chars.count, let code = UInt32(Self.text4(chars[index..<(index + 4)]), radix: 16),
-                          let scalar = Unicode.Scalar(code) else {
-                        throw error("\\u takes four hex digits of a character that is not a surrogate", at: index - 2)
-                    }
-                    out.append(scalar)
-                    index += 4
-                default: throw error("unknown escape '\\\(e)' (use \\\" \\\\ \\n \\t \\r \\uXXXX)", at: index - 2)
-                }
-                continue
-            }
-            out.append(c)
+        do {
+            return try ScalarLexer.quoted(chars, &index)
+        } catch {
+            throw self.error(error.message, at: error.position)
         }
-        throw error("the quote is not closed", at: open)
     }
 
     private mutating func regex() throws(RuleError) -> String {
-        let open = index
-        index += 1
-        var out = String.UnicodeScalarView()
-        while index < chars.count, chars[index] != "/" {
-            // `\/` is a slash; any other escape stays for the regular expression (`\\`, `\d`).
-            if chars[index] == "\\", index + 1 < chars.count {
-                if chars[index + 1] != "/" { out.append("\\") }
-                out.append(chars[index + 1])
-                index += 2
-                continue
-            }
-            out.append(chars[index])
-            index += 1
+        do {
+            return try ScalarLexer.regex(chars, &index)
+        } catch {
+            throw self.error(error.message, at: error.position)
         }
-        guard index < chars.count else { throw error("the regular expression is not closed with '/'", at: open) }
-        index += 1
-        return String(out)
     }
 
     func error(_ message: String, at position: Int) -> RuleError {
         RuleError(line: line, column: position + 1, message: message, origin: origin)
     }
 
-    static func string(_ scalars: ArraySlice<Unicode.Scalar>) -> String {
-        var view = String.UnicodeScalarView()
-        view.append(contentsOf: scalars)
-        return String(view)
-    }
+    static func string(_ scalars: ArraySlice<Unicode.Scalar>) -> String { ScalarLexer.string(scalars) }
 
     static func milliseconds(_ text: String) -> Int? {
         if text.hasSuffix("ms"), let n = Double(text.dropLast(2)), n >= 0, n <= 86_400_000 { return Int(n) }
@@ -371,35 +329,7 @@ struct RuleScanner {
     }
 
     static func size(_ text: String) -> Int? {
-        var digits = Substring(text)
-        var scale = 1
-        if let last = digits.last, "kKmM".contains(last) {
-            scale = "kK".contains(last) ? 1024 : 1024 * 1024
-            digits = digits.dropLast()
-        }
-        return Int(digits).map { $0 * scale }
-    }
-
-    static func hexBytes(_ text: String) -> [UInt8]? {
-        let digits = Array(text.utf8)
-        guard digits.count % 2 == 0 else { return nil }
-        var out: [UInt8] = []
-        var i = 0
-        while i < digits.count {
-            guard let high = Self.nibble(digits[i]), let low = Self.nibble(digits[i + 1]) else { return nil }
-            out.append(high << 4 | low)
-            i += 2
-        }
-        return out
-    }
-
-    static func nibble(_ byte: UInt8) -> UInt8? {
-        switch byte {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
-        default: nil
-        }
+        ScalarLexer.size(text).flatMap { $0.rounded() == $0 && $0 >= 0 && $0 < 1e15 ? Int($0) : nil }
     }
 }
 
@@ -409,13 +339,5 @@ extension String {
         while let c = s.first, c.isWhitespace { s = s.dropFirst() }
         while let c = s.last, c.isWhitespace { s = s.dropLast() }
         return String(s)
-    }
-}
-
-extension RuleScanner {
-    static func text4(_ scalars: ArraySlice<Unicode.Scalar>) -> String {
-        var view = String.UnicodeScalarView()
-        view.append(contentsOf: scalars)
-        return String(view)
     }
 }
