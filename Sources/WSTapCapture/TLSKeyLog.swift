@@ -1,3 +1,5 @@
+import WSTapWire
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -42,7 +44,7 @@ public final class TLSKeyLog {
     }
 
     func secret(_ label: String, clientRandom: [UInt8]) -> [UInt8]? {
-        let key = Self.hex(clientRandom)
+        let key = Hex.encode(clientRandom)
         if let found = secrets[key]?[label] { return found }
         reloadAppended()
         return secrets[key]?[label]
@@ -74,39 +76,7 @@ public final class TLSKeyLog {
         return String(decoding: bytes, as: UTF8.self)
     }
 
-    static func hex(_ bytes: [UInt8]) -> String {
-        let digits = Array("0123456789abcdef".utf8)
-        var out: [UInt8] = []
-        out.reserveCapacity(bytes.count * 2)
-        for byte in bytes {
-            out.append(digits[Int(byte >> 4)])
-            out.append(digits[Int(byte & 0x0F)])
-        }
-        return String(decoding: out, as: UTF8.self)
-    }
-
-    static func bytes(fromHex text: Substring) -> [UInt8]? {
-        let utf8 = Array(text.utf8)
-        guard utf8.count % 2 == 0 else { return nil }
-        var out: [UInt8] = []
-        out.reserveCapacity(utf8.count / 2)
-        var index = 0
-        while index < utf8.count {
-            guard let high = nibble(utf8[index]), let low = nibble(utf8[index + 1]) else { return nil }
-            out.append(high << 4 | low)
-            index += 2
-        }
-        return out
-    }
-
-    private static func nibble(_ c: UInt8) -> UInt8? {
-        switch c {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): return c - UInt8(ascii: "0")
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): return c - UInt8(ascii: "a") + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): return c - UInt8(ascii: "A") + 10
-        default: return nil
-        }
-    }
+    static func bytes(fromHex text: Substring) -> [UInt8]? { Hex.decode(text.utf8) }
 }
 
 /// Finds the TLS key log lines embedded in a pcapng file's Decryption Secrets Blocks (type 0x0000000A,

@@ -183,7 +183,7 @@ package final class TLSStreamDecryptor {
     private var serverRandom: [UInt8]?
 
     private func noKeyReason(_ random: [UInt8]) -> String {
-        "no key for client random \(TLSKeyLog.hex(random).prefix(16))… in the key log"
+        "no key for client random \(Hex.encode(random).prefix(16))… in the key log"
     }
 
     /// TLS 1.3 handshake messages after ServerHello: Finished ends a side's handshake keys, KeyUpdate

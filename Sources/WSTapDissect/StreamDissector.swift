@@ -815,7 +815,7 @@ public final class StreamDissector {
                 closeCode = code
                 if !CloseCode.isAllowedOnWire(code) { diagnose(.closeCodeNotAllowed, state, offset: message.offset, "close code \(code)", &records) }
                 let reason = Array(body[2...])
-                if !UTF8Validator.isValid(reason) { diagnose(.invalidUTF8CloseReason, state, offset: message.offset, "reason bytes \(hex(reason.prefix(32)))", &records) }
+                if !UTF8Validator.isValid(reason) { diagnose(.invalidUTF8CloseReason, state, offset: message.offset, "reason bytes \(Hex.encode(reason.prefix(32)))", &records) }
                 // A code alone has no reason (null in records), which is not the same as an empty one.
                 closeReason = reason.isEmpty ? nil : String(decoding: reason, as: UTF8.self)
             }
@@ -851,10 +851,6 @@ public final class StreamDissector {
     private func diagnose(_ code: DiagnosticCode, _ state: DirectionState, offset: UInt64, _ detail: String, _ records: inout [TapRecord]) {
         records.append(record(.diagnostic(Diagnostic(code: code, direction: state.direction, offset: offset, detail: detail))))
     }
-}
-
-func hex<C: Collection>(_ bytes: C) -> String where C.Element == UInt8 {
-    bytes.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
 }
 
 extension String {

@@ -1,3 +1,5 @@
+import WSTapWire
+
 /// A JSON document (RFC 8259) parsed from message bytes, for `json.<path>` in filters and rules.
 ///
 /// Payloads are untrusted: nesting is bounded (deeper documents are rejected, not recursed into), and
@@ -213,7 +215,7 @@ public indirect enum JSONValue: Equatable, Sendable {
             guard bytes.count - index >= 4 else { return nil }
             var value: UInt32 = 0
             for byte in bytes[index..<(index + 4)] {
-                guard let digit = hexDigit(byte) else { return nil }
+                guard let digit = Hex.digit(byte) else { return nil }
                 value = value << 4 | UInt32(digit)
             }
             index += 4
@@ -248,14 +250,5 @@ public indirect enum JSONValue: Equatable, Sendable {
             guard let value = Double(text) else { return nil }
             return .number(value, text: text)
         }
-    }
-}
-
-func hexDigit(_ byte: UInt8) -> UInt8? {
-    switch byte {
-    case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
-    case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
-    case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
-    default: nil
     }
 }

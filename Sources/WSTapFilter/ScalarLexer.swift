@@ -1,3 +1,5 @@
+import WSTapWire
+
 /// The lexical pieces filters and rules share, over Unicode scalars (see `FilterParser` for why not
 /// characters): quoted strings, `/regular expressions/`, hex bytes and sizes. Positions are scalar
 /// indexes; a failure says where and what, and each parser words it as its own error.
@@ -80,16 +82,7 @@ public enum ScalarLexer {
 
     /// `89504e47`, `de ad be ef`, `de:ad`.
     public static func hexBytes(_ text: String) -> [UInt8]? {
-        let digits = text.utf8.filter { $0 != UInt8(ascii: " ") && $0 != UInt8(ascii: ":") }
-        guard digits.count % 2 == 0 else { return nil }
-        var out: [UInt8] = []
-        var i = 0
-        while i < digits.count {
-            guard let high = hexDigit(digits[i]), let low = hexDigit(digits[i + 1]) else { return nil }
-            out.append(high << 4 | low)
-            i += 2
-        }
-        return out
+        Hex.decode(text.utf8.filter { $0 != UInt8(ascii: " ") && $0 != UInt8(ascii: ":") })
     }
 
     /// 12, 4K (4096), 1.5M (1024²), 0x10.

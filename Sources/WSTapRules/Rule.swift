@@ -60,7 +60,7 @@ public enum RuleAction: Sendable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .replace(let p, let w): "replace /\(ScalarLexer.slashesEscaped(p))/ \(JSONValue.string(w).serialized)"
-        case .replaceBytes(let f, let t): "replace-bytes hex:\(hexString(f)) hex:\(hexString(t))"
+        case .replaceBytes(let f, let t): "replace-bytes hex:\(Hex.encode(f)) hex:\(Hex.encode(t))"
         case .setJSON(let path, let value):
             if case .string(let text) = value { "set \(path) \(JSONValue.string(text).serialized)" } else { "set \(path) \(Self.bareJSON(value))" }
         case .deleteJSON(let path): "delete \(path)"
@@ -70,7 +70,7 @@ public enum RuleAction: Sendable, CustomStringConvertible {
         case .inject(let side, let payload):
             switch payload {
             case .text(let t): "inject to=\(side.rawValue) text \(JSONValue.string(t).serialized)"
-            case .bytes(let b): "inject to=\(side.rawValue) hex:\(hexString(b))"
+            case .bytes(let b): "inject to=\(side.rawValue) hex:\(Hex.encode(b))"
             case .file(let f): "inject to=\(side.rawValue) file \(JSONValue.string(f).serialized)"
             }
         case .close(let code, let reason, let side): "close \(code) \(JSONValue.string(reason).serialized) to=\(side.rawValue)"
@@ -100,10 +100,6 @@ extension RuleAction {
         }
         return String(out)
     }
-}
-
-func hexString(_ bytes: [UInt8]) -> String {
-    bytes.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
 }
 
 /// Where a rule is wrong: its line and 1-based column, and what was expected there.

@@ -131,3 +131,11 @@ import Testing
         for code: UInt16 in [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000] { #expect(!CloseCode.isAllowedOnWire(code), "\(code)") }
     }
 }
+
+@Suite struct HexTests {
+    @Test func encodesLowerCaseAndDecodesEitherCase() {
+        #expect(Hex.encode([0x00, 0x0F, 0xA0, 0xFF]) == "000fa0ff")
+        #expect(Hex.decode(Array("000FA0ff".utf8)) == [0x00, 0x0F, 0xA0, 0xFF])
+        #expect(Hex.decode(Array("abc".utf8)) == nil && Hex.decode(Array("zz".utf8)) == nil && Hex.decode([UInt8]()) == [])
+    }
+}
