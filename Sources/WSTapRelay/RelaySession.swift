@@ -195,6 +195,8 @@ public final class RelaySession {
     /// From the first request head on (from the first cleartext bytes in a raw tunnel).
     private var dissector: StreamDissector?
     private var runningTimers: Set<Timer> = []
+    /// The WebSocket relay's actions of the current read, kept between reads for its capacity.
+    private var relayScratch: [WebSocketRelay.Action] = []
 
     // The connection's history, for its end record.
     private var clientBytes: UInt64 = 0
@@ -244,7 +246,8 @@ public final class RelaySession {
         case .closed(let side): actions = sideClosed(side)
         case .timerFired(let timer): actions = timerFired(timer)
         }
-        return actions + reconcileTimers()
+        reconcileTimers(into: &actions)
+        return actions
     }
 
     // MARK: - Client side
@@ -277,7 +280,7 @@ public final class RelaySession {
             return recordThenForward(buffer, .clientToServer)
         case .webSocket(let relay):
             clientBytes += UInt64(buffer.readableBytes)
-            return Self.actions(relay.handle(.received(.clientToServer, buffer, at: clock())))
+            return relayed(relay, .received(.clientToServer, buffer, at: clock()))
         case .done:
             return []
         }
@@ -493,7 +496,7 @@ public final class RelaySession {
     private func upstreamData(_ buffer: ByteBuffer) -> [Action] {
         if case .webSocket(let relay) = phase {
             serverBytes += UInt64(buffer.readableBytes)
-            return Self.actions(relay.handle(.received(.serverToClient, buffer, at: clock())))
+            return relayed(relay, .received(.serverToClient, buffer, at: clock()))
         }
         guard case .relaying = phase else { return [] }
         serverBytes += UInt64(buffer.readableBytes)
@@ -512,17 +515,23 @@ public final class RelaySession {
     /// directions go through the WebSocket relay. The follower has become a pipe on the same 101.
     private func handOverToWebSocket() -> [Action] {
         guard case .relaying = phase, let dissector, let start = dissector.webSocketStart, follower?.isPipe ?? true else { return [] }
-        phase = .webSocket(WebSocketRelay(start: start, dissector: dissector, clientPosition: clientBytes, serverPosition: serverBytes))
+        phase = .webSocket(WebSocketRelay(start: start, dissector: dissector))
         return []
     }
 
-    private static func actions(_ relayed: [WebSocketRelay.Action]) -> [Action] {
-        relayed.map { action in
+    /// The WebSocket relay's actions for one read as the session's own.
+    private func relayed(_ relay: WebSocketRelay, _ event: WebSocketRelay.Event) -> [Action] {
+        relayScratch.removeAll(keepingCapacity: true)
+        relay.handle(event, into: &relayScratch)
+        var actions: [Action] = []
+        actions.reserveCapacity(relayScratch.count)
+        for action in relayScratch {
             switch action {
-            case .send(let direction, let bytes): .send(direction == .clientToServer ? .upstream : .client, bytes)
-            case .emit(let records): .emit(records)
+            case .send(let direction, let bytes): actions.append(.send(direction == .clientToServer ? .upstream : .client, bytes))
+            case .emit(let records): actions.append(.emit(records))
             }
         }
+        return actions
     }
 
     /// Records go out before the bytes they describe: once a peer has seen a byte, its records are
@@ -630,8 +639,7 @@ public final class RelaySession {
 
     /// Each timer runs exactly while what it bounds is pending; checked after every event, so a
     /// deadline spans the states it covers (CONNECT, TLS and head; connect and upgrade answer) once.
-    private func reconcileTimers() -> [Action] {
-        var actions: [Action] = []
+    private func reconcileTimers(into actions: inout [Action]) {
         let headPending: Bool
         switch phase {
         case .readingHead, .tunnelOpen, .clientTLSHandshake: headPending = true
@@ -643,16 +651,18 @@ public final class RelaySession {
         case .relaying: upstreamPending = dissector?.isAwaitingUpgradeAnswer ?? false
         default: upstreamPending = false
         }
-        for (timer, pending, limit) in [(Timer.requestHead, headPending, limits.requestHeadTimeout),
-                                        (.upstreamHandshake, upstreamPending, limits.upstreamTimeout)] {
-            if pending, let limit, !runningTimers.contains(timer) {
-                runningTimers.insert(timer)
-                actions.append(.startTimer(timer, after: limit))
-            } else if !pending, runningTimers.remove(timer) != nil {
-                actions.append(.cancelTimer(timer))
-            }
+        // Called for every read: two plain calls, no array of timers built each time.
+        reconcile(.requestHead, pending: headPending, limit: limits.requestHeadTimeout, into: &actions)
+        reconcile(.upstreamHandshake, pending: upstreamPending, limit: limits.upstreamTimeout, into: &actions)
+    }
+
+    private func reconcile(_ timer: Timer, pending: Bool, limit: Duration?, into actions: inout [Action]) {
+        if pending, let limit, !runningTimers.contains(timer) {
+            runningTimers.insert(timer)
+            actions.append(.startTimer(timer, after: limit))
+        } else if !pending, runningTimers.remove(timer) != nil {
+            actions.append(.cancelTimer(timer))
         }
-        return actions
     }
 
     private func timerFired(_ timer: Timer) -> [Action] {

@@ -28,26 +28,27 @@ public final class WebSocketRelay {
     private var clientToServer: DirectionPipe
     private var serverToClient: DirectionPipe
 
-    /// - Parameters:
-    ///   - dissector: the connection's dissector, already past the 101; it keeps recording every byte.
-    ///   - clientPosition, serverPosition: how many bytes of each direction were relayed before the
-    ///     hand-over (the handshake heads, and frames sent in the same reads as them).
-    public init(start: WebSocketStart, dissector: StreamDissector, clientPosition: UInt64, serverPosition: UInt64) {
+    /// - Parameter dissector: the connection's dissector, already past the 101; it keeps recording every byte.
+    public init(start: WebSocketStart, dissector: StreamDissector) {
         self.start = start
         self.dissector = dissector
-        clientToServer = DirectionPipe(direction: .clientToServer, position: clientPosition)
-        serverToClient = DirectionPipe(direction: .serverToClient, position: serverPosition)
+        clientToServer = DirectionPipe(direction: .clientToServer)
+        serverToClient = DirectionPipe(direction: .serverToClient)
     }
 
-    public func handle(_ event: Event) -> [Action] {
+    /// Appends what to do to `actions` (the caller's buffer, reused from read to read: this runs for
+    /// every read of every WebSocket connection).
+    public func handle(_ event: Event, into actions: inout [Action]) {
         switch event {
         case .received(let direction, let buffer, let time):
             var records: [TapRecord] = []
             buffer.withUnsafeReadableBytes { dissector.feed($0, from: direction, at: time, into: &records) }
-            var actions: [Action] = records.isEmpty ? [] : [.emit(records)]
-            let out = direction == .clientToServer ? clientToServer.received(buffer) : serverToClient.received(buffer)
-            actions += out.map { .send(direction, $0) }
-            return actions
+            if !records.isEmpty { actions.append(.emit(records)) }
+            if direction == .clientToServer {
+                clientToServer.received(buffer, into: &actions)
+            } else {
+                serverToClient.received(buffer, into: &actions)
+            }
         }
     }
 }
@@ -62,19 +63,13 @@ struct DirectionPipe {
 
     let direction: Direction
     private(set) var mode = Mode.passThrough
-    /// Bytes of this direction taken in so far, counted from the connection's first byte.
-    private(set) var position: UInt64
 
-    init(direction: Direction, position: UInt64) {
-        self.direction = direction
-        self.position = position
-    }
+    init(direction: Direction) { self.direction = direction }
 
-    mutating func received(_ buffer: ByteBuffer) -> [ByteBuffer] {
-        position += UInt64(buffer.readableBytes)
+    mutating func received(_ buffer: ByteBuffer, into actions: inout [WebSocketRelay.Action]) {
         switch mode {
         case .passThrough:
-            return [buffer]
+            actions.append(.send(direction, buffer))
         }
     }
 }
