@@ -76,7 +76,7 @@ def test_every_link_type_gives_the_same_messages(peer, procs, tmp_path):
     port6 = peer(PYTHON, str(PEERS / "websockets_echo_server.py"), "--host", "::1")
     bpf = f"tcp port {port4} or tcp port {port6}"
     files = {"ethernet": tmp_path / "lo.pcap"}
-    dump = Proc(["tcpdump", "-i", "lo", "-U", "--immediate-mode", "-Z", "root", "-w", str(files["ethernet"]), bpf], stream="stderr")
+    dump = Proc(["tcpdump", "-i", "lo", "-B", "32768", "-U", "--immediate-mode", "-Z", "root", "-w", str(files["ethernet"]), bpf], stream="stderr")
     procs.append(dump)
     dump.wait_for(r"listening on")
     asyncio.run(conversation(f"ws://127.0.0.1:{port4}/v4"))

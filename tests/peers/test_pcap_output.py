@@ -79,7 +79,7 @@ def test_keylog_decrypts_a_capture_of_the_real_traffic(wstap, peer, procs, tmp_p
     proxy = wstap(None, ["--ca-dir", str(ca), "--upstream-ca", str(TEST_CA), "--keylog", str(keys)])
     # --immediate-mode: otherwise the last packets can still be in the kernel buffer when tcpdump stops.
     # -Z root: Debian's tcpdump otherwise drops to its own user, which cannot write into the temp dir.
-    dump = Proc(["tcpdump", "-i", "lo", "-U", "--immediate-mode", "-Z", "root", "-w", str(capture), f"tcp port {port} or tcp port {proxy.port}"],
+    dump = Proc(["tcpdump", "-i", "lo", "-B", "32768", "-U", "--immediate-mode", "-Z", "root", "-w", str(capture), f"tcp port {port} or tcp port {proxy.port}"],
                 stream="stderr")
     procs.append(dump)
     dump.wait_for(r"listening on lo")
