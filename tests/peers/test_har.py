@@ -3,10 +3,11 @@ import asyncio
 import json
 import signal
 import socket
+import time
 
 from websockets.asyncio.client import connect
 
-from conftest import PEERS, PYTHON, messages
+from conftest import DEADLINE, PEERS, PYTHON, messages
 from rawpeers import RawServer, frame, raw_client
 
 REQUIRED_ENTRY = {"startedDateTime", "time", "request", "response", "cache", "timings"}
@@ -20,6 +21,18 @@ def check_har(path):
         assert {"method", "url", "httpVersion", "headers", "queryString", "cookies", "headersSize", "bodySize"} <= set(entry["request"])
         assert {"status", "statusText", "httpVersion", "headers", "cookies", "content", "redirectURL", "headersSize", "bodySize"} <= set(entry["response"])
     return har["log"]["entries"]
+
+
+def wait_har_entries(path, count):
+    """The HAR is written on the sink thread after the JSON Lines of the same record, so seeing `end`
+    in the JSONL does not mean the HAR entry is there yet: wait for the entry itself."""
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        entries = check_har(path)  # valid JSON at every moment, also while being written
+        if len(entries) >= count:
+            return entries
+        time.sleep(0.02)  # polling a file for a condition; the assertion is on content, not time
+    raise AssertionError(f"timed out waiting for {count} HAR entries; have {check_har(path)}")
 
 
 def test_har_has_websocket_entries_matching_the_records(wstap, peer, tmp_path):
@@ -36,7 +49,7 @@ def test_har_has_websocket_entries_matching_the_records(wstap, peer, tmp_path):
 
     asyncio.run(run())
     records = proxy.wait_ended()
-    entries = check_har(har)
+    entries = wait_har_entries(har, 1)
     assert len(entries) == 1
     entry = entries[0]
     assert entry["_resourceType"] == "websocket"
@@ -78,7 +91,7 @@ def test_plain_http_exchanges_are_entries_too(wstap, tmp_path):
         assert chunk, response
         response += chunk
     proxy.wait_records(lambda r: any(x["type"] == "http" for x in r), "the http record")
-    entries = check_har(har)
+    entries = wait_har_entries(har, 1)
     assert entries[0]["request"]["url"] == f"http://127.0.0.1:{port}/plain?q=2"
     assert entries[0]["response"]["status"] == 404 and "_resourceType" not in entries[0]
     client.close()
