@@ -22,7 +22,7 @@ let package = Package(
         .systemLibrary(name: "CPcap", providers: [.apt(["libpcap-dev"])]),
         .target(name: "WSTapWire", dependencies: ["CZlib"]),
         .target(name: "WSTapDissect", dependencies: ["WSTapWire"]),
-        .target(name: "WSTapRelay", dependencies: ["WSTapDissect", "WSTapWire", .product(name: "NIOCore", package: "swift-nio")]),
+        .target(name: "WSTapRelay", dependencies: ["WSTapDissect", "WSTapWire", "WSTapFilter", "WSTapRules", .product(name: "NIOCore", package: "swift-nio")]),
         .target(name: "WSTapCapture", dependencies: ["WSTapDissect", "WSTapWire", "CPcap", .product(name: "Crypto", package: "swift-crypto")]),
         // The filter grammar shared by --filter, rules, replay and the UI.
         .target(name: "WSTapFilter", dependencies: ["WSTapDissect", "WSTapWire"]),
@@ -65,7 +65,7 @@ let package = Package(
         .executableTarget(name: "wstap-fuzz", dependencies: ["WSTapFuzzTargets"]),
         .testTarget(name: "WSTapWireTests", dependencies: ["WSTapWire", "WSTapTestSupport", "CZlib"]),
         .testTarget(name: "WSTapDissectTests", dependencies: ["WSTapDissect", "WSTapFormats", "WSTapTestSupport"]),
-        .testTarget(name: "WSTapRelayTests", dependencies: ["WSTapRelay", "WSTapTestSupport"]),
+        .testTarget(name: "WSTapRelayTests", dependencies: ["WSTapRelay", "WSTapRules", "WSTapTestSupport"]),
         .testTarget(name: "WSTapProxyTests", dependencies: ["WSTapProxy"]),
         .testTarget(name: "WSTapCaptureTests", dependencies: ["WSTapCapture", "WSTapFormats"]),
         .testTarget(name: "WSTapFuzzTargetsTests", dependencies: ["WSTapFuzzTargets"]),

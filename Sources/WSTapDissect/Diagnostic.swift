@@ -47,13 +47,19 @@ public enum DiagnosticCode: String, CaseIterable, Sendable {
     case pipelinedBytesDropped = "pipelined-bytes-dropped"
     // captures
     case resynchronised = "resynchronised"
+    // changes wstap made on purpose (rules, docs/rules.md)
+    case reencoding = "reencoding"
+    case holdReleased = "hold-released"
+    case changesStopped = "changes-stopped"
+    case tooLargeToChange = "too-large-to-change"
     // end of stream
     case truncatedFrame = "truncated-frame"
     case truncatedMessage = "truncated-message"
 
     public var severity: Severity {
         switch self {
-        case .upgradeRefused, .unsupportedExtension, .resynchronised: .info
+        case .upgradeRefused, .unsupportedExtension, .resynchronised, .reencoding, .holdReleased: .info
+        case .changesStopped, .tooLargeToChange: .warning
         case .nonMinimalLength, .frameAfterClose, .inflateLimitExceeded, .truncatedFrame, .truncatedMessage,
             .pipelinedBytesDropped, .bareLineFeed:
             .warning
@@ -98,6 +104,10 @@ public enum DiagnosticCode: String, CaseIterable, Sendable {
         case .bareLineFeed: "HTTP head line ending in LF without CR (RFC 9112 §2.2: senders must use CRLF)"
         case .pipelinedBytesDropped: "too many bytes sent before the upgrade answer; they were relayed but not dissected"
         case .resynchronised: "after a capture gap, bytes were skipped up to the next plausible frame header"
+        case .reencoding: "a rule changed a compressed message: wstap compresses this direction's messages itself from here on (--compression)"
+        case .holdReleased: "a held message went on without being released: at --hold-timeout, past --hold-limit, or because its sender closed"
+        case .changesStopped: "frames wstap cannot follow (a protocol violation): rules no longer apply to this direction, its bytes pass as they are"
+        case .tooLargeToChange: "message larger than --hold-limit: passed on as it came, rules not applied"
         case .truncatedFrame: "connection ended inside a frame"
         case .truncatedMessage: "connection ended inside a fragmented message"
         }

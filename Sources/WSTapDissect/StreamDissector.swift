@@ -66,7 +66,8 @@ public final class StreamDissector {
         self.init(connection: connection, info: info, configuration: configuration)
         midstreamDiscovery = discovery
         isWebSocket = true
-        webSocketStart = WebSocketStart(clientOffset: 0, serverOffset: 0, negotiationSeen: false, deflate: nil, subprotocol: nil)
+        webSocketStart = WebSocketStart(clientOffset: 0, serverOffset: 0, negotiationSeen: false, deflate: nil, subprotocol: nil,
+                                        url: "\(info.scheme)://\(info.server)/")
         client.phase = .websocket
         server.phase = .websocket
         client.resyncing = true
@@ -465,7 +466,7 @@ public final class StreamDissector {
         // The client's frames start where its upgrade request ended: its offset has not yet moved past
         // the bytes held while the answer was pending.
         webSocketStart = WebSocketStart(clientOffset: client.offset, serverOffset: serverState.offset, negotiationSeen: true,
-                                        deflate: deflate, subprotocol: subprotocol)
+                                        deflate: deflate, subprotocol: subprotocol, url: open.url)
         serverState.phase = .websocket
         if let deflate {
             serverState.inflater = Inflater()
@@ -880,12 +881,16 @@ public struct WebSocketStart: Sendable, Equatable {
     /// The permessage-deflate parameters the server accepted; nil when it accepted none.
     public var deflate: PerMessageDeflate?
     public var subprotocol: String?
+    /// The URL of the connection's `open` record (rules match on it).
+    public var url: String
 
-    public init(clientOffset: UInt64, serverOffset: UInt64, negotiationSeen: Bool, deflate: PerMessageDeflate?, subprotocol: String?) {
+    public init(clientOffset: UInt64, serverOffset: UInt64, negotiationSeen: Bool, deflate: PerMessageDeflate?, subprotocol: String?,
+                url: String = "") {
         self.clientOffset = clientOffset
         self.serverOffset = serverOffset
         self.negotiationSeen = negotiationSeen
         self.deflate = deflate
         self.subprotocol = subprotocol
+        self.url = url
     }
 }

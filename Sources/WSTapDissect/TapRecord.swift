@@ -182,9 +182,73 @@ public struct GapRecord: Sendable {
     public var offset: UInt64
 }
 
+/// What wstap did on purpose to one message (rules, docs/rules.md). The message as it was received is
+/// the `message` record at the same offset; this record says which rules matched and what left instead.
+public struct ChangeRecord: Sendable {
+    public enum Result: String, Sendable {
+        /// Sent on with its own bytes (rules that only mark, delay or hold).
+        case forwarded
+        /// Sent on with other bytes: `sent` holds what left.
+        case edited
+        case dropped
+    }
+
+    public var direction: Direction
+    /// Offset of the received message's first frame.
+    public var offset: UInt64
+    /// The rules that matched, in order, and their actions as written.
+    public var rules: [String]
+    public var actions: [String]
+    public var result: Result
+    /// Each copy that left (two for `duplicate`, none when dropped).
+    public var sent: [SentMessage]
+    /// How long the message waited in its direction's queue (delay, hold), nil when it did not.
+    public var heldNanoseconds: Int64?
+    public var marks: [String]
+    /// Edits that did not apply and why, and how a hold ended early.
+    public var notes: [String]
+
+    public init(direction: Direction, offset: UInt64, rules: [String], actions: [String], result: Result, sent: [SentMessage],
+                heldNanoseconds: Int64? = nil, marks: [String] = [], notes: [String] = []) {
+        self.direction = direction
+        self.offset = offset
+        self.rules = rules
+        self.actions = actions
+        self.result = result
+        self.sent = sent
+        self.heldNanoseconds = heldNanoseconds
+        self.marks = marks
+        self.notes = notes
+    }
+}
+
+/// A message as wstap sent it after a change.
+public struct SentMessage: Sendable, Equatable {
+    public var opcode: Opcode
+    public var frames: Int
+    /// Payload bytes before compression, and on the wire.
+    public var length: UInt64
+    public var wireLength: UInt64
+    public var compressed: Bool
+    /// The first `payloadCap` bytes of the payload before compression.
+    public var payload: [UInt8]
+    public var truncated: Bool
+
+    public init(opcode: Opcode, frames: Int, length: UInt64, wireLength: UInt64, compressed: Bool, payload: [UInt8], truncated: Bool) {
+        self.opcode = opcode
+        self.frames = frames
+        self.length = length
+        self.wireLength = wireLength
+        self.compressed = compressed
+        self.payload = payload
+        self.truncated = truncated
+    }
+}
+
 public struct TapRecord: Sendable {
     public enum Body: Sendable {
         case gap(GapRecord)
+        case change(ChangeRecord)
         case open(OpenRecord)
         case http(HTTPExchangeRecord)
         case frame(FrameRecord)

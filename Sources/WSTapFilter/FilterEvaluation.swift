@@ -41,6 +41,7 @@ struct FilterSubject {
         case .diagnostic: "diagnostic"
         case .end: "end"
         case .gap: "gap"
+        case .change: "change"
         }
     }
 
@@ -50,6 +51,7 @@ struct FilterSubject {
         case .message(let m): m.direction
         case .diagnostic(let d): d.direction
         case .gap(let g): g.direction
+        case .change(let c): c.direction
         default: nil
         }
     }

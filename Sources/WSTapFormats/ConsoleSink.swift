@@ -71,6 +71,18 @@ public final class ConsoleSink: RecordSink {
             return "\(prefix) \(from) \(paint("\(d.severity.rawValue) \(d.code.rawValue)", colour)) @\(d.offset): \(d.detail)"
         case .gap(let gap):
             return "\(prefix) \(arrow(gap.direction)) \(paint("gap", 33)) \(gap.bytes) bytes missing from the capture @\(gap.offset)"
+        case .change(let c):
+            var line = "\(prefix) \(arrow(c.direction)) \(paint(c.result.rawValue, 35)) by \(c.rules.joined(separator: ", "))"
+            if let held = c.heldNanoseconds { line += " after \(held / 1_000_000) ms" }
+            for sent in c.sent where c.result == .edited {
+                let m = MessageRecord(direction: c.direction, opcode: sent.opcode, frames: sent.frames, wireLength: sent.wireLength, length: sent.length,
+                                      compressed: sent.compressed, payload: sent.payload, truncated: sent.truncated, closeCode: nil, closeReason: nil,
+                                      inflateFailed: false, incomplete: false, offset: c.offset)
+                line += " → " + (preview(m) ?? "(empty)")
+            }
+            if !c.marks.isEmpty { line += "  [" + c.marks.joined(separator: ", ") + "]" }
+            for note in c.notes { line += "  (" + note + ")" }
+            return line
         case .end(let end):
             return "\(prefix) \(paint("end", 32)) \(end.reason)  client sent \(Self.bytes(end.clientBytes)), server sent \(Self.bytes(end.serverBytes))"
         }

@@ -94,8 +94,8 @@ public final class HARSink: RecordSink {
                             sizes: (exchange.requestBodyBytes, exchange.responseBodyBytes), durationNanoseconds: exchange.durationNanoseconds)
             writer.endObject()
             appendEntry(writer.bytes, &state)
-        case .frame, .diagnostic, .gap:
-            break
+        case .frame, .diagnostic, .gap, .change:
+            break  // HAR keeps messages as wstap received them; change records say what was sent instead
         }
     }
 

@@ -17,6 +17,7 @@ public enum JSONLinesEncoder {
         case .diagnostic: writer.string("diagnostic")
         case .end: writer.string("end")
         case .gap: writer.string("gap")
+        case .change: writer.string("change")
         }
         writer.key("conn"); writer.integer(record.connection)
         writer.key("ts"); writer.timestamp(nanoseconds: record.timestamp.nanoseconds)
@@ -94,6 +95,33 @@ public enum JSONLinesEncoder {
             writer.key("from"); writer.string(gap.direction.sender)
             writer.key("bytes"); writer.integer(gap.bytes)
             writer.key("offset"); writer.integer(gap.offset)
+        case .change(let change):
+            writer.key("from"); writer.string(change.direction.sender)
+            writer.key("offset"); writer.integer(change.offset)
+            writer.key("result"); writer.string(change.result.rawValue)
+            writer.key("rules"); writer.beginArray(); for rule in change.rules { writer.string(rule) }; writer.endArray()
+            writer.key("actions"); writer.beginArray(); for action in change.actions { writer.string(action) }; writer.endArray()
+            writer.key("sent"); writer.beginArray()
+            for sent in change.sent {
+                writer.beginObject()
+                writer.key("opcode"); writer.integer(sent.opcode.rawValue)
+                writer.key("frames"); writer.integer(sent.frames)
+                writer.key("wire_length"); writer.integer(sent.wireLength)
+                writer.key("length"); writer.integer(sent.length)
+                writer.key("compressed"); writer.bool(sent.compressed)
+                // The relay cuts a text preview on a character boundary, so a cut one is still text.
+                if sent.opcode == .text, UTF8Validator.isValid(sent.payload) {
+                    writer.key("text"); writer.string(validUTF8: sent.payload)
+                } else {
+                    writer.key("base64"); writer.base64(sent.payload)
+                }
+                if sent.truncated { writer.key("truncated"); writer.bool(true) }
+                writer.endObject()
+            }
+            writer.endArray()
+            if let held = change.heldNanoseconds { writer.key("held_ms"); writer.number(milliseconds: held) }
+            if !change.marks.isEmpty { writer.key("marks"); writer.beginArray(); for mark in change.marks { writer.string(mark) }; writer.endArray() }
+            if !change.notes.isEmpty { writer.key("notes"); writer.beginArray(); for note in change.notes { writer.string(note) }; writer.endArray() }
         case .end(let end):
             writer.key("reason"); writer.string(end.reason)
             writer.key("closed_by"); writer.stringOrNull(end.closedBy)

@@ -140,6 +140,22 @@ public enum FuzzSeeds {
         event(7, [])
         event(8, [])
         seeds["relay-session", default: []].append(relay)
+        // The changing relay starts after the 101: the frames of both directions, heads cut off.
+        if let clientEnd = headEnd(client), let serverEnd = headEnd(server) {
+            for options: UInt8 in [0, 1, 2, 3] {
+                var changing: [UInt8] = [options]
+                var offsets = (client: 0, server: 0)
+                for chunk in connection.chunks {
+                    let up = chunk.0 == .clientToServer
+                    let skip = max(0, (up ? clientEnd - offsets.client : serverEnd - offsets.server))
+                    if up { offsets.client += chunk.1.count } else { offsets.server += chunk.1.count }
+                    let piece = chunk.1.dropFirst(skip).prefix(4095)
+                    guard !piece.isEmpty else { continue }
+                    changing += [up ? 0 : 2, UInt8(piece.count >> 8), UInt8(piece.count & 0xFF)] + piece
+                }
+                seeds["changing-relay", default: []].append(Array(changing.prefix(4096)))
+            }
+        }
     }
 
     private static func headEnd(_ bytes: [UInt8]) -> Int? {

@@ -1,12 +1,89 @@
 import NIOCore
 import WSTapDissect
 import WSTapRelay
+import WSTapRules
+import WSTapTestSupport
+import WSTapWire
 
 /// The live relay's sans-IO core, driven as the NIO shell drives it, by a hostile client and server.
 enum RelayTargets {
     static let all: [FuzzTarget] = [
         FuzzTarget(name: "relay-session", input: "1 byte (mode), then events: [kind][u16 length][bytes]", maxLength: 2048, run: relaySession),
+        FuzzTarget(name: "changing-relay", input: "1 byte (options), then events after the 101: [kind][u16 length][bytes]", maxLength: 4096,
+                   run: changingRelay),
     ]
+
+    /// Rules that act on almost everything a fuzzer makes, and a set that matches nothing.
+    static let actingRules = [
+        "[edit] op=text => replace /a+/ \"<$0>\"", "[json] json.id? => set json.id 0; delete json.x", "[drop] len=3 => drop",
+        "[two] op=binary => duplicate", "[split] len>20 => fragment size=7", "[wait] text:w => delay 30ms", "[hold] text:h => hold",
+        "[plain] text:u => uncompressed", "[pings] op=ping => replace-bytes hex:70 hex:7171", "[tag] * => mark seen",
+    ]
+    static let idleRules = ["[never] text:\"no such text anywhere\" => drop"]
+
+    /// A relay with rules, from the 101 on, fed hostile frames both ways, time passing and FINs.
+    /// Checks: no crash; records and wake-ups as the shell expects; with rules that match nothing,
+    /// every byte either side sent reaches the other once both sides have closed (holds included).
+    static func changingRelay(_ data: [UInt8]) {
+        var reader = FuzzReader(data)
+        let options = reader.byte()
+        let idle = options & 1 != 0
+        let extensions: String? = switch (options >> 1) % 4 {
+        case 0: nil
+        case 1: "permessage-deflate"
+        case 2: "permessage-deflate; client_no_context_takeover; server_no_context_takeover"
+        default: "permessage-deflate; client_max_window_bits=9"
+        }
+        let rules = (try? (idle ? idleRules : actingRules).map { try RuleParser.parse($0) }) ?? []
+        FuzzCheck.expect(rules.count == (idle ? idleRules : actingRules).count, "the fuzz target's rules do not parse")
+        let random = SeededRandom(seed: UInt64(options))
+        var settings = ChangeSettings(rules: RuleBook(RuleEngine(rules: rules)), random: { random.next() })
+        settings.compression = options & 0x10 != 0 ? .reencode : .keep
+        settings.holdLimit = options & 0x20 != 0 ? 256 : 1 << 20
+        settings.holdTimeout = .milliseconds(100)
+        var configuration = StreamDissector.Configuration()
+        configuration.payloadCap = 64
+        let play = RelayPlaybook(configuration: configuration, changes: settings)
+        play.openWebSocket(request: Wire.request(extensions: extensions), response: Wire.response(extensions: extensions))
+        let base = (up: play.sentToUpstream.count, down: play.sentToClient.count)
+        var received = (client: 0, server: 0)
+        var open = (client: true, server: true)
+        var steps = 0
+        while !reader.isAtEnd && steps < 256 {
+            steps += 1
+            let kind = reader.byte() % 6
+            let bytes = reader.bytes(reader.u16() % 4096)
+            switch kind {
+            case 0, 1:
+                guard open.client else { continue }
+                received.client += bytes.count
+                play.client(bytes)
+            case 2, 3:
+                guard open.server else { continue }
+                received.server += bytes.count
+                play.upstream(bytes)
+            case 4:
+                play.advance(milliseconds: Int64(bytes.first ?? 10))
+            default:
+                let client = (bytes.first ?? 0) & 1 == 0
+                guard client ? open.client : open.server else { continue }
+                if client { open.client = false } else { open.server = false }
+                play.handle(.inputClosed(client ? .client : .upstream))
+            }
+        }
+        if open.client { play.handle(.inputClosed(.client)) }
+        if open.server { play.handle(.inputClosed(.upstream)) }
+        for record in play.records {
+            if case .change(let change) = record.body {
+                FuzzCheck.expect(!change.rules.isEmpty, "a change record that names no rule")
+                FuzzCheck.expect(change.result == .dropped ? change.sent.isEmpty : !change.sent.isEmpty, "a change record whose copies do not fit its result")
+            }
+        }
+        if idle && settings.compression == .keep {
+            FuzzCheck.expect(play.sentToUpstream.count - base.up == received.client, "client bytes lost or added with rules that match nothing")
+            FuzzCheck.expect(play.sentToClient.count - base.down == received.server, "server bytes lost or added with rules that match nothing")
+        }
+    }
 
     /// What the shell knows of each side, so only events the shell could report are fed.
     private struct Shell {

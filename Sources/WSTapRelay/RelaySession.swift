@@ -29,6 +29,8 @@ public final class RelaySession {
         /// From the connect until the upstream is usable (TCP, TLS), and while it owes the answer to a
         /// WebSocket upgrade: upstreams that do not accept or never answer the handshake.
         case upstreamHandshake
+        /// The WebSocket relay's next deadline: a delayed or held message is due.
+        case relayWake
     }
 
     /// Bounds on what a peer may make wstap hold.
@@ -94,6 +96,8 @@ public final class RelaySession {
     private let proxyAddress: String
     private let configuration: StreamDissector.Configuration
     public let limits: Limits
+    /// Rules and how they apply; nil relays every WebSocket byte as it comes.
+    private let changes: ChangeSettings?
     private let clock: () -> Timestamp
 
     /// Where the connection stands. Each phase carries what only it needs; what outlives a phase is
@@ -209,9 +213,10 @@ public final class RelaySession {
     private var server = ""
 
     /// - Parameter clock: the shell's clock; the session never reads time itself.
-    public init(connection: UInt64, mode: Mode, tls: TLSSettings = TLSSettings(), limits: Limits = Limits(), clientAddress: String,
-                proxyAddress: String, configuration: StreamDissector.Configuration, clock: @escaping () -> Timestamp) {
+    public init(connection: UInt64, mode: Mode, tls: TLSSettings = TLSSettings(), limits: Limits = Limits(), changes: ChangeSettings? = nil,
+                clientAddress: String, proxyAddress: String, configuration: StreamDissector.Configuration, clock: @escaping () -> Timestamp) {
         self.connection = connection
+        self.changes = changes
         self.mode = mode
         self.tls = tls
         self.limits = limits
@@ -515,7 +520,7 @@ public final class RelaySession {
     /// directions go through the WebSocket relay. The follower has become a pipe on the same 101.
     private func handOverToWebSocket() -> [Action] {
         guard case .relaying = phase, let dissector, let start = dissector.webSocketStart, follower?.isPipe ?? true else { return [] }
-        phase = .webSocket(WebSocketRelay(start: start, dissector: dissector))
+        phase = .webSocket(WebSocketRelay(start: start, dissector: dissector, changes: changes))
         return []
     }
 
@@ -529,6 +534,14 @@ public final class RelaySession {
             switch action {
             case .send(let direction, let bytes): actions.append(.send(direction == .clientToServer ? .upstream : .client, bytes))
             case .emit(let records): actions.append(.emit(records))
+            case .wake(let at):
+                if let at {
+                    runningTimers.insert(.relayWake)
+                    let now = clock()
+                    actions.append(.startTimer(.relayWake, after: .nanoseconds(max(0, at.nanoseconds - now.nanoseconds))))
+                } else if runningTimers.remove(.relayWake) != nil {
+                    actions.append(.cancelTimer(.relayWake))
+                }
             }
         }
         return actions
@@ -570,12 +583,16 @@ public final class RelaySession {
         case .relaying, .webSocket:
             break
         }
-        var actions: [Action]
+        var actions: [Action] = []
+        // What the relay holds of that side goes before its FIN.
+        if case .webSocket(let relay) = phase {
+            actions = relayed(relay, .inputEnded(side == .client ? .clientToServer : .serverToClient, at: clock()))
+        }
         if side == .client {
-            actions = clientInputEnded()
+            actions += clientInputEnded()
         } else {
             // An incomplete response head the follower held goes to the client before the FIN.
-            actions = (follower?.upstreamEnded() ?? []).map { .send(.client, $0) } + [.shutdownOutput(.client)]
+            actions += (follower?.upstreamEnded() ?? []).map { .send(.client, $0) } + [.shutdownOutput(.client)]
         }
         if inputClosed.count == 2 { actions += [.close(.client), .close(.upstream)] + finish(reason: nil) }
         return actions
@@ -668,6 +685,9 @@ public final class RelaySession {
     private func timerFired(_ timer: Timer) -> [Action] {
         guard runningTimers.remove(timer) != nil else { return [] }  // cancelled meanwhile
         switch timer {
+        case .relayWake:
+            guard case .webSocket(let relay) = phase else { return [] }
+            return relayed(relay, .tick(at: clock()))
         case .requestHead:
             let limit = Self.seconds(limits.requestHeadTimeout)
             switch phase {

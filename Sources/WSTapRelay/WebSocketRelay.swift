@@ -14,12 +14,18 @@ public final class WebSocketRelay {
     public enum Event {
         /// Bytes as they arrived from the side that sent them.
         case received(Direction, ByteBuffer, at: Timestamp)
+        /// The direction's sender closed (FIN): what is held of it goes now.
+        case inputEnded(Direction, at: Timestamp)
+        /// The time asked for with `wake(at:)` has come.
+        case tick(at: Timestamp)
     }
 
     public enum Action {
         /// Bytes for the peer of the direction's sender: `.clientToServer` bytes go to the server.
         case send(Direction, ByteBuffer)
         case emit([TapRecord])
+        /// Report `tick` at this time (replacing the wake-up asked for before); nil: none is needed.
+        case wake(at: Timestamp?)
     }
 
     /// What the upgrade settled (offsets, compression): the pipes that change messages need it.
@@ -27,13 +33,22 @@ public final class WebSocketRelay {
     private let dissector: StreamDissector
     private var clientToServer: DirectionPipe
     private var serverToClient: DirectionPipe
+    private var wakeAt: Timestamp?
 
-    /// - Parameter dissector: the connection's dissector, already past the 101; it keeps recording every byte.
-    public init(start: WebSocketStart, dissector: StreamDissector) {
+    /// - Parameters:
+    ///   - dissector: the connection's dissector, already past the 101; it keeps recording every byte.
+    ///   - changes: the rules and their settings; nil relays every byte as it comes.
+    public init(start: WebSocketStart, dissector: StreamDissector, changes: ChangeSettings? = nil) {
         self.start = start
         self.dissector = dissector
-        clientToServer = DirectionPipe(direction: .clientToServer)
-        serverToClient = DirectionPipe(direction: .serverToClient)
+        if let changes {
+            let cap = dissector.configuration.payloadCap
+            clientToServer = .changing(ChangingPipe(direction: .clientToServer, start: start, connection: dissector.connection, settings: changes, payloadCap: cap))
+            serverToClient = .changing(ChangingPipe(direction: .serverToClient, start: start, connection: dissector.connection, settings: changes, payloadCap: cap))
+        } else {
+            clientToServer = .passThrough
+            serverToClient = .passThrough
+        }
     }
 
     /// Appends what to do to `actions` (the caller's buffer, reused from read to read: this runs for
@@ -43,33 +58,83 @@ public final class WebSocketRelay {
         case .received(let direction, let buffer, let time):
             var records: [TapRecord] = []
             buffer.withUnsafeReadableBytes { dissector.feed($0, from: direction, at: time, into: &records) }
-            if !records.isEmpty { actions.append(.emit(records)) }
             if direction == .clientToServer {
-                clientToServer.received(buffer, into: &actions)
+                clientToServer.received(buffer, at: time, direction: direction, records: &records, into: &actions)
             } else {
-                serverToClient.received(buffer, into: &actions)
+                serverToClient.received(buffer, at: time, direction: direction, records: &records, into: &actions)
             }
+        case .inputEnded(let direction, let time):
+            var records: [TapRecord] = []
+            if direction == .clientToServer {
+                clientToServer.inputEnded(at: time, direction: direction, records: &records, into: &actions)
+            } else {
+                serverToClient.inputEnded(at: time, direction: direction, records: &records, into: &actions)
+            }
+        case .tick(let time):
+            var records: [TapRecord] = []
+            clientToServer.tick(at: time, direction: .clientToServer, records: &records, into: &actions)
+            records = []
+            serverToClient.tick(at: time, direction: .serverToClient, records: &records, into: &actions)
+        }
+        // Checked for every read: no array built.
+        let a = clientToServer.nextWake, b = serverToClient.nextWake
+        let next = a == nil ? b : b == nil ? a : min(a!, b!)
+        if next != wakeAt {
+            wakeAt = next
+            actions.append(.wake(at: next))
         }
     }
 }
 
 /// One direction of a WebSocket relay: what arrives from the sender, what leaves for its peer.
-struct DirectionPipe {
-    enum Mode {
-        /// Every read leaves as it came, as one write, without a copy: the default, and the only mode
-        /// while no rule can change a message.
-        case passThrough
+enum DirectionPipe {
+    /// Every read leaves as it came, as one write, without a copy: the default, and the only mode
+    /// while no rules are loaded.
+    case passThrough
+    /// Rules are loaded: messages are gathered, decided on and sent on (`ChangingPipe`).
+    case changing(ChangingPipe)
+
+    var nextWake: Timestamp? {
+        if case .changing(let pipe) = self { pipe.nextWake } else { nil }
     }
 
-    let direction: Direction
-    private(set) var mode = Mode.passThrough
-
-    init(direction: Direction) { self.direction = direction }
-
-    mutating func received(_ buffer: ByteBuffer, into actions: inout [WebSocketRelay.Action]) {
-        switch mode {
+    /// `records` are the dissector's for this read: they go out before anything the pipe adds.
+    mutating func received(_ buffer: ByteBuffer, at time: Timestamp, direction: Direction, records: inout [TapRecord],
+                           into actions: inout [WebSocketRelay.Action]) {
+        switch self {
         case .passThrough:
+            if !records.isEmpty { actions.append(.emit(records)) }
             actions.append(.send(direction, buffer))
+        case .changing(var pipe):
+            self = .passThrough  // let go of the copy in `self`, so the pipe's buffers are not copied
+            var out = PipeOutput()
+            pipe.received(buffer, at: time, into: &out)
+            self = .changing(pipe)
+            Self.flush(&out, direction: direction, records: &records, into: &actions)
         }
+    }
+
+    mutating func inputEnded(at time: Timestamp, direction: Direction, records: inout [TapRecord], into actions: inout [WebSocketRelay.Action]) {
+        guard case .changing(var pipe) = self else { return }
+        self = .passThrough
+        var out = PipeOutput()
+        pipe.inputEnded(at: time, into: &out)
+        self = .changing(pipe)
+        Self.flush(&out, direction: direction, records: &records, into: &actions)
+    }
+
+    mutating func tick(at time: Timestamp, direction: Direction, records: inout [TapRecord], into actions: inout [WebSocketRelay.Action]) {
+        guard case .changing(var pipe) = self else { return }
+        self = .passThrough
+        var out = PipeOutput()
+        pipe.tick(at: time, into: &out)
+        self = .changing(pipe)
+        Self.flush(&out, direction: direction, records: &records, into: &actions)
+    }
+
+    private static func flush(_ out: inout PipeOutput, direction: Direction, records: inout [TapRecord], into actions: inout [WebSocketRelay.Action]) {
+        records += out.records
+        if !records.isEmpty { actions.append(.emit(records)) }
+        if out.bytes.readableBytes > 0 { actions.append(.send(direction, out.bytes)) }
     }
 }

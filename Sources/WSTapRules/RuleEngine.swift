@@ -25,6 +25,8 @@ public struct RuleOutcome: Sendable {
     /// Edits that could not apply, and why ("not JSON", "not text").
     public var skipped: [(rule: String, action: RuleAction, reason: String)] = []
 
+    public init(payload: [UInt8]) { self.payload = payload }
+
     /// Something would differ from relaying the message as it came.
     public var changesTraffic: Bool { edited || dropped || effects.contains { if case .mark = $0 { false } else { true } } }
 }

@@ -15,12 +15,33 @@ public final class RelayPlaybook {
     /// Every action, in the order the session returned them.
     public private(set) var actions: [RelaySession.Action] = []
 
-    public init(_ session: RelaySession) { self.session = session }
+    /// The session's clock: `fixtureTime` until a test moves it on (`advance`).
+    public let clock: PlaybookClock
 
-    /// A reverse-mode session to ws://127.0.0.1:9000, as most transcripts need.
-    public convenience init(configuration: StreamDissector.Configuration = .init()) {
-        self.init(RelaySession(connection: 1, mode: .reverse(UpstreamURL(host: "127.0.0.1", port: 9000)), clientAddress: "127.0.0.1:5000",
-                               proxyAddress: "127.0.0.1:8080", configuration: configuration, clock: { fixtureTime }))
+    public init(_ session: RelaySession, clock: PlaybookClock = PlaybookClock()) {
+        self.session = session
+        self.clock = clock
+    }
+
+    /// A reverse-mode session to ws://127.0.0.1:9000, as most transcripts need; with `changes`, rules
+    /// apply to its WebSocket messages.
+    public convenience init(configuration: StreamDissector.Configuration = .init(), changes: ChangeSettings? = nil) {
+        let clock = PlaybookClock()
+        self.init(RelaySession(connection: 1, mode: .reverse(UpstreamURL(host: "127.0.0.1", port: 9000)), changes: changes,
+                               clientAddress: "127.0.0.1:5000", proxyAddress: "127.0.0.1:8080", configuration: configuration,
+                               clock: { clock.now }), clock: clock)
+    }
+
+    /// The timer the session asked for last (nil when it cancelled it or asked for none).
+    public private(set) var timers: [RelaySession.Timer: Timestamp] = [:]
+
+    /// Moves the clock on by `milliseconds` and fires the timers that are due, as the shell would.
+    public func advance(milliseconds: Int64) {
+        clock.now = Timestamp(nanoseconds: clock.now.nanoseconds + milliseconds * 1_000_000)
+        for (timer, due) in timers.sorted(by: { $0.value < $1.value }) where due <= clock.now {
+            timers[timer] = nil
+            handle(.timerFired(timer))
+        }
     }
 
     /// Hands the event to the session and returns what it asked for (also kept in the totals).
@@ -32,6 +53,10 @@ public final class RelayPlaybook {
             case .send(.client, let buffer): sentToClient += buffer.readableBytesView
             case .send(.upstream, let buffer): sentToUpstream += buffer.readableBytesView
             case .emit(let emitted): records += emitted
+            case .startTimer(let timer, let after):
+                let (seconds, atto) = after.components
+                timers[timer] = Timestamp(nanoseconds: clock.now.nanoseconds + seconds * 1_000_000_000 + atto / 1_000_000_000)
+            case .cancelTimer(let timer): timers[timer] = nil
             default: break
             }
         }
@@ -55,6 +80,20 @@ public final class RelayPlaybook {
             if direction == .clientToServer { client(bytes) } else { upstream(bytes) }
         }
     }
+}
+
+/// A clock a test moves by hand.
+public final class PlaybookClock: @unchecked Sendable {
+    public var now = fixtureTime
+    public init() {}
+}
+
+/// Random bits from a seed, as `ChangeSettings.random` wants them (mask keys, probabilities). For one
+/// thread: tests and fuzz targets drive one session at a time.
+public final class SeededRandom: @unchecked Sendable {
+    private var generator: SplitMix
+    public init(seed: UInt64) { generator = SplitMix(seed: seed) }
+    public func next() -> UInt64 { generator.next() }
 }
 
 extension Array where Element == RelaySession.Action {

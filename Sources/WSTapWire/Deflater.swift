@@ -1,7 +1,8 @@
 import CZlib
 
-/// Raw deflate for one direction (RFC 7692 §7.2.1), used by tests and by the replay tools to build
-/// compressed messages. Output has the trailing `00 00 FF FF` removed, ready for a frame.
+/// Raw deflate for one direction (RFC 7692 §7.2.1): the relay re-encodes a direction with it once an
+/// edit has put the peers' windows out of step, and tests build compressed messages with it. A
+/// message's output has the trailing `00 00 FF FF` removed, ready for a frame.
 public final class Deflater {
     private let stream: UnsafeMutablePointer<z_stream>
     private let noContextTakeover: Bool
@@ -21,9 +22,15 @@ public final class Deflater {
         stream.deallocate()
     }
 
-    public func compressMessage(_ message: [UInt8]) -> [UInt8] {
+    public func compressMessage(_ message: [UInt8]) -> [UInt8] { compress(message, final: true) }
+
+    /// One piece of a message, flushed so the receiver can inflate everything sent so far. `final`
+    /// ends the message: its `00 00 FF FF` is removed (the receiver adds it back, §7.2.2), and without
+    /// context takeover the window starts afresh. A non-final piece keeps it: in the middle of a
+    /// message it is an empty stored block, harmless to any inflater.
+    public func compress(_ piece: [UInt8], final: Bool) -> [UInt8] {
         var result: [UInt8] = []
-        var input = message
+        var input = piece
         var out = [UInt8](repeating: 0, count: 16 * 1024)
         input.withUnsafeMutableBytes { inRaw in
             stream.pointee.next_in = inRaw.baseAddress?.assumingMemoryBound(to: Bytef.self)
@@ -37,6 +44,7 @@ public final class Deflater {
                 }
             } while stream.pointee.avail_out == 0
         }
+        guard final else { return result }
         if result.suffix(4) == [0x00, 0x00, 0xFF, 0xFF] { result.removeLast(4) }
         if noContextTakeover { deflateReset(stream) }
         return result

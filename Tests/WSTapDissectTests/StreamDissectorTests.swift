@@ -250,7 +250,8 @@ import WSTapTestSupport
 
     @Test func aMidStreamSessionStartsAtItsFirstByteWithoutNegotiation() {
         let dissector = StreamDissector(connection: 1, info: ConnectionInfo(client: "c", server: "s"), midstream: "heuristic")
-        #expect(dissector.webSocketStart == WebSocketStart(clientOffset: 0, serverOffset: 0, negotiationSeen: false, deflate: nil, subprotocol: nil))
+        #expect(dissector.webSocketStart == WebSocketStart(clientOffset: 0, serverOffset: 0, negotiationSeen: false, deflate: nil, subprotocol: nil,
+                                                           url: "ws://s/"))
     }
 }
 

@@ -49,6 +49,7 @@ enum Sample {
         case .diagnostic(let d): "diag \(d.code.rawValue)"
         case .end: "end"
         case .gap: "gap"
+        case .change(let c): "change \(c.result)"
         }
     }
 }

@@ -1,0 +1,664 @@
+import NIOCore
+import WSTapDissect
+import WSTapFilter
+import WSTapRules
+import WSTapWire
+
+/// How rules change a proxy's connections: `wstap proxy --rule/--rules`, `--compression`,
+/// `--hold-timeout`, `--hold-limit`.
+public struct ChangeSettings: Sendable {
+    /// RFC 7692 and edits (docs/rules.md, "Compression").
+    public enum Compression: String, Sendable, CaseIterable {
+        /// Byte-exact until a change of a compressed message puts the peers' windows out of step; that
+        /// direction is compressed by wstap from there on.
+        case keep
+        /// permessage-deflate is taken out of the client's offer: nothing is compressed.
+        case strip
+        /// Every compressed message is inflated and compressed again by wstap, changed or not.
+        case reencode
+    }
+
+    public var rules: RuleBook
+    public var compression = Compression.keep
+    /// How long `hold` keeps a message before sending it on (until the control API can release it).
+    public var holdTimeout: Duration = .seconds(30)
+    /// Most payload bytes one direction may keep: a message being gathered for the rules, plus the
+    /// messages queued behind a hold. A message past it passes as it comes, unchanged.
+    public var holdLimit = 16 << 20
+    /// Random bits for mask keys and rule probabilities (injected: tests and fuzzing pass a seeded one).
+    public var random: @Sendable () -> UInt64
+
+    public init(rules: RuleBook, random: @escaping @Sendable () -> UInt64 = { UInt64.random(in: .min ... .max) }) {
+        self.rules = rules
+        self.random = random
+    }
+}
+
+/// One direction of a relay with rules loaded: it reads the frames, gathers each data message whole,
+/// lets the rules decide, and sends on the message's own bytes or what the rules made of it.
+///
+/// What it guarantees (docs/rules.md): a message no rule changed leaves with its own frames, masks and
+/// bits; an edited one is framed anew (as many frames as it came in unless `fragment` says otherwise,
+/// text cut on character boundaries, fresh mask keys); control frames overtake a held message, but a
+/// close waits until everything held before it has gone; frames it cannot follow (a protocol violation)
+/// end the changes for the direction, whose bytes then pass as they come.
+struct ChangingPipe {
+    let direction: Direction
+    private let settings: ChangeSettings
+    private let connection: UInt64
+    private let facts: ConnectionFacts
+    private let payloadCap: Int
+    private let deflate: PerMessageDeflate?
+    /// The sender's permessage-deflate has no context takeover: each message stands alone.
+    private let resetsContext: Bool
+    private var inflater: Inflater?
+    /// Set once wstap compresses this direction itself; from then on every compressed message is.
+    private var deflater: Deflater?
+    private var reencoding = false
+
+    /// Stream offset of the next byte to parse, and of the first byte of the frame being parsed.
+    private var offset: UInt64
+    private var frameStart: UInt64 = 0
+    /// Bytes of a header the parser has taken but not completed.
+    private var partialHeader: [UInt8] = []
+    private var parser = FrameParser()
+    private var frame: FrameInProgress?
+    private var message: MessageInProgress?
+    /// Messages (and a close) waiting behind a hold, in order.
+    private var queue = CircularBuffer<Queued>()
+    private var queuedBytes = 0
+    /// After a violation: everything passes as it comes.
+    private var stopped = false
+
+    private struct FrameInProgress {
+        var header: FrameHeader
+        var start: UInt64
+        /// Header and payload as they came (not kept while a message streams through).
+        var raw: [UInt8]
+        /// Unmasked payload.
+        var payload: [UInt8]
+    }
+
+    private struct MessageInProgress {
+        var start: UInt64
+        var opcode: Opcode
+        var compressed: Bool
+        var masked: Bool
+        /// Wire bytes of its complete frames, in order.
+        var raw: [UInt8] = []
+        /// Unmasked payload as sent (compressed when compressed).
+        var wirePayload: [UInt8] = []
+        var fragmentSizes: [Int] = []
+        /// Past the hold limit: its bytes go on as they come and no rule sees it.
+        var streaming = false
+        /// While streaming a compressed message on a re-encoded direction: frames sent so far.
+        var transcodedFrames = 0
+    }
+
+    private struct Queued {
+        var bytes: [UInt8]
+        var isClose: Bool
+        var enqueued: Timestamp
+        /// When it may go (nil: as soon as everything before it has).
+        var releaseAt: Timestamp?
+        /// Why it waits: "delay" or "hold"; nil for messages queued only behind another.
+        var reason: String?
+        var change: ChangeRecord?
+    }
+
+    init(direction: Direction, start: WebSocketStart, connection: UInt64, settings: ChangeSettings, payloadCap: Int) {
+        self.direction = direction
+        self.settings = settings
+        self.connection = connection
+        self.payloadCap = payloadCap
+        facts = ConnectionFacts(url: start.url, subprotocol: start.subprotocol)
+        offset = direction == .clientToServer ? start.clientOffset : start.serverOffset
+        deflate = start.deflate
+        resetsContext = start.deflate?.resetsContext(fromClient: direction == .clientToServer) ?? false
+        if start.deflate != nil { inflater = Inflater() }
+        if settings.compression == .reencode, start.deflate != nil {
+            reencoding = true
+            deflater = makeDeflater()
+        }
+    }
+
+    /// The earliest time a queued message may go, for the shell's wake-up.
+    var nextWake: Timestamp? { queue.first?.releaseAt }
+
+    // MARK: - Input
+
+    mutating func received(_ buffer: ByteBuffer, at now: Timestamp, into out: inout PipeOutput) {
+        buffer.withUnsafeReadableBytes { raw in
+            var index = 0
+            while !stopped {
+                if !parser.isInsideFrame { frameStart = offset }
+                let before = index
+                // nil once the read is used up; a frame end still owed comes before that.
+                guard let event = parser.next(raw, index: &index) else {
+                    offset += UInt64(index - before)
+                    // The start of a header the next read completes: kept, in case the sender stops here.
+                    if frame == nil && index > before { partialHeader.append(contentsOf: raw[before..<index]) }
+                    break
+                }
+                offset += UInt64(index - before)
+                switch event {
+                case .header(let header):
+                    partialHeader.removeAll()
+                    if let reason = violation(header) {
+                        stop(reason: reason, at: frameStart, now: now, into: &out)
+                        out.send(header.encoded())
+                    } else {
+                        began(header, at: frameStart, now: now, into: &out)
+                    }
+                case .payload(let range, let offsetInPayload):
+                    payload(UnsafeRawBufferPointer(rebasing: raw[range]), at: offsetInPayload, now: now, into: &out)
+                case .frameEnd:
+                    frameEnded(now: now, into: &out)
+                }
+            }
+            if stopped && index < raw.count {
+                out.send(UnsafeRawBufferPointer(rebasing: raw[index...]))
+                offset += UInt64(raw.count - index)
+            }
+        }
+    }
+
+    /// The sender closed its side: what is held goes now, and what was half-read goes as it came.
+    mutating func inputEnded(at now: Timestamp, into out: inout PipeOutput) {
+        releaseAll(at: now, note: "released early: its sender closed the connection", into: &out)
+        if let message, !message.streaming { out.send(message.raw) }
+        if let frame, !(message?.streaming ?? false) || frame.header.opcode.isControl { out.send(frame.raw) }
+        out.send(partialHeader)
+        partialHeader = []
+        message = nil
+        frame = nil
+    }
+
+    /// Time passed: queued messages whose time has come go.
+    mutating func tick(at now: Timestamp, into out: inout PipeOutput) {
+        release(at: now, into: &out)
+    }
+
+    // MARK: - Frames
+
+    private func violation(_ header: FrameHeader) -> String? {
+        if header.rsv2 || header.rsv3 { return "RSV2 or RSV3 set" }
+        if header.rsv1 && (deflate == nil || header.opcode.isControl || header.opcode == .continuation) { return "RSV1 where no extension allows it" }
+        switch header.opcode {
+        case .continuation: if message == nil { return "continuation frame with no message open" }
+        case .text, .binary: if message != nil { return "new data frame inside a fragmented message" }
+        case .close, .ping, .pong:
+            if !header.fin || header.payloadLength > 125 { return "fragmented or oversized control frame" }
+        default: return "reserved opcode \(header.opcode.rawValue)"
+        }
+        return nil
+    }
+
+    private mutating func began(_ header: FrameHeader, at start: UInt64, now: Timestamp, into out: inout PipeOutput) {
+        if header.opcode.isControl {
+            frame = FrameInProgress(header: header, start: start, raw: header.encoded(), payload: [])
+            return
+        }
+        if header.opcode != .continuation {
+            message = MessageInProgress(start: start, opcode: header.opcode, compressed: header.rsv1, masked: header.masked)
+        }
+        let streaming = message!.streaming
+        frame = FrameInProgress(header: header, start: start, raw: streaming ? [] : header.encoded(), payload: [])
+        if streaming && !transcoding { out.send(header.encoded()) }
+    }
+
+    private var transcoding: Bool { reencoding && (message?.compressed ?? false) }
+
+    private mutating func payload(_ bytes: UnsafeRawBufferPointer, at offsetInPayload: UInt64, now: Timestamp, into out: inout PipeOutput) {
+        guard var current = frame else { return }
+        if let message, message.streaming, !current.header.opcode.isControl {
+            frame = nil
+            stream(bytes, header: current.header, at: offsetInPayload, into: &out)
+            frame = current
+            return
+        }
+        frame = nil  // let go of the copy in `self`, so appending does not copy the arrays
+        current.raw.append(contentsOf: bytes)
+        let from = current.payload.count
+        current.payload.append(contentsOf: bytes)
+        if let key = current.header.maskKey {
+            current.payload.withUnsafeMutableBytes { Masking.apply(key: key, offset: offsetInPayload, to: UnsafeMutableRawBufferPointer(rebasing: $0[from...])) }
+        }
+        frame = current
+        if !current.header.opcode.isControl, let message, message.wirePayload.count + current.payload.count > settings.holdLimit {
+            startStreaming(now: now, into: &out)
+        }
+    }
+
+    private mutating func frameEnded(now: Timestamp, into out: inout PipeOutput) {
+        guard let ended = frame else { return }
+        frame = nil
+        if ended.header.opcode.isControl {
+            control(ended, now: now, into: &out)
+            return
+        }
+        guard var current = message else { return }
+        message = nil
+        if current.streaming {
+            if ended.header.fin { finishStreaming(current, into: &out) } else { message = current }
+            return
+        }
+        current.raw += ended.raw
+        current.wirePayload += ended.payload
+        current.fragmentSizes.append(ended.payload.count)
+        if ended.header.fin {
+            complete(current, now: now, into: &out)
+        } else {
+            message = current
+        }
+    }
+
+    // MARK: - Messages
+
+    private mutating func complete(_ message: MessageInProgress, now: Timestamp, into out: inout PipeOutput) {
+        var plain = message.wirePayload
+        if message.compressed {
+            switch inflate(message.wirePayload, limit: settings.holdLimit) {
+            case .plain(let inflated):
+                plain = inflated
+            case .failed:
+                // The receiver cannot inflate it either; what it does next is its own business.
+                sendInOrder(message.raw, isClose: false, now: now, into: &out)
+                stop(reason: "a compressed message does not inflate", at: message.start, now: now, into: &out)
+                return
+            case .tooLarge(let recompressed):
+                note(.tooLargeToChange, at: message.start,
+                     "message of \(message.wirePayload.count) compressed bytes inflates past --hold-limit (\(settings.holdLimit) bytes): rules not applied",
+                     now: now, into: &out)
+                let bytes = recompressed.map { frames(opcode: message.opcode, pieces: [$0[...]], wire: $0, compressed: true, masked: message.masked) }
+                sendInOrder(bytes ?? message.raw, isClose: false, now: now, into: &out)
+                return
+            }
+        }
+        let received = MessageRecord(direction: direction, opcode: message.opcode, frames: message.fragmentSizes.count,
+                                     wireLength: UInt64(message.wirePayload.count), length: UInt64(plain.count), compressed: message.compressed,
+                                     payload: plain, truncated: false, closeCode: nil, closeReason: nil, inflateFailed: false,
+                                     incomplete: false, offset: message.start,
+                                     textValidity: message.opcode == .text ? (UTF8Validator.isValid(plain) ? .valid : .invalid) : .unchecked)
+        let outcome = decide(received, now: now)
+        guard !outcome.applied.isEmpty || reencoding && message.compressed else {
+            sendInOrder(message.raw, isClose: false, now: now, into: &out)
+            return
+        }
+        carryOut(outcome, message: message, plain: plain, now: now, into: &out)
+    }
+
+    private mutating func control(_ frame: FrameInProgress, now: Timestamp, into out: inout PipeOutput) {
+        let isClose = frame.header.opcode == .close
+        var record = MessageRecord(direction: direction, opcode: frame.header.opcode, frames: 1, wireLength: UInt64(frame.payload.count),
+                                   length: UInt64(frame.payload.count), compressed: false, payload: frame.payload, truncated: false,
+                                   closeCode: nil, closeReason: nil, inflateFailed: false, incomplete: false, offset: frame.start)
+        if isClose, frame.payload.count >= 2 {
+            record.closeCode = UInt16(frame.payload[0]) << 8 | UInt16(frame.payload[1])
+            record.closeReason = String(validating: frame.payload[2...], as: UTF8.self)
+        }
+        let outcome = decide(record, now: now)
+        if outcome.applied.isEmpty {
+            // Pings and pongs overtake held messages; a close waits for them (it ends the direction).
+            if isClose { sendInOrder(frame.raw, isClose: true, now: now, into: &out) } else { out.send(frame.raw) }
+            return
+        }
+        let asReceived = MessageInProgress(start: frame.start, opcode: frame.header.opcode, compressed: false, masked: frame.header.masked,
+                                           raw: frame.raw, wirePayload: frame.payload, fragmentSizes: [frame.payload.count])
+        carryOut(outcome, message: asReceived, plain: frame.payload, now: now, into: &out)
+    }
+
+    private func decide(_ message: MessageRecord, now: Timestamp) -> RuleOutcome {
+        let engine = settings.rules.engine
+        guard !engine.rules.isEmpty else { return RuleOutcome(payload: message.payload) }
+        let record = TapRecord(connection: connection, timestamp: now, body: .message(message))
+        let random = settings.random
+        return engine.apply(to: record, connection: facts) { Double(random() >> 11) / Double(1 << 53) }
+    }
+
+    /// Sends what the rules made of a message (or queues it), with the record that says so first.
+    private mutating func carryOut(_ outcome: RuleOutcome, message: MessageInProgress, plain: [UInt8], now: Timestamp, into out: inout PipeOutput) {
+        var copies = outcome.dropped ? 0 : 1
+        var fragments: Int?
+        var fragmentSize: Int?
+        var uncompressed = false
+        var waitUntil: Timestamp?
+        var reason: String?
+        var marks: [String] = []
+        for effect in outcome.effects {
+            switch effect {
+            case .duplicate: if copies > 0 { copies += 1 }
+            case .fragment(let count, let size): fragments = count; fragmentSize = size
+            case .uncompressed: uncompressed = true
+            case .delay(let ms, let jitter):
+                let spread = jitter > 0 ? Int(settings.random() % UInt64(2 * jitter + 1)) - jitter : 0
+                let at = Timestamp(nanoseconds: now.nanoseconds + Int64(max(0, ms + spread)) * 1_000_000)
+                waitUntil = max(waitUntil ?? at, at)
+                reason = reason ?? "delay"
+            case .hold:
+                let (seconds, atto) = settings.holdTimeout.components
+                let at = Timestamp(nanoseconds: now.nanoseconds + seconds * 1_000_000_000 + atto / 1_000_000_000)
+                waitUntil = max(waitUntil ?? at, at)
+                reason = "hold"
+            case .mark(let tag): marks.append(tag)
+            default: break  // refused when the rules were loaded (RuleOptions): not carried out live yet
+            }
+        }
+        let isControl = message.opcode.isControl
+        let compressedIn = message.compressed
+        var bytes: [UInt8] = []
+        var sent: [SentMessage] = []
+        let refragment = !isControl && (fragments != nil || fragmentSize != nil)
+        for copy in 0..<copies {
+            // Its own bytes while nothing about them changed; framed anew otherwise.
+            if copy == 0 && !outcome.edited && !uncompressed && !refragment && !(reencoding && compressedIn) {
+                bytes += message.raw
+                sent.append(SentMessage(opcode: message.opcode, frames: message.fragmentSizes.count, length: UInt64(outcome.payload.count),
+                                        wireLength: UInt64(message.wirePayload.count), compressed: compressedIn,
+                                        payload: preview(outcome.payload, message.opcode), truncated: outcome.payload.count > payloadCap))
+                continue
+            }
+            var wire = outcome.payload
+            var compressOut = false
+            if compressedIn && !uncompressed {
+                if !outcome.edited && !reencoding && copy == 0 {
+                    wire = message.wirePayload  // only re-fragmented: the compressed bytes stay
+                } else {
+                    startReencoding(at: message.start, now: now, into: &out)
+                    wire = deflater!.compressMessage(outcome.payload)
+                }
+                compressOut = true
+            }
+            let count = isControl ? 1 : fragmentCount(fragments: fragments, size: fragmentSize, wire: wire.count, original: message.fragmentSizes.count)
+            let pieces = split(wire, into: count, text: message.opcode == .text && !compressOut,
+                               like: wire.count == message.wirePayload.count ? message.fragmentSizes : nil)
+            bytes += frames(opcode: message.opcode, pieces: pieces, wire: wire, compressed: compressOut, masked: message.masked)
+            sent.append(SentMessage(opcode: message.opcode, frames: pieces.count, length: UInt64(outcome.payload.count), wireLength: UInt64(wire.count),
+                                    compressed: compressOut, payload: preview(outcome.payload, message.opcode), truncated: outcome.payload.count > payloadCap))
+        }
+        // A compressed message that never reached the receiver, or reached it twice or uncompressed,
+        // leaves its window out of step with the sender's: compress from the next message on.
+        if compressedIn && !resetsContext && (outcome.dropped || copies > 1 || uncompressed) {
+            startReencoding(at: message.start, now: now, into: &out)
+        }
+        let edited = outcome.edited || uncompressed || refragment || copies > 1 || (reencoding && compressedIn && copies > 0)
+        let changed = outcome.applied.isEmpty ? nil : ChangeRecord(
+            direction: direction, offset: message.start, rules: outcome.applied.map(\.rule),
+            actions: outcome.applied.flatMap { $0.actions.map(\.description) },
+            result: outcome.dropped ? .dropped : edited ? .edited : .forwarded, sent: sent, marks: marks,
+            notes: outcome.skipped.map { "\($0.rule): \($0.action) skipped: \($0.reason)" })
+        if outcome.dropped {
+            if let changed { out.record(TapRecord(connection: connection, timestamp: now, body: .change(changed))) }
+            return
+        }
+        let isClose = message.opcode == .close
+        if let waitUntil {
+            enqueue(Queued(bytes: bytes, isClose: isClose, enqueued: now, releaseAt: waitUntil, reason: reason, change: changed), now: now, into: &out)
+        } else if isControl && !isClose {
+            if let changed { out.record(TapRecord(connection: connection, timestamp: now, body: .change(changed))) }
+            out.send(bytes)
+        } else {
+            sendInOrder(bytes, isClose: isClose, now: now, change: changed, into: &out)
+        }
+    }
+
+    private mutating func startReencoding(at start: UInt64, now: Timestamp, into out: inout PipeOutput) {
+        if deflater == nil { deflater = makeDeflater() }
+        guard !reencoding, !resetsContext else { return }
+        reencoding = true
+        out.record(TapRecord(connection: connection, timestamp: now, body: .diagnostic(Diagnostic(
+            code: .reencoding, direction: direction, offset: start,
+            detail: "a rule changed a compressed message; wstap compresses the \(direction.sender)'s later messages itself (--compression keep)"))))
+    }
+
+    private func makeDeflater() -> Deflater {
+        let bits = direction == .clientToServer ? deflate?.clientMaxWindowBits : deflate?.serverMaxWindowBits
+        return Deflater(windowBits: bits ?? 15, noContextTakeover: resetsContext)
+    }
+
+    private enum Inflated {
+        case plain([UInt8])
+        /// It does not inflate: the receiver cannot inflate it either.
+        case failed
+        /// It inflates past the hold limit; when the direction is re-encoded, what wstap compressed
+        /// of it piece by piece (it is never whole in memory).
+        case tooLarge(recompressed: [UInt8]?)
+    }
+
+    /// Inflates a whole message, always to its end, so the window stays in step with the sender's.
+    private mutating func inflate(_ wire: [UInt8], limit: Int) -> Inflated {
+        guard let inflater else { return .failed }
+        var plain: [UInt8] = []
+        var over = false
+        var recompressed: [UInt8]?
+        let deflater = reencoding ? deflater : nil
+        let sink: (UnsafeRawBufferPointer) -> Void = { chunk in
+            if !over && plain.count + chunk.count <= limit {
+                plain.append(contentsOf: chunk)
+                return
+            }
+            if !over {
+                over = true
+                recompressed = deflater.map { $0.compress(plain, final: false) }
+                plain = []
+            }
+            if let deflater { recompressed! += deflater.compress(Array(chunk), final: false) }
+        }
+        do {
+            try wire.withUnsafeBytes { try inflater.inflate($0, sink: sink) }
+            try inflater.finishMessage(resetContext: resetsContext, sink: sink)
+        } catch {
+            return .failed
+        }
+        guard over else { return .plain(plain) }
+        if let deflater { recompressed! += deflater.compress([], final: true) }
+        return .tooLarge(recompressed: recompressed)
+    }
+
+    // MARK: - Past the hold limit while it arrives
+
+    private mutating func startStreaming(now: Timestamp, into out: inout PipeOutput) {
+        guard var current = message, let partial = frame else { return }
+        note(.tooLargeToChange, at: current.start, "message past --hold-limit (\(settings.holdLimit) bytes) while it arrives: passed on as it comes, rules not applied", now: now, into: &out)
+        releaseAll(at: now, note: "released early: a message past --hold-limit follows", into: &out)
+        current.streaming = true
+        message = current
+        frame = FrameInProgress(header: partial.header, start: partial.start, raw: [], payload: [])
+        if current.compressed && reencoding {
+            // What came so far goes through the inflater and out compressed anew, as frames of their own.
+            transcode(current.wirePayload + partial.payload, final: false, into: &out)
+        } else {
+            out.send(current.raw)
+            out.send(partial.raw)
+            if current.compressed { keepInflaterInStep(current.wirePayload + partial.payload, final: false) }
+        }
+        message!.raw = []
+        message!.wirePayload = []
+    }
+
+    private mutating func stream(_ bytes: UnsafeRawBufferPointer, header: FrameHeader, at offsetInPayload: UInt64, into out: inout PipeOutput) {
+        guard let current = message else { return }
+        if current.compressed && reencoding {
+            var plain = Array(bytes)
+            if let key = header.maskKey { Masking.apply(key: key, offset: offsetInPayload, to: &plain) }
+            transcode(plain, final: false, into: &out)
+            return
+        }
+        out.send(bytes)
+        if current.compressed {
+            var plain = Array(bytes)
+            if let key = header.maskKey { Masking.apply(key: key, offset: offsetInPayload, to: &plain) }
+            keepInflaterInStep(plain, final: false)
+        }
+    }
+
+    private mutating func finishStreaming(_ current: MessageInProgress, into out: inout PipeOutput) {
+        if current.compressed && reencoding {
+            transcode([], final: true, into: &out)
+        } else if current.compressed {
+            keepInflaterInStep([], final: true)
+        }
+    }
+
+    /// Inflates compressed bytes of a message nobody will see whole, so later messages still inflate.
+    private mutating func keepInflaterInStep(_ wire: [UInt8], final: Bool) {
+        guard let inflater else { return }
+        let discard: (UnsafeRawBufferPointer) -> Void = { _ in }
+        _ = try? wire.withUnsafeBytes { try inflater.inflate($0, sink: discard) }
+        if final { _ = try? inflater.finishMessage(resetContext: resetsContext, sink: discard) }
+    }
+
+    /// One frame of a streamed message on a re-encoded direction: inflated, compressed by wstap.
+    private mutating func transcode(_ wire: [UInt8], final: Bool, into out: inout PipeOutput) {
+        guard let inflater, let deflater, var current = message else { return }
+        var compressed: [UInt8] = []
+        let sink: (UnsafeRawBufferPointer) -> Void = { chunk in compressed += deflater.compress(Array(chunk), final: false) }
+        _ = try? wire.withUnsafeBytes { try inflater.inflate($0, sink: sink) }
+        if final {
+            _ = try? inflater.finishMessage(resetContext: resetsContext, sink: sink)
+            compressed += deflater.compress([], final: true)
+        }
+        let first = current.transcodedFrames == 0
+        let header = FrameHeader(fin: final, rsv1: first, opcode: first ? current.opcode : .continuation,
+                                 maskKey: current.masked ? maskKey() : nil, payloadLength: UInt64(compressed.count))
+        if let key = header.maskKey { Masking.apply(key: key, offset: 0, to: &compressed) }
+        out.send(header.encoded())
+        out.send(compressed)
+        current.transcodedFrames += 1
+        message = final ? nil : current
+    }
+
+    // MARK: - The queue
+
+    /// Sends now if nothing waits before it, else queues behind what does.
+    private mutating func sendInOrder(_ bytes: [UInt8], isClose: Bool, now: Timestamp, change: ChangeRecord? = nil, into out: inout PipeOutput) {
+        if queue.isEmpty {
+            if let change { out.record(TapRecord(connection: connection, timestamp: now, body: .change(change))) }
+            out.send(bytes)
+        } else {
+            enqueue(Queued(bytes: bytes, isClose: isClose, enqueued: now, releaseAt: nil, reason: nil, change: change), now: now, into: &out)
+        }
+    }
+
+    private mutating func enqueue(_ item: Queued, now: Timestamp, into out: inout PipeOutput) {
+        queue.append(item)
+        queuedBytes += item.bytes.count
+        release(at: now, into: &out)
+        while queuedBytes > settings.holdLimit, !queue.isEmpty {
+            releaseFirst(at: now, note: "released early: this direction holds more than --hold-limit (\(settings.holdLimit) bytes)", into: &out)
+            release(at: now, into: &out)
+        }
+    }
+
+    private mutating func release(at now: Timestamp, into out: inout PipeOutput) {
+        while let first = queue.first, (first.releaseAt ?? now) <= now {
+            releaseFirst(at: now, note: first.reason == "hold" ? "released after --hold-timeout \(RelaySession.seconds(settings.holdTimeout))" : nil, into: &out)
+        }
+    }
+
+    private mutating func releaseAll(at now: Timestamp, note: String, into out: inout PipeOutput) {
+        while !queue.isEmpty {
+            let early = (queue.first!.releaseAt ?? now) > now
+            releaseFirst(at: now, note: early ? note : nil, into: &out)
+        }
+    }
+
+    private mutating func releaseFirst(at now: Timestamp, note: String?, into out: inout PipeOutput) {
+        var item = queue.removeFirst()
+        queuedBytes -= item.bytes.count
+        if var change = item.change {
+            change.heldNanoseconds = now.nanoseconds - item.enqueued.nanoseconds
+            if let note { change.notes.append(note) }
+            item.change = change
+            out.record(TapRecord(connection: connection, timestamp: now, body: .change(change)))
+        }
+        if let note, item.reason == "hold" || item.releaseAt.map({ $0 > now }) == true {
+            self.note(.holdReleased, at: item.change?.offset ?? offset, note, now: now, into: &out)
+        }
+        out.send(item.bytes)
+    }
+
+    // MARK: - Giving up
+
+    /// Frames this pipe cannot follow: what it holds goes on in order, then every byte as it comes.
+    private mutating func stop(reason: String, at start: UInt64, now: Timestamp, into out: inout PipeOutput) {
+        releaseAll(at: now, note: "released early: rules stopped on this direction", into: &out)
+        if let message, !message.streaming {
+            out.send(message.raw)
+            if let frame, !frame.header.opcode.isControl { out.send(frame.raw) }
+        }
+        message = nil
+        frame = nil
+        stopped = true
+        note(.changesStopped, at: start, "\(reason): rules no longer apply to the \(direction.sender)'s messages; its bytes pass as they come", now: now, into: &out)
+    }
+
+    private func note(_ code: DiagnosticCode, at offset: UInt64, _ detail: String, now: Timestamp, into out: inout PipeOutput) {
+        out.record(TapRecord(connection: connection, timestamp: now, body: .diagnostic(Diagnostic(code: code, direction: direction, offset: offset, detail: detail))))
+    }
+
+    // MARK: - Framing
+
+    private func maskKey() -> UInt32 { UInt32(truncatingIfNeeded: settings.random()) }
+
+    private func preview(_ payload: [UInt8], _ opcode: Opcode) -> [UInt8] {
+        guard payload.count > payloadCap else { return payload }
+        var cut = payloadCap
+        // Text is cut on a character boundary, so the preview is still text.
+        if opcode == .text { while cut > 0 && payload[cut] & 0xC0 == 0x80 { cut -= 1 } }
+        return Array(payload[..<cut])
+    }
+
+    private func fragmentCount(fragments: Int?, size: Int?, wire: Int, original: Int) -> Int {
+        if let fragments { return max(1, fragments) }
+        if let size, size > 0 { return max(1, (wire + size - 1) / size) }
+        return max(1, original)
+    }
+
+    /// `count` pieces of `bytes`: the received sizes when the length did not change, else about equal
+    /// ones; text is never cut inside a character (a piece may then be empty).
+    func split(_ bytes: [UInt8], into count: Int, text: Bool, like sizes: [Int]?) -> [ArraySlice<UInt8>] {
+        guard count > 1 else { return [bytes[...]] }
+        var cuts: [Int] = []
+        if let sizes, sizes.count == count {
+            var at = 0
+            for size in sizes.dropLast() { at += size; cuts.append(at) }
+        } else {
+            for i in 1..<count { cuts.append(bytes.count * i / count) }
+        }
+        var pieces: [ArraySlice<UInt8>] = []
+        var from = 0
+        for var cut in cuts {
+            if text { while cut > from && cut < bytes.count && bytes[cut] & 0xC0 == 0x80 { cut -= 1 } }
+            cut = max(cut, from)
+            pieces.append(bytes[from..<cut])
+            from = cut
+        }
+        pieces.append(bytes[from...])
+        return pieces
+    }
+
+    private func frames(opcode: Opcode, pieces: [ArraySlice<UInt8>], wire: [UInt8], compressed: Bool, masked: Bool) -> [UInt8] {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(wire.count + 14 * pieces.count)
+        for (i, piece) in pieces.enumerated() {
+            let header = FrameHeader(fin: i == pieces.count - 1, rsv1: compressed && i == 0, opcode: i == 0 ? opcode : .continuation,
+                                     maskKey: masked ? maskKey() : nil, payloadLength: UInt64(piece.count))
+            bytes += header.encoded()
+            var body = Array(piece)
+            if let key = header.maskKey { Masking.apply(key: key, offset: 0, to: &body) }
+            bytes += body
+        }
+        return bytes
+    }
+}
+
+/// What a pipe produced for one event: records first (they describe the bytes), then the bytes, in order.
+struct PipeOutput {
+    var records: [TapRecord] = []
+    var bytes = ByteBuffer()
+
+    mutating func send(_ raw: UnsafeRawBufferPointer) { bytes.writeBytes(raw) }
+    mutating func send(_ raw: [UInt8]) { bytes.writeBytes(raw) }
+    mutating func record(_ record: TapRecord) { records.append(record) }
+}

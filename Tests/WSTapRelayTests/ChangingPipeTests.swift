@@ -1,0 +1,284 @@
+import NIOCore
+import Testing
+import WSTapDissect
+import WSTapFormats
+import WSTapRelay
+import WSTapRules
+import WSTapTestSupport
+import WSTapWire
+
+/// Rules on a live relay: what each peer receives, and the records that say what was changed.
+/// The receiving side is judged as a peer would judge it: frames parsed, unmasked and inflated by a
+/// real inflater, so a compressed direction that went out of step would show as a failure to inflate.
+@Suite struct ChangingPipeTests {
+    static func settings(_ rules: [String], compression: ChangeSettings.Compression = .keep, holdLimit: Int = 16 << 20,
+                         holdTimeout: Duration = .seconds(30)) throws -> ChangeSettings {
+        let parsed = try rules.enumerated().map { try RuleParser.parse($0.element, line: $0.offset + 1) }
+        let random = SeededRandom(seed: 7)
+        var settings = ChangeSettings(rules: RuleBook(RuleEngine(rules: parsed)), random: { random.next() })
+        settings.compression = compression
+        settings.holdLimit = holdLimit
+        settings.holdTimeout = holdTimeout
+        return settings
+    }
+
+    /// A playbook past the 101, with permessage-deflate when `extensions` is given.
+    static func open(_ rules: [String], extensions: String? = nil, compression: ChangeSettings.Compression = .keep,
+                     holdLimit: Int = 16 << 20) throws -> RelayPlaybook {
+        let play = RelayPlaybook(changes: try settings(rules, compression: compression, holdLimit: holdLimit))
+        play.openWebSocket(request: Wire.request(extensions: extensions), response: Wire.response(extensions: extensions))
+        return play
+    }
+
+    /// Bytes the client received after the 101.
+    static func afterHandshake(_ bytes: [UInt8]) -> [UInt8] {
+        let end = Array("\r\n\r\n".utf8)
+        let at = (0...(bytes.count - 4)).first { bytes[$0..<($0 + 4)].elementsEqual(end) }!
+        return Array(bytes[(at + 4)...])
+    }
+
+    /// Messages as a peer reads them: fragments joined, compressed ones inflated with one context.
+    static func messages(_ bytes: [UInt8], resetContext: Bool = false) throws -> [(Opcode, String, frames: Int)] {
+        let (frames, rest) = SeenFrame.parse(bytes)
+        #expect(rest == nil, "bytes after the last whole frame")
+        let inflater = Inflater()
+        var out: [(Opcode, String, frames: Int)] = []
+        var current: (Opcode, [UInt8], compressed: Bool, frames: Int)?
+        for frame in frames {
+            if frame.opcode.isControl {
+                out.append((frame.opcode, String(decoding: frame.payload, as: UTF8.self), 1))
+                continue
+            }
+            if frame.opcode != .continuation { current = (frame.opcode, [], frame.rsv1, 0) }
+            current!.1 += frame.payload
+            current!.frames += 1
+            guard frame.fin, let (opcode, payload, compressed, count) = current else { continue }
+            var plain = payload
+            if compressed {
+                plain = []
+                try payload.withUnsafeBytes { try inflater.inflate($0) { plain += $0 } }
+                try inflater.finishMessage(resetContext: resetContext) { plain += $0 }
+            }
+            out.append((opcode, String(decoding: plain, as: UTF8.self), count))
+            current = nil
+        }
+        return out
+    }
+
+    static func texts(_ bytes: [UInt8], resetContext: Bool = false) throws -> [String] {
+        try messages(bytes, resetContext: resetContext).filter { $0.0 == .text }.map(\.1)
+    }
+
+    static func changes(_ play: RelayPlaybook) -> [ChangeRecord] {
+        play.records.compactMap { if case .change(let c) = $0.body { c } else { nil } }
+    }
+
+    static func codes(_ play: RelayPlaybook) -> [String] {
+        play.records.compactMap { if case .diagnostic(let d) = $0.body { d.code.rawValue } else { nil } }
+    }
+
+    // MARK: - Untouched stays byte-exact
+
+    /// Rules that match nothing leave every byte as it came: masks, fragments, a ping inside a
+    /// fragmented message, compressed messages, non-minimal lengths; wherever the reads end.
+    @Test func untouchedMessagesLeaveWithTheirOwnBytesWhereverReadsEnd() throws {
+        let deflater = Deflater()
+        let compressed = deflater.compressMessage(Array("compressed once".utf8))
+        let again = deflater.compressMessage(Array("compressed once, twice".utf8))
+        let clientFrames = Wire.text("plain", mask: 0x0102_0304)
+            + Wire.frame(.text, Array("frag".utf8), fin: false, mask: 0x1111_1111) + Wire.frame(.ping, Array("p".utf8), mask: 0x2222_2222)
+            + Wire.frame(.continuation, Array("ment".utf8), mask: 0x3333_3333)
+            + Wire.frame(.binary, [0, 1, 2], mask: 0x4444_4444, encoding: .sixteenBit)
+            + Wire.frame(.text, compressed, rsv1: true, mask: 0x5555_5555) + Wire.frame(.text, again, rsv1: true, mask: 0x6666_6666)
+        let serverFrames = Wire.text("hello") + Wire.frame(.text, compressed, rsv1: true) + Wire.frame(.pong, [])
+        let rules = ["[never] text:\"no such text\" => replace /x/ \"y\"", "[server-pings] op=ping from=server => drop"]
+        let failures = Splits.verify([(c2s, clientFrames), (s2c, serverFrames)]) { steps -> [[UInt8]] in
+            let play = try! Self.open(rules, extensions: "permessage-deflate")
+            let before = (play.sentToUpstream.count, play.sentToClient.count)
+            play.play(steps)
+            return [Array(play.sentToUpstream[before.0...]), Array(play.sentToClient[before.1...])]
+        }
+        #expect(failures.isEmpty, "\(failures)")
+        let play = try Self.open(rules, extensions: "permessage-deflate")
+        let before = (play.sentToUpstream.count, play.sentToClient.count)
+        play.play([(c2s, clientFrames), (s2c, serverFrames)])
+        // The ping inside the fragmented message overtakes it: a message is gathered whole before the
+        // rules see it, and a control frame never waits for that. Every frame keeps its bytes.
+        let ping = Wire.frame(.ping, Array("p".utf8), mask: 0x2222_2222)
+        let plain = Wire.text("plain", mask: 0x0102_0304)
+        var expected = clientFrames
+        expected.removeSubrange(plain.count + 10..<(plain.count + 10 + ping.count))
+        expected.insert(contentsOf: ping, at: plain.count)
+        #expect(Array(play.sentToUpstream[before.0...]) == expected)
+        #expect(Array(play.sentToClient[before.1...]) == serverFrames)
+        #expect(Self.changes(play).isEmpty)
+    }
+
+    // MARK: - Edits
+
+    @Test func aReplacedClientMessageArrivesEditedMaskedAfreshAndIsRecordedAsSent() throws {
+        let play = try Self.open(["[upper] from=client text:hello => replace /hello/ \"HELLO\""])
+        let start = play.sentToUpstream.count
+        play.client(Wire.text("say hello twice: hello", mask: 0xA1B2_C3D4) + Wire.text("untouched", mask: 0x0102_0304))
+        let sent = Array(play.sentToUpstream[start...])
+        let (frames, _) = SeenFrame.parse(sent)
+        #expect(frames == [SeenFrame(opcode: .text, masked: true, payload: Array("say HELLO twice: HELLO".utf8)),
+                           SeenFrame(opcode: .text, masked: true, payload: Array("untouched".utf8))])
+        // A fresh mask key, not the client's; the untouched message is the client's own bytes.
+        #expect(!sent.starts(with: Wire.text("say HELLO twice: HELLO", mask: 0xA1B2_C3D4)))
+        #expect(sent.suffix(15) == Wire.text("untouched", mask: 0x0102_0304)[...])
+        let change = try #require(Self.changes(play).first)
+        #expect(change.rules == ["upper"] && change.result == .edited && change.direction == .clientToServer)
+        #expect(change.sent.map { String(decoding: $0.payload, as: UTF8.self) } == ["say HELLO twice: HELLO"])
+        #expect(Self.changes(play).count == 1)
+        let line = JSONLinesEncoder.line(TapRecord(connection: 1, timestamp: fixtureTime, body: .change(change)))
+        #expect(line.contains(#""type":"change""#) && line.contains(#""rules":["upper"]"#) && line.contains(#""text":"say HELLO twice: HELLO""#))
+    }
+
+    /// An edited message keeps its fragment count, and text is never cut inside a character.
+    @Test func anEditedFragmentedMessageKeepsItsFragmentsAndCharacterBoundaries() throws {
+        let play = try Self.open(["text:a => replace /a/ \"é€\""])
+        let start = play.sentToClient.count
+        play.upstream(Wire.frame(.text, Array("aaa".utf8), fin: false) + Wire.frame(.continuation, Array("bbb".utf8), fin: false)
+                      + Wire.frame(.continuation, Array("aaa".utf8)))
+        let (frames, _) = SeenFrame.parse(Array(play.sentToClient[start...]))
+        #expect(frames.count == 3)
+        #expect(frames.map(\.opcode) == [.text, .continuation, .continuation] && frames.map(\.fin) == [false, false, true])
+        #expect(frames.allSatisfy { String(validating: $0.payload, as: UTF8.self) != nil }, "a fragment cut a character")
+        #expect(String(decoding: frames.flatMap(\.payload), as: UTF8.self) == "é€é€é€bbbé€é€é€")
+    }
+
+    @Test func jsonEditsDropsDuplicatesAndFragmentsInBothDirections() throws {
+        let play = try Self.open([
+            "[price] json.price? => set json.price 0",
+            "[quiet] text=\"drop me\" => drop",
+            "[twice] text=twice => duplicate",
+            "[split] text=\"split into three\" => fragment count=3",
+        ])
+        let c = play.sentToUpstream.count, s = play.sentToClient.count
+        play.client(Wire.text(#"{"price":12,"item":"x"}"#, mask: 1) + Wire.text("drop me", mask: 2) + Wire.text("twice", mask: 3)
+                    + Wire.text("split into three", mask: 4))
+        play.upstream(Wire.text(#"{"price":99}"#) + Wire.text("drop me") + Wire.text("twice") + Wire.text("split into three"))
+        for sent in [Array(play.sentToUpstream[c...]), Array(play.sentToClient[s...])] {
+            let seen = try Self.messages(sent)
+            #expect(seen.map(\.1) == [#"{"price":0"# + (seen.first!.1.contains("item") ? #","item":"x"}"# : "}"), "twice", "twice", "split into three"])
+            #expect(seen.last!.frames == 3)
+        }
+        #expect(Self.changes(play).map(\.result) == [.edited, .dropped, .edited, .edited, .edited, .dropped, .edited, .edited])
+    }
+
+    // MARK: - Compression
+
+    /// Context takeover: after an edit the receiver's window differs from the sender's, so wstap
+    /// compresses that direction itself from there on; every later message still inflates at the peer.
+    @Test(arguments: [false, true])
+    func afterAnEditOfACompressedMessageLaterMessagesStillInflate(noContextTakeover: Bool) throws {
+        let extensions = noContextTakeover ? "permessage-deflate; server_no_context_takeover" : "permessage-deflate"
+        let play = try Self.open(["[edit] text~/^second/ => replace /second/ \"2nd\"", "[gone] text=\"fourth message\" => drop"],
+                                 extensions: extensions)
+        let deflater = Deflater(noContextTakeover: noContextTakeover)
+        let texts = ["first message, repeated: first message", "second message refers to the first message",
+                     "third message refers to the first message too", "fourth message", "fifth message refers to the first message"]
+        let wire = texts.map { Wire.frame(.text, deflater.compressMessage(Array($0.utf8)), rsv1: true) }
+        let start = play.sentToClient.count
+        for frame in wire { play.upstream(frame) }
+        let sent = Array(play.sentToClient[start...])
+        #expect(try Self.texts(sent, resetContext: noContextTakeover) == [texts[0], "2nd message refers to the first message", texts[2], texts[4]])
+        #expect(sent.starts(with: wire[0]), "before the first change the bytes are the server's")
+        if noContextTakeover {
+            // Each message stands alone: the untouched ones keep their bytes.
+            #expect(sent.suffix(wire[4].count).elementsEqual(wire[4]) && !Self.codes(play).contains("reencoding"))
+        } else {
+            #expect(Self.codes(play).filter { $0 == "reencoding" }.count == 1)
+        }
+    }
+
+    @Test func uncompressedSendsTheEditedMessageWithoutRSV1AndReencodesTheRest() throws {
+        let play = try Self.open(["text:one => replace /one/ \"ONE\"; uncompressed"], extensions: "permessage-deflate")
+        let deflater = Deflater()
+        let start = play.sentToUpstream.count
+        for text in ["one message", "another message, not one"] {
+            play.client(Wire.frame(.text, deflater.compressMessage(Array(text.utf8)), rsv1: true, mask: 0x0A0B_0C0D))
+        }
+        play.client(Wire.frame(.text, deflater.compressMessage(Array("message".utf8)), rsv1: true, mask: 0x0A0B_0C0D))
+        let (frames, _) = SeenFrame.parse(Array(play.sentToUpstream[start...]))
+        #expect(frames.map(\.rsv1) == [false, false, true])
+        #expect(try Self.texts(Array(play.sentToUpstream[start...])) == ["ONE message", "another message, not ONE", "message"])
+    }
+
+    @Test func reencodeCompressesEveryMessageAndTheyStillInflate() throws {
+        let play = try Self.open([], extensions: "permessage-deflate", compression: .reencode)
+        let deflater = Deflater()
+        let start = play.sentToClient.count
+        let texts = ["alpha beta gamma", "alpha beta gamma delta"]
+        for text in texts { play.upstream(Wire.frame(.text, deflater.compressMessage(Array(text.utf8)), rsv1: true)) }
+        #expect(try Self.texts(Array(play.sentToClient[start...])) == texts)
+    }
+
+    // MARK: - Holds and delays
+
+    /// A held message waits; a ping overtakes it, a later message queues behind it, the other
+    /// direction flows; at its time both go, in order, and the record says how long it waited.
+    @Test func aDelayedMessageNeverStallsPingsOrTheOtherDirection() throws {
+        let play = try Self.open(["[slow] text=slow => delay 200ms"])
+        let c = play.sentToUpstream.count, s = play.sentToClient.count
+        play.client(Wire.text("slow", mask: 1) + Wire.frame(.ping, Array("alive?".utf8), mask: 2) + Wire.text("after", mask: 3))
+        play.upstream(Wire.frame(.pong, Array("alive?".utf8)) + Wire.text("server flows"))
+        #expect(try Self.messages(Array(play.sentToUpstream[c...])).map(\.1) == ["alive?"])
+        #expect(try Self.messages(Array(play.sentToClient[s...])).map(\.1) == ["alive?", "server flows"])
+        play.advance(milliseconds: 199)
+        #expect(try Self.messages(Array(play.sentToUpstream[c...])).map(\.1) == ["alive?"])
+        play.advance(milliseconds: 1)
+        #expect(try Self.messages(Array(play.sentToUpstream[c...])).map(\.1) == ["alive?", "slow", "after"])
+        let change = try #require(Self.changes(play).first)
+        #expect(change.heldNanoseconds == 200_000_000 && change.result == .forwarded && change.rules == ["slow"])
+    }
+
+    /// A hold ends at --hold-timeout with a diagnostic; a close from the same side waits for it.
+    @Test func aHoldIsReleasedAtItsTimeoutAndACloseWaitsForIt() throws {
+        let play = RelayPlaybook(changes: try Self.settings(["[stop] from=server text=held => hold"], holdTimeout: .seconds(2)))
+        play.openWebSocket()
+        let s = play.sentToClient.count
+        play.upstream(Wire.text("held") + Wire.frame(.ping, []) + Wire.frame(.close, [0x03, 0xE8]))
+        #expect(try Self.messages(Array(play.sentToClient[s...])).map(\.0) == [.ping])
+        play.advance(milliseconds: 2000)
+        #expect(try Self.messages(Array(play.sentToClient[s...])).map(\.0) == [.ping, .text, .close])
+        #expect(Self.codes(play).contains("hold-released"))
+        #expect(Self.changes(play).first?.notes.contains { $0.contains("--hold-timeout") } == true)
+    }
+
+    @Test func whatIsHeldGoesBeforeTheSendersFIN() throws {
+        let play = try Self.open(["text=held => hold"])
+        let c = play.sentToUpstream.count
+        play.client(Wire.text("held", mask: 9))
+        let actions = play.handle(.inputClosed(.client))
+        let sendAt = try #require(actions.firstIndex { if case .send(.upstream, _) = $0 { true } else { false } })
+        let finAt = try #require(actions.firstIndex { if case .shutdownOutput(.upstream) = $0 { true } else { false } })
+        #expect(sendAt < finAt)
+        #expect(try Self.texts(Array(play.sentToUpstream[c...])) == ["held"])
+    }
+
+    // MARK: - Limits and what cannot be followed
+
+    @Test func aMessagePastTheHoldLimitPassesAsItCameWithoutRules() throws {
+        let play = try Self.open(["text:x => replace /x/ \"y\""], holdLimit: 1000)
+        let big = Wire.frame(.text, Array(repeating: UInt8(ascii: "x"), count: 800), fin: false, mask: 5)
+            + Wire.frame(.continuation, Array(repeating: UInt8(ascii: "x"), count: 800), mask: 6)
+        let c = play.sentToUpstream.count
+        for piece in Splits.pieces(big, sizes: [100]) { play.client(piece) }
+        play.client(Wire.text("x", mask: 7))
+        let sent = Array(play.sentToUpstream[c...])
+        #expect(sent.starts(with: big))
+        #expect(try Self.texts(Array(sent[big.count...])) == ["y"])
+        #expect(Self.codes(play).contains("too-large-to-change"))
+    }
+
+    @Test func afterAViolationTheDirectionPassesAsItCame() throws {
+        let play = try Self.open(["text:x => replace /x/ \"y\""])
+        let c = play.sentToUpstream.count
+        let after = Wire.frame(.continuation, Array("orphan".utf8), mask: 1) + Wire.text("x", mask: 2)
+        play.client(after)
+        #expect(Array(play.sentToUpstream[c...]) == after)
+        #expect(Self.codes(play).contains("changes-stopped"))
+    }
+}
