@@ -16,11 +16,15 @@ import WSTapWire
 public struct Filter: Sendable, CustomStringConvertible {
     public let source: String
     let root: Node
+    /// The filter tests the opcode or a close's code or reason: it is about control frames too.
+    /// Rules act on pings, pongs and closes only when their condition says so.
+    public let namesControlFields: Bool
 
     public init(parsing source: String) throws(FilterError) {
         self.source = source
         var parser = FilterParser(source)
         root = try parser.parseWhole()
+        namesControlFields = root.mentions { $0 == .op || $0 == .code || $0 == .reason }
     }
 
     public var description: String { source }
@@ -88,6 +92,14 @@ indirect enum Node: Sendable {
         case .or(let nodes): return nodes.contains { $0.evaluate(&subject) }
         case .not(let node): return !node.evaluate(&subject)
         case .test(let test): return test.evaluate(&subject)
+        }
+    }
+
+    func mentions(_ field: (Field) -> Bool) -> Bool {
+        switch self {
+        case .and(let nodes), .or(let nodes): nodes.contains { $0.mentions(field) }
+        case .not(let node): node.mentions(field)
+        case .test(let test): field(test.field)
         }
     }
 

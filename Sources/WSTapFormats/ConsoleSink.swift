@@ -72,8 +72,14 @@ public final class ConsoleSink: RecordSink {
         case .gap(let gap):
             return "\(prefix) \(arrow(gap.direction)) \(paint("gap", 33)) \(gap.bytes) bytes missing from the capture @\(gap.offset)"
         case .change(let c):
-            var line = "\(prefix) \(arrow(c.direction)) \(paint(c.result.rawValue, 35)) by \(c.rules.joined(separator: ", "))"
-            if let held = c.heldNanoseconds { line += " after \(held / 1_000_000) ms" }
+            let what = switch c.result {
+            case .edited: "edited"
+            case .dropped: "dropped"
+            case .forwarded: c.heldNanoseconds == nil ? "matched" : "held"
+            }
+            var line = "\(prefix) \(arrow(c.direction)) \(paint(what, 35))"
+            if let held = c.heldNanoseconds { line += " \(held / 1_000_000) ms" }
+            line += " by \(c.rules.joined(separator: ", "))"
             for sent in c.sent where c.result == .edited {
                 let m = MessageRecord(direction: c.direction, opcode: sent.opcode, frames: sent.frames, wireLength: sent.wireLength, length: sent.length,
                                       compressed: sent.compressed, payload: sent.payload, truncated: sent.truncated, closeCode: nil, closeReason: nil,

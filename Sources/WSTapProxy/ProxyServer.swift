@@ -17,6 +17,8 @@ public struct ProxyConfiguration: Sendable {
     public var mode: RelaySession.Mode
     public var tlsSettings: TLSSettings = TLSSettings()
     public var limits = RelaySession.Limits()
+    /// --rule/--rules and how they apply; nil relays every WebSocket byte as it comes.
+    public var changes: ChangeSettings?
     /// Needed for interception, --listen-tls and wss:// upstreams.
     public var tlsContexts: TLSContexts?
     /// --pcap: cleartext of both legs.
@@ -80,7 +82,7 @@ public final class ProxyServer: Sendable {
                     let handler = RelaySideHandler(clientSideMaking: { channel in
                         let session = RelaySession(
                             connection: ids.next(), mode: configuration.mode, tls: configuration.tlsSettings, limits: configuration.limits,
-                            clientAddress: channel.remoteAddress?.wstapText ?? "?",
+                            changes: configuration.changes, clientAddress: channel.remoteAddress?.wstapText ?? "?",
                             proxyAddress: channel.localAddress?.wstapText ?? "?",
                             configuration: configuration.dissector, clock: Timestamp.now)
                         return RelayConnection(session: session, client: channel, sink: configuration.sink, tls: configuration.tlsContexts,

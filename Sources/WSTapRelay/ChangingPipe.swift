@@ -32,6 +32,20 @@ public struct ChangeSettings: Sendable {
         self.rules = rules
         self.random = random
     }
+
+    /// The first action of `rules` the relay does not carry out yet, so a proxy refuses to start (or
+    /// to reload) with it rather than ignore it. `wstap rules test` still shows what it would do.
+    public static func unsupported(in rules: [Rule]) -> (rule: Rule, action: RuleAction)? {
+        for rule in rules {
+            for action in rule.actions {
+                switch action {
+                case .inject, .close, .abort, .corrupt, .exec: return (rule, action)
+                default: continue
+                }
+            }
+        }
+        return nil
+    }
 }
 
 /// One direction of a relay with rules loaded: it reads the frames, gathers each data message whole,
@@ -381,7 +395,9 @@ struct ChangingPipe {
         if compressedIn && !resetsContext && (outcome.dropped || copies > 1 || uncompressed) {
             startReencoding(at: message.start, now: now, into: &out)
         }
-        let edited = outcome.edited || uncompressed || refragment || copies > 1 || (reencoding && compressedIn && copies > 0)
+        // What the rules did: compressing anew on a re-encoded direction is not an edit (its
+        // `reencoding` diagnostic says so once), and `sent` shows the bytes that left.
+        let edited = outcome.edited || uncompressed || refragment || copies > 1
         let changed = outcome.applied.isEmpty ? nil : ChangeRecord(
             direction: direction, offset: message.start, rules: outcome.applied.map(\.rule),
             actions: outcome.applied.flatMap { $0.actions.map(\.description) },

@@ -32,6 +32,8 @@ struct HTTPExchangeFollower {
         var originForm = false
         /// Forward mode: Proxy-Connection and Proxy-Authorization were meant for wstap.
         var dropProxyFields = false
+        /// `--compression strip`: permessage-deflate leaves the client's extension offer.
+        var stripDeflate = false
     }
 
     enum Routing {
@@ -180,8 +182,25 @@ struct HTTPExchangeFollower {
             out.removeHeaders("Proxy-Connection")
             out.removeHeaders("Proxy-Authorization")
         }
+        if rewrite.stripDeflate { Self.stripDeflate(&out) }
         Self.dropContentLengthIfChunked(&out)
         return out
+    }
+
+    /// Takes permessage-deflate out of Sec-WebSocket-Extensions, keeping any other extension offered.
+    static func stripDeflate(_ head: inout HTTPHead) {
+        let values = head.values("sec-websocket-extensions")
+        guard !values.isEmpty else { return }
+        func trimmed(_ text: Substring) -> Substring {
+            var text = text.drop { $0 == " " || $0 == "\t" }
+            while let last = text.last, last == " " || last == "\t" { text = text.dropLast() }
+            return text
+        }
+        // Offers are split on commas: a quoted comma inside a parameter is not something any extension uses.
+        let kept = values.flatMap { $0.split(separator: ",") }.map { String(trimmed($0)) }
+            .filter { !$0.isEmpty && $0.split(separator: ";").first.map { trimmed($0).lowercased() } != "permessage-deflate" }
+        head.removeHeaders("Sec-WebSocket-Extensions")
+        if !kept.isEmpty { head.setHeader("Sec-WebSocket-Extensions", kept.joined(separator: ", ")) }
     }
 
     static func dropContentLengthIfChunked(_ head: inout HTTPHead) {

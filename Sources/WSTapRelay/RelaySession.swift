@@ -368,6 +368,8 @@ public final class RelaySession {
     /// offsets match a capture of that leg.
     private func follow(_ head: HTTPHead, _ rest: ByteBuffer, scheme: String, routing: HTTPExchangeFollower.Routing,
                         rewrite: HTTPExchangeFollower.RequestRewrite) -> [Action] {
+        var rewrite = rewrite
+        rewrite.stripDeflate = changes?.compression == .strip
         let follower = HTTPExchangeFollower(routing: routing, rewrite: rewrite, headLimit: limits.maxHeadBytes)
         let first = follower.current
         self.follower = follower

@@ -42,7 +42,11 @@ public struct RuleEngine: Sendable {
         guard case .message(var message) = record.body else { return RuleOutcome(payload: []) }
         var outcome = RuleOutcome(payload: message.payload)
         var current = record
+        let control = message.opcode.isControl
         for rule in rules {
+            // Pings, pongs and closes only for rules that name them (op=ping, code=1000): `from=server`
+            // means the server's messages, not its keep-alives.
+            if control && !(rule.condition?.namesControlFields ?? false) { continue }
             if let condition = rule.condition, !condition.matches(current, connection: connection) { continue }
             if let p = rule.probability, random() >= p { continue }
             var appliedActions: [RuleAction] = []

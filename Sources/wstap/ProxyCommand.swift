@@ -3,6 +3,7 @@ import WSTapDissect
 import WSTapFormats
 import WSTapProxy
 import WSTapRelay
+import WSTapRules
 
 #if canImport(Glibc)
 import Glibc
@@ -24,6 +25,8 @@ struct ProxyCommand: AsyncParsableCommand {
               wstap proxy --upstream ws://127.0.0.1:9000/socket --jsonl session.jsonl -v
               wstap proxy --listen 127.0.0.1:8888 --jsonl - -q | jq .
               wstap proxy --listen-tls --upstream wss://echo.example.test --keylog keys.log
+              wstap proxy --upstream ws://127.0.0.1:9000 --rule 'from=server json.price? => set json.price 0'
+              wstap proxy --upstream ws://127.0.0.1:9000 --rules rules.txt --compression keep
             """
     )
 
@@ -64,6 +67,17 @@ struct ProxyCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Largest request head accepted; a bigger one gets 431.", valueName: "bytes"))
     var maxHeadSize: Int = 64 * 1024
 
+    @OptionGroup(title: "Changing traffic (docs/rules.md)") var ruleOptions: RuleOptions
+
+    @Option(name: .long, help: ArgumentHelp("With rules: keep (byte-exact until a change of a compressed message, then wstap compresses that direction itself), strip (take permessage-deflate out of the client's offer), reencode (compress every message anew).", valueName: "keep|strip|reencode"))
+    var compression: String = "keep"
+
+    @Option(name: .long, help: ArgumentHelp("Seconds a message a 'hold' rule took stays held before it goes on.", valueName: "seconds"))
+    var holdTimeout: Double = 30
+
+    @Option(name: .long, help: ArgumentHelp("Most payload bytes a direction may hold for rules (a message gathered whole, and those queued behind a hold); a bigger message passes unchanged.", valueName: "bytes"))
+    var holdLimit: Int = 16 << 20
+
     var limits: RelaySession.Limits {
         var limits = RelaySession.Limits()
         limits.requestHeadTimeout = headTimeout > 0 ? .milliseconds(Int64(headTimeout * 1000)) : nil
@@ -103,12 +117,34 @@ struct ProxyCommand: AsyncParsableCommand {
         }
         if maxHeadSize < 256 || maxHeadSize > 16 << 20 { throw ValidationError("--max-head-size must be between 256 bytes and 16 MiB.") }
         if listenTLS && upstream == nil { throw ValidationError("--listen-tls is for reverse mode: give --upstream too.") }
+        if ChangeSettings.Compression(rawValue: compression) == nil {
+            throw ValidationError("--compression must be keep, strip or reencode, e.g. --compression keep.")
+        }
+        if !(holdTimeout > 0 && holdTimeout <= 86_400) { throw ValidationError("--hold-timeout must be a number of seconds from 0 to 86400, e.g. --hold-timeout 30.") }
+        if holdLimit < 1024 || holdLimit > 1 << 30 { throw ValidationError("--hold-limit must be between 1024 bytes and 1 GiB, e.g. --hold-limit 16777216.") }
         if let upstreamCA, access(upstreamCA, R_OK) != 0 {
             throw ValidationError("--upstream-ca '\(upstreamCA)' cannot be read. Give a readable PEM file of CA certificates.")
         }
     }
 
+    /// The rules and their settings, or nil when none were given; exits 64 on a rule that is wrong
+    /// or that the proxy cannot carry out yet.
+    func makeChanges() -> ChangeSettings? {
+        guard !ruleOptions.isEmpty else { return nil }
+        let rules = ruleOptions.load()
+        if let (rule, action) = ChangeSettings.unsupported(in: rules) {
+            OutputFile.standardError.write(Array("wstap: rule '\(rule.name)' (\(rule.source)): the proxy does not carry out '\(action)' yet; `wstap rules test` shows what it would do. Remove it to run the proxy with the other rules.\n".utf8))
+            Glibc.exit(64)
+        }
+        var changes = ChangeSettings(rules: RuleBook(RuleEngine(rules: rules)))
+        changes.compression = ChangeSettings.Compression(rawValue: compression) ?? .keep
+        changes.holdTimeout = .milliseconds(Int64(holdTimeout * 1000))
+        changes.holdLimit = holdLimit
+        return changes
+    }
+
     func run() async throws {
+        let changes = makeChanges()
         let (host, port) = try parsedListen
         let dissector = output.dissectorConfiguration
         let sinks = output.makeSinks()
@@ -118,6 +154,7 @@ struct ProxyCommand: AsyncParsableCommand {
         var configuration = ProxyConfiguration(listenHost: host, listenPort: port, mode: mode, dissector: dissector, sink: sinks.all)
         let intercepting = upstreamURL == nil
         configuration.limits = limits
+        configuration.changes = changes
         configuration.tlsSettings = TLSSettings(interceptConnect: intercepting, passthrough: passthrough, clientTLS: listenTLS, verifyUpstream: !insecure)
         var authority: CertificateAuthority?
         if intercepting || listenTLS {
@@ -163,6 +200,16 @@ struct ProxyCommand: AsyncParsableCommand {
             banner += "wstap: intercepting TLS with the CA in \(authority.directory); clients must trust \(authority.certificatePath) (see certs/README.md)\n"
         }
         if insecure { banner += "wstap: --insecure: upstream certificates are NOT verified\n" }
+        var reloader: RuleReloader?
+        if let changes {
+            let count = changes.rules.engine.rules.count
+            banner += "wstap: \(count) rule\(count == 1 ? "" : "s") in force (compression \(changes.compression.rawValue))"
+                + (ruleOptions.rules.map { "; \($0) is reloaded when it changes" } ?? "") + "\n"
+            if let path = ruleOptions.rules {
+                reloader = RuleReloader(options: ruleOptions, book: changes.rules, path: path)
+                reloader?.start()
+            }
+        }
         OutputFile.standardError.write(Array(banner.utf8))
         // Ctrl-C and SIGTERM close files that need a clean end (the pcap); records are already on disk.
         let capture = configuration.capture
@@ -172,6 +219,7 @@ struct ProxyCommand: AsyncParsableCommand {
             finalHAR?.finish()
         }
         try await server.wait()
+        withExtendedLifetime(reloader) {}
     }
 }
 

@@ -26,20 +26,39 @@ struct RuleOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("A file of rules, one a line; # starts a comment.", valueName: "file"))
     var rules: String?
 
+    var isEmpty: Bool { rule.isEmpty && rules == nil }
+
     /// The rules in order (file first, then --rule), or one line saying where one is wrong and exit 64.
     func load() -> [Rule] {
+        switch read() {
+        case .success(let loaded): return loaded
+        case .failure(.unreadable(let message)): fail(message)
+        case .failure(.invalid(let message)):
+            OutputFile.standardError.write(Array("wstap: \(message)\n".utf8))
+            Glibc.exit(64)
+        }
+    }
+
+    enum LoadError: Error {
+        case unreadable(String)
+        case invalid(String)
+    }
+
+    /// The rules, or why they cannot be had: for the start and for every reload of the file.
+    func read() -> Result<[Rule], LoadError> {
         var loaded: [Rule] = []
         do {
             if let rules {
-                guard let text = readText(rules) else { fail("--rules: cannot read '\(rules)'. Check the path and that it is readable.") }
+                guard let text = readText(rules) else {
+                    return .failure(.unreadable("--rules: cannot read '\(rules)'. Check the path and that it is readable."))
+                }
                 loaded += try RuleParser.parseFile(text, origin: rules)
             }
             for text in rule { loaded.append(try RuleParser.parse(text)) }
         } catch {
-            OutputFile.standardError.write(Array("wstap: \(error)\n".utf8))
-            Glibc.exit(64)
+            return .failure(.invalid("\(error)"))
         }
-        return loaded
+        return .success(loaded)
     }
 }
 
