@@ -64,7 +64,7 @@ let package = Package(
         // Built with --sanitize=fuzzer it is a libFuzzer binary; built normally it replays inputs and makes seeds.
         .executableTarget(name: "wstap-fuzz", dependencies: ["WSTapFuzzTargets"]),
         .testTarget(name: "WSTapWireTests", dependencies: ["WSTapWire", "WSTapTestSupport", "CZlib"]),
-        .testTarget(name: "WSTapDissectTests", dependencies: ["WSTapDissect", "WSTapFormats", "WSTapTestSupport"]),
+        .testTarget(name: "WSTapDissectTests", dependencies: ["WSTapDissect", "WSTapFormats", "WSTapWire", "WSTapTestSupport"]),
         .testTarget(name: "WSTapRelayTests", dependencies: ["WSTapRelay", "WSTapRules", "WSTapTestSupport"]),
         .testTarget(name: "WSTapProxyTests", dependencies: ["WSTapProxy"]),
         .testTarget(name: "WSTapCaptureTests", dependencies: ["WSTapCapture", "WSTapFormats"]),

@@ -188,6 +188,25 @@ struct ChangingPipe {
         frame = nil
     }
 
+    /// The connection ended before what is queued could go: each held message's record says it was
+    /// not sent, and one diagnostic counts them all.
+    mutating func abandon(at now: Timestamp, into out: inout PipeOutput) {
+        guard !queue.isEmpty else { return }
+        let count = queue.count, bytes = queuedBytes
+        let first = queue.first?.change?.offset ?? offset
+        while !queue.isEmpty {
+            let item = queue.removeFirst()
+            guard var change = item.change else { continue }
+            change.result = .dropped
+            change.sent = []
+            change.heldNanoseconds = now.nanoseconds - item.enqueued.nanoseconds
+            change.notes.append("not sent: the connection ended while it was held")
+            out.record(TapRecord(connection: connection, timestamp: now, body: .change(change)))
+        }
+        queuedBytes = 0
+        note(.heldNotSent, at: first, "\(count) held message\(count == 1 ? "" : "s") (\(bytes) bytes) never went on: the connection ended first", now: now, into: &out)
+    }
+
     /// Time passed: queued messages whose time has come go.
     mutating func tick(at now: Timestamp, into out: inout PipeOutput) {
         release(at: now, into: &out)

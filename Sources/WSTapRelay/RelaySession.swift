@@ -746,14 +746,18 @@ public final class RelaySession {
     private func finish(reason: String?, closedBy: String? = nil, note: String? = nil) -> [Action] {
         guard !ended else { return [] }
         ended = true
-        phase = .done
         var records: [TapRecord] = []
         let now = clock()
+        // Messages still held when the connection goes never reached their peer: the records say so.
+        if case .webSocket(let relay) = phase { relay.abandon(at: now, into: &records) }
+        phase = .done
+        var actions: [Action] = []
+        if runningTimers.remove(.relayWake) != nil { actions.append(.cancelTimer(.relayWake)) }
         dissector?.finish(at: now, into: &records)
         let (text, by) = endReason(explicit: reason, closedBy: closedBy)
         records.append(TapRecord(connection: connection, timestamp: now, body: .end(EndRecord(
             reason: text + (note.map { "; \($0)" } ?? ""), closedBy: by, clientBytes: clientBytes, serverBytes: serverBytes))))
-        return [.emit(records)]
+        return actions + [.emit(records)]
     }
 
     private func endReason(explicit: String?, closedBy: String?) -> (String, String?) {

@@ -86,6 +86,17 @@ public final class WebSocketRelay {
     }
 }
 
+extension WebSocketRelay {
+    /// The connection is gone: records for what the pipes still held, which never reached its peer.
+    public func abandon(at time: Timestamp, into records: inout [TapRecord]) {
+        for direction in [Direction.clientToServer, .serverToClient] {
+            var out = PipeOutput()
+            if direction == .clientToServer { clientToServer.abandon(at: time, into: &out) } else { serverToClient.abandon(at: time, into: &out) }
+            records += out.records
+        }
+    }
+}
+
 /// One direction of a WebSocket relay: what arrives from the sender, what leaves for its peer.
 enum DirectionPipe {
     /// Every read leaves as it came, as one write, without a copy: the default, and the only mode
@@ -105,29 +116,33 @@ enum DirectionPipe {
         case .passThrough:
             if !records.isEmpty { actions.append(.emit(records)) }
             actions.append(.send(direction, buffer))
-        case .changing(var pipe):
-            self = .passThrough  // let go of the copy in `self`, so the pipe's buffers are not copied
-            var out = PipeOutput()
-            pipe.received(buffer, at: time, into: &out)
-            self = .changing(pipe)
-            Self.flush(&out, direction: direction, records: &records, into: &actions)
+        case .changing:
+            withChangingPipe(direction: direction, records: &records, into: &actions) { pipe, out in pipe.received(buffer, at: time, into: &out) }
         }
     }
 
     mutating func inputEnded(at time: Timestamp, direction: Direction, records: inout [TapRecord], into actions: inout [WebSocketRelay.Action]) {
-        guard case .changing(var pipe) = self else { return }
-        self = .passThrough
-        var out = PipeOutput()
-        pipe.inputEnded(at: time, into: &out)
-        self = .changing(pipe)
-        Self.flush(&out, direction: direction, records: &records, into: &actions)
+        withChangingPipe(direction: direction, records: &records, into: &actions) { pipe, out in pipe.inputEnded(at: time, into: &out) }
     }
 
     mutating func tick(at time: Timestamp, direction: Direction, records: inout [TapRecord], into actions: inout [WebSocketRelay.Action]) {
+        withChangingPipe(direction: direction, records: &records, into: &actions) { pipe, out in pipe.tick(at: time, into: &out) }
+    }
+
+    mutating func abandon(at time: Timestamp, into out: inout PipeOutput) {
         guard case .changing(var pipe) = self else { return }
         self = .passThrough
+        pipe.abandon(at: time, into: &out)
+        self = .changing(pipe)
+    }
+
+    /// Runs `body` on the changing pipe (nothing for a pass-through) and turns what it produced into actions.
+    private mutating func withChangingPipe(direction: Direction, records: inout [TapRecord], into actions: inout [WebSocketRelay.Action],
+                                           _ body: (inout ChangingPipe, inout PipeOutput) -> Void) {
+        guard case .changing(var pipe) = self else { return }
+        self = .passThrough  // let go of the copy in `self`, so the pipe's buffers are not copied
         var out = PipeOutput()
-        pipe.tick(at: time, into: &out)
+        body(&pipe, &out)
         self = .changing(pipe)
         Self.flush(&out, direction: direction, records: &records, into: &actions)
     }

@@ -35,8 +35,32 @@ public struct RuleOutcome: Sendable {
 /// caller passes, so tests and `rules test` are reproducible.
 public struct RuleEngine: Sendable {
     public let rules: [Rule]
+    /// Each `replace` pattern compiled once, not per message; a pattern that is plain text (and a
+    /// replacement without `$`) is replaced as bytes, which is far cheaper than a regex engine.
+    private let patterns: [String: Pattern]
 
-    public init(rules: [Rule]) { self.rules = rules }
+    enum Pattern: @unchecked Sendable {  // Regex is immutable once built
+        case literal([UInt8])
+        case regex(Regex<AnyRegexOutput>)
+        case invalid
+    }
+
+    public init(rules: [Rule]) {
+        self.rules = rules
+        var patterns: [String: Pattern] = [:]
+        for rule in rules {
+            for case .replace(let pattern, _) in rule.actions where patterns[pattern] == nil {
+                if !pattern.isEmpty, !pattern.contains(where: { "\\^$.|?*+()[]{}".contains($0) }) {
+                    patterns[pattern] = .literal(Array(pattern.utf8))
+                } else if let regex = try? Regex(pattern) {
+                    patterns[pattern] = .regex(regex)
+                } else {
+                    patterns[pattern] = .invalid
+                }
+            }
+        }
+        self.patterns = patterns
+    }
 
     public func apply(to record: TapRecord, connection: ConnectionFacts?, random: () -> Double) -> RuleOutcome {
         guard case .message(var message) = record.body else { return RuleOutcome(payload: []) }
@@ -87,10 +111,21 @@ public struct RuleEngine: Sendable {
     func edit(_ action: RuleAction, payload: [UInt8], opcode: Opcode) -> Edit {
         switch action {
         case .replace(let pattern, let template):
-            guard opcode == .text, let text = String(validating: payload, as: UTF8.self) else { return .skipped("not a text message") }
-            guard let regex = try? Regex(pattern) else { return .skipped("bad regular expression") }
-            let replaced = Self.replace(text, regex, template)
-            return replaced == text ? .unchanged : .changed(Array(replaced.utf8))
+            guard opcode == .text, UTF8Validator.isValid(payload) else { return .skipped("not a text message") }
+            let compiled = patterns[pattern] ?? ((try? Regex(pattern)).map { .regex($0) } ?? .invalid)
+            switch compiled {
+            case .literal(let bytes) where !template.contains("$"):
+                // UTF-8 is self-synchronising: a valid sequence only matches at character boundaries.
+                let replaced = Self.replace(payload, bytes, Array(template.utf8))
+                return replaced == payload ? .unchanged : .changed(replaced)
+            case .literal:
+                guard let regex = try? Regex(pattern) else { return .skipped("bad regular expression") }
+                return Self.edit(payload, regex, template)
+            case .regex(let regex):
+                return Self.edit(payload, regex, template)
+            case .invalid:
+                return .skipped("bad regular expression")
+            }
         case .replaceBytes(let from, let to):
             let replaced = Self.replace(payload, from, to)
             return replaced == payload ? .unchanged : .changed(replaced)
@@ -107,6 +142,12 @@ public struct RuleEngine: Sendable {
         default:
             return .notAnEdit
         }
+    }
+
+    static func edit(_ payload: [UInt8], _ regex: Regex<AnyRegexOutput>, _ template: String) -> Edit {
+        let text = String(decoding: payload, as: UTF8.self)
+        let replaced = replace(text, regex, template)
+        return replaced == text ? .unchanged : .changed(Array(replaced.utf8))
     }
 
     /// Every match, with `$0`…`$9` for groups and `$$` for a dollar sign.

@@ -258,6 +258,17 @@ import WSTapWire
         #expect(try Self.texts(Array(play.sentToUpstream[c...])) == ["held"])
     }
 
+    @Test func aMessageStillHeldWhenTheConnectionGoesIsRecordedAsNeverSent() throws {
+        let play = try Self.open(["[wait] text=held => hold"])
+        play.client(Wire.text("held", mask: 9))
+        let actions = play.handle(.reset(.upstream))
+        let change = try #require(Self.changes(play).first)
+        #expect(change.result == .dropped && change.sent.isEmpty && change.notes.contains { $0.contains("connection ended") })
+        #expect(Self.codes(play).contains("held-not-sent"))
+        #expect(actions.contains { if case .cancelTimer(.relayWake) = $0 { true } else { false } })
+        #expect(play.timers.isEmpty)
+    }
+
     // MARK: - Limits and what cannot be followed
 
     @Test func aMessagePastTheHoldLimitPassesAsItCameWithoutRules() throws {

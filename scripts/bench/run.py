@@ -3,6 +3,11 @@
 
     python3 scripts/bench/run.py [--reps 3] [--out docs/performance.md]
     python3 scripts/bench/run.py --baseline /tmp/wstap-before --out /tmp/compare.md
+    python3 scripts/bench/run.py --rules --only "64 B" --out /tmp/rules.md
+
+With --rules, two more wstap processes join the rotation: one with ten rules that match nothing
+(`rules-idle`) and one whose single rule edits every text message (`rules-edit`); the report gets a
+table of what rules cost against wstap without rules and against socat, in the same run.
 
 With --baseline, a second wstap binary (say, a release build of the commit before a change) runs as one
 more target in the same rotation, and the report gets a table of wstap against it: a change's cost
@@ -105,6 +110,7 @@ def main():
     parser.add_argument("--out", default=str(ROOT / "docs" / "performance.md"))
     parser.add_argument("--baseline", help="another wstap binary to measure in the same run")
     parser.add_argument("--only", help="run only the workloads whose name contains this (e.g. RTT)")
+    parser.add_argument("--rules", action="store_true", help="also measure wstap with rules loaded (rules-idle, rules-edit)")
     opts = parser.parse_args()
     if opts.only:
         WORKLOADS[:] = [w for w in WORKLOADS if opts.only in w[0]]
@@ -120,9 +126,9 @@ def main():
     socat_port = free_port()
     socat = subprocess.Popen(["socat", "-b", "262144", f"TCP-LISTEN:{socat_port},bind=127.0.0.1,reuseaddr,fork,nodelay,backlog=1024",
                               f"TCP:127.0.0.1:{echo_port},nodelay"])
-    def start_wstap(binary, jsonl):
+    def start_wstap(binary, jsonl, extra=()):
         proc = subprocess.Popen([str(binary), "proxy", "--listen", "127.0.0.1:0",
-                                 "--upstream", f"ws://127.0.0.1:{echo_port}", "--jsonl", str(jsonl), "-q"],
+                                 "--upstream", f"ws://127.0.0.1:{echo_port}", "--jsonl", str(jsonl), "-q", *extra],
                                 stderr=subprocess.PIPE, text=True)
         return proc, int(re.search(r"listening on 127\.0\.0\.1:(\d+)", proc.stderr.readline()).group(1))
 
@@ -133,6 +139,17 @@ def main():
     if opts.baseline:
         jsonl_files["baseline"] = tmp / "baseline.jsonl"
         baseline, baseline_port = start_wstap(opts.baseline, jsonl_files["baseline"])
+    rule_targets = {}
+    if opts.rules:
+        # Ten rules a real session might load, none of which matches wsbench's a-z payloads.
+        idle = [f"[idle{i}] from=client text:\"no such text {i}\" => drop" for i in range(5)] + \
+               [f"[json{i}] json.type=\"t{i}\" => set json.n {i}" for i in range(3)] + \
+               ["[pings] op=ping => drop", "[huge] len>1M => mark big"]
+        rule_sets = {"rules-idle": idle, "rules-edit": ["[edit] op=text => replace /abc/ \"xyz\""]}
+        for name, rules in rule_sets.items():
+            jsonl_files[name] = tmp / f"{name}.jsonl"
+            args = [a for rule in rules for a in ("--rule", rule)]
+            rule_targets[name] = start_wstap(ROOT / ".build/release/wstap", jsonl_files[name], args)
     # socat listens once its process is up; a connect loop proves it.
     for _ in range(200):
         try:
@@ -144,6 +161,8 @@ def main():
     targets = {"direct": (echo_port, None), "socat": (socat_port, socat.pid), "wstap": (wstap_port, wstap.pid)}
     if baseline:
         targets["baseline"] = (baseline_port, baseline.pid)
+    for name, (proc, port) in rule_targets.items():
+        targets[name] = (port, proc.pid)
     results = {w[0]: {t: [] for t in targets} for w in WORKLOADS}
     cpu = {w[0]: {t: [] for t in targets} for w in WORKLOADS}
     order = list(targets)
@@ -168,7 +187,7 @@ def main():
                         os.truncate(jsonl_files[target], 0)
         wstap_rss = peak_rss_mb(wstap.pid)
     finally:
-        for p in (wstap, socat, echo) + ((baseline,) if baseline else ()):
+        for p in (wstap, socat, echo) + ((baseline,) if baseline else ()) + tuple(p for p, _ in rule_targets.values()):
             p.terminate()
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -182,6 +201,7 @@ def median(values):
 def write_report(opts, results, cpu, wstap_rss, jsonl_bytes):
     rows = []
     baseline_rows = []
+    rule_rows = []
     for name, kind, args in WORKLOADS:
         if kind == "load":
             key, unit = "msgs_per_s", "msg/s"
@@ -199,7 +219,7 @@ def write_report(opts, results, cpu, wstap_rss, jsonl_bytes):
             extra = f" ({mb['wstap']:.0f} MB/s each way through wstap)"
         # CPU per message: proxy CPU seconds over messages relayed in both directions.
         per_msg = {}
-        for t in [t for t in ("socat", "wstap", "baseline") if t in cpu[name]]:
+        for t in [t for t in ("socat", "wstap", "baseline", "rules-idle", "rules-edit") if t in cpu[name]]:
             samples = []
             for seconds, r in cpu[name][t]:
                 if kind == "handshakes":
@@ -222,6 +242,12 @@ def write_report(opts, results, cpu, wstap_rss, jsonl_bytes):
             ratio_b = med["baseline"] / med["wstap"] if kind == "rtt" else med["wstap"] / med["baseline"]
             baseline_rows.append(f"| {name} | {med['baseline']:,.1f} | {med['wstap']:,.1f} {unit} | {ratio_b:.2f}× "
                                  f"| {per_msg['baseline']:.2f} | {per_msg['wstap']:.2f} | {per_msg['wstap'] - per_msg['baseline']:+.2f} |")
+        if "rules-idle" in med:
+            def over(a, b):
+                return med[b] / med[a] if kind == "rtt" else med[a] / med[b]
+            rule_rows.append(f"| {name} | {med['wstap']:,.1f} | {med['rules-idle']:,.1f} | {med['rules-edit']:,.1f} {unit} "
+                             f"| {over('rules-idle', 'wstap'):.2f}× | {per_msg['rules-idle'] - per_msg['wstap']:+.2f} "
+                             f"| {over('rules-edit', 'socat'):.2f}× | {per_msg['rules-edit']:.2f} |")
 
     jsonl_lines = "\n".join(f"- {name}: {size / 1e6:,.1f} MB" for name, size in jsonl_bytes.items())
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -256,6 +282,18 @@ Targets (issue 2): throughput ≥ 1.0× socat in every workload, p50 RTT no wors
 | workload | baseline | wstap | wstap/baseline | baseline µs/msg | wstap µs/msg | difference µs/msg |
 |---|---|---|---|---|---|---|
 """ + "\n".join(baseline_rows) + "\n"
+    if rule_rows:
+        text += """
+## Rules loaded, same run
+
+**rules-idle**: ten rules that match none of the load's messages (text contains, JSON fields, pings,
+size); **rules-edit**: one rule, `op=text => replace /abc/ "xyz"`, that edits every text message.
+Targets (issue 11): rules that match nothing cost ≤ 10% throughput and ≤ 0.5 µs CPU per message
+against wstap without rules; a replace on every message keeps ≥ 0.5× socat.
+
+| workload | wstap | rules-idle | rules-edit | idle/wstap | idle CPU µs/msg over wstap | edit/socat | edit µs/msg |
+|---|---|---|---|---|---|---|---|
+""" + "\n".join(rule_rows) + "\n"
     # Keep the hand-written analysis below the marker across runs.
     marker = "<!-- analysis: kept by run.py -->"
     out = Path(opts.out)
