@@ -35,6 +35,12 @@ public struct Filter: Sendable, CustomStringConvertible {
         var subject = FilterSubject(record: record, connection: connection)
         return root.evaluate(&subject)
     }
+
+    /// The same, for several filters over one record: its text and JSON are worked out once for all
+    /// of them (the rule engine tests every rule's condition on each message).
+    public func matches(_ subject: inout FilterSubject) -> Bool {
+        root.evaluate(&subject)
+    }
 }
 
 /// Where a filter is wrong: the 1-based column in the source and what was expected there.

@@ -19,13 +19,13 @@ struct FilterRegex: @unchecked Sendable {
 /// One record as a filter sees it: each field's value, or nil where the record has no such field
 /// (a comparison with a missing field is false; `not` makes it true). Text and JSON are worked out
 /// once, on first use.
-struct FilterSubject {
+public struct FilterSubject {
     let record: TapRecord
     let connection: ConnectionFacts?
     private var decodedText: String??
     private var parsedJSON: JSONValue??
 
-    init(record: TapRecord, connection: ConnectionFacts?) {
+    public init(record: TapRecord, connection: ConnectionFacts?) {
         self.record = record
         self.connection = connection
     }
@@ -164,6 +164,12 @@ extension Test {
             }
         case .text:
             if field == .op { return opTest(subject) }
+            // `text:word` on a text message: a byte search, without making a String of the payload
+            // (UTF-8 is self-synchronising, so a match starts and ends on character boundaries).
+            if field == .text, op == .contains, case .text(let needle) = operand, case .message(let m) = subject.record.body,
+               m.opcode == .text, !m.inflateFailed {
+                return Self.contains(m.payload, Array(needle.utf8))
+            }
             guard let value = subject.string(field) else { return false }
             return Self.compareText(value, op, operand)
         case .json:

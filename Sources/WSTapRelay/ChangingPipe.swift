@@ -276,8 +276,14 @@ struct ChangingPipe {
             if ended.header.fin { finishStreaming(current, into: &out) } else { message = current }
             return
         }
-        current.raw += ended.raw
-        current.wirePayload += ended.payload
+        // The first frame's arrays become the message's: no copy for the usual one-frame message.
+        if current.fragmentSizes.isEmpty {
+            current.raw = ended.raw
+            current.wirePayload = ended.payload
+        } else {
+            current.raw += ended.raw
+            current.wirePayload += ended.payload
+        }
         current.fragmentSizes.append(ended.payload.count)
         if ended.header.fin {
             complete(current, now: now, into: &out)

@@ -67,11 +67,14 @@ public struct RuleEngine: Sendable {
         var outcome = RuleOutcome(payload: message.payload)
         var current = record
         let control = message.opcode.isControl
+        // One subject for every condition while no rule has edited the message: its text and JSON
+        // are worked out once, not once per rule.
+        var subject = FilterSubject(record: current, connection: connection)
         for rule in rules {
             // Pings, pongs and closes only for rules that name them (op=ping, code=1000): `from=server`
             // means the server's messages, not its keep-alives.
             if control && !(rule.condition?.namesControlFields ?? false) { continue }
-            if let condition = rule.condition, !condition.matches(current, connection: connection) { continue }
+            if let condition = rule.condition, !condition.matches(&subject) { continue }
             if let p = rule.probability, random() >= p { continue }
             var appliedActions: [RuleAction] = []
             let before = outcome.payload
@@ -94,9 +97,13 @@ public struct RuleEngine: Sendable {
             outcome.applied.append(RuleOutcome.Applied(rule: rule.name, actions: appliedActions, before: before, after: outcome.payload))
             if final { break }
             // Later rules see the message as this one left it.
-            message.payload = outcome.payload
-            message.length = UInt64(outcome.payload.count)
-            current.body = .message(message)
+            if outcome.payload != message.payload {
+                message.payload = outcome.payload
+                message.length = UInt64(outcome.payload.count)
+                message.textValidity = .unchecked
+                current.body = .message(message)
+                subject = FilterSubject(record: current, connection: connection)
+            }
         }
         return outcome
     }
