@@ -71,6 +71,9 @@ public final class WebSocketRelay {
                 serverToClient.inputEnded(at: time, direction: direction, records: &records, into: &actions)
             }
         case .tick(let time):
+            // The wake-up asked for has been used: ask again for what is still due, even the same time
+            // (the shell's timer runs on a monotonic clock, the records' time is the wall clock's).
+            wakeAt = nil
             var records: [TapRecord] = []
             clientToServer.tick(at: time, direction: .clientToServer, records: &records, into: &actions)
             records = []

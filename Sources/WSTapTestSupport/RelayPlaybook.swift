@@ -38,10 +38,13 @@ public final class RelayPlaybook {
     /// Moves the clock on by `milliseconds` and fires the timers that are due, as the shell would.
     public func advance(milliseconds: Int64) {
         clock.now = Timestamp(nanoseconds: clock.now.nanoseconds + milliseconds * 1_000_000)
-        for (timer, due) in timers.sorted(by: { $0.value < $1.value }) where due <= clock.now {
-            timers[timer] = nil
-            handle(.timerFired(timer))
-        }
+        for (timer, due) in timers.sorted(by: { $0.value < $1.value }) where due <= clock.now { fire(timer) }
+    }
+
+    /// Fires a running timer now, due or not, as a shell whose clock runs ahead would.
+    public func fire(_ timer: RelaySession.Timer) {
+        timers[timer] = nil
+        handle(.timerFired(timer))
     }
 
     /// Hands the event to the session and returns what it asked for (also kept in the totals).

@@ -228,6 +228,9 @@ import WSTapWire
         #expect(try Self.messages(Array(play.sentToClient[s...])).map(\.1) == ["alive?", "server flows"])
         play.advance(milliseconds: 199)
         #expect(try Self.messages(Array(play.sentToUpstream[c...])).map(\.1) == ["alive?"])
+        // A timer that fires early (the shell's clock is not the records' clock) asks again.
+        play.fire(.relayWake)
+        #expect(play.timers[.relayWake] != nil)
         play.advance(milliseconds: 1)
         #expect(try Self.messages(Array(play.sentToUpstream[c...])).map(\.1) == ["alive?", "slow", "after"])
         let change = try #require(Self.changes(play).first)
