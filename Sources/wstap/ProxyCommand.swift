@@ -67,7 +67,7 @@ struct ProxyCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Largest request head accepted; a bigger one gets 431.", valueName: "bytes"))
     var maxHeadSize: Int = 64 * 1024
 
-    @OptionGroup(title: "Changing traffic (docs/rules.md)") var ruleOptions: RuleOptions
+    @OptionGroup(title: "Rules (docs/rules.md has the grammar)") var ruleOptions: RuleOptions
 
     @Option(name: .long, help: ArgumentHelp("With rules: keep (byte-exact until a change of a compressed message, then wstap compresses that direction itself), strip (take permessage-deflate out of the client's offer), reencode (compress every message anew).", valueName: "keep|strip|reencode"))
     var compression: String = "keep"

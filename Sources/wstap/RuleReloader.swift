@@ -49,14 +49,19 @@ final class RuleReloader: @unchecked Sendable {
         switch options.read() {
         case .success(let rules):
             if let (rule, action) = ChangeSettings.unsupported(in: rules) {
-                say("\(path) changed, but rule '\(rule.name)' asks for '\(action)', which the proxy does not carry out yet; keeping the \(book.engine.rules.count) rules in force")
+                say("\(path) changed, but rule '\(rule.name)' asks for '\(action)', which the proxy does not carry out yet; \(keeping)")
                 return
             }
             book.replace(with: RuleEngine(rules: rules))
             say("\(path) reloaded: \(rules.count) rule\(rules.count == 1 ? "" : "s") in force from the next message of every connection")
         case .failure(.unreadable(let message)), .failure(.invalid(let message)):
-            say("\(message); keeping the \(book.engine.rules.count) rules in force")
+            say("\(message); \(keeping)")
         }
+    }
+
+    private var keeping: String {
+        let count = book.engine.rules.count
+        return "keeping the \(count) rule\(count == 1 ? "" : "s") in force"
     }
 
     private func say(_ line: String) {

@@ -134,7 +134,7 @@ def test_the_rules_file_is_reloaded_for_connections_already_open(wstap, peer, tm
             first = await ws.recv()
             # A broken version keeps the rules in force, and says why.
             rules.write_text("[two] from=client => replace /a/\n")
-            proxy.wait_for(r"rules\.txt:1:.*keeping the 1 rules in force")
+            proxy.wait_for(r"rules\.txt:1:.*keeping the 1 rule in force")
             await ws.send("a")
             second = await ws.recv()
             rules.write_text("[three] from=client => replace /a/ \"3\"\n")
