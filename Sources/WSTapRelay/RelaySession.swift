@@ -7,7 +7,7 @@ import WSTapWire
 /// It decides where to connect, rewrites the request head where the mode requires it, forwards every
 /// other byte untouched, feeds both directions to the `StreamDissector`, and decides how the connection
 /// ends. The NIO shell performs the actions and reports what happened as events; it makes no decisions.
-/// Rules that hold, edit or inject messages will sit here, between the events and the forwarding.
+/// After the 101 it hands both directions to a `WebSocketRelay`, where rules (if any) change messages.
 public final class RelaySession {
     public enum Mode: Sendable {
         /// Every client connection goes to this upstream.

@@ -5,7 +5,7 @@ import WSTapDissect
 ///
 /// `RelaySession` routes, answers CONNECT, intercepts TLS and follows HTTP up to the upgrade; once the
 /// dissector says WebSocket has started it hands every later byte here. Each direction has its own
-/// `DirectionPipe`, so what one direction does (later: hold a message, re-encode after an edit) never
+/// `DirectionPipe`, so what one direction does (hold a message, re-encode after an edit) never
 /// stalls the other. Time comes in with each event; the relay never reads a clock.
 ///
 /// Records go out before the bytes they describe: once a peer has seen a byte, its records are
