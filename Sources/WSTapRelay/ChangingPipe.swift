@@ -324,7 +324,7 @@ struct ChangingPipe {
             sendInOrder(message.raw, isClose: false, now: now, into: &out)
             return
         }
-        carryOut(outcome, message: message, plain: plain, now: now, into: &out)
+        carryOut(outcome, message: message, now: now, into: &out)
     }
 
     private mutating func control(_ frame: FrameInProgress, now: Timestamp, into out: inout PipeOutput) {
@@ -344,7 +344,7 @@ struct ChangingPipe {
         }
         let asReceived = MessageInProgress(start: frame.start, opcode: frame.header.opcode, compressed: false, masked: frame.header.masked,
                                            raw: frame.raw, wirePayload: frame.payload, fragmentSizes: [frame.payload.count])
-        carryOut(outcome, message: asReceived, plain: frame.payload, now: now, into: &out)
+        carryOut(outcome, message: asReceived, now: now, into: &out)
     }
 
     private func decide(_ message: MessageRecord, now: Timestamp) -> RuleOutcome {
@@ -356,7 +356,7 @@ struct ChangingPipe {
     }
 
     /// Sends what the rules made of a message (or queues it), with the record that says so first.
-    private mutating func carryOut(_ outcome: RuleOutcome, message: MessageInProgress, plain: [UInt8], now: Timestamp, into out: inout PipeOutput) {
+    private mutating func carryOut(_ outcome: RuleOutcome, message: MessageInProgress, now: Timestamp, into out: inout PipeOutput) {
         var copies = outcome.dropped ? 0 : 1
         var fragments: Int?
         var fragmentSize: Int?
@@ -371,12 +371,11 @@ struct ChangingPipe {
             case .uncompressed: uncompressed = true
             case .delay(let ms, let jitter):
                 let spread = jitter > 0 ? Int(settings.random() % UInt64(2 * jitter + 1)) - jitter : 0
-                let at = Timestamp(nanoseconds: now.nanoseconds + Int64(max(0, ms + spread)) * 1_000_000)
+                let at = now.adding(.milliseconds(max(0, ms + spread)))
                 waitUntil = max(waitUntil ?? at, at)
                 reason = reason ?? "delay"
             case .hold:
-                let (seconds, atto) = settings.holdTimeout.components
-                let at = Timestamp(nanoseconds: now.nanoseconds + seconds * 1_000_000_000 + atto / 1_000_000_000)
+                let at = now.adding(settings.holdTimeout)
                 waitUntil = max(waitUntil ?? at, at)
                 reason = "hold"
             case .mark(let tag): marks.append(tag)

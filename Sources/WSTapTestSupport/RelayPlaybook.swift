@@ -57,8 +57,7 @@ public final class RelayPlaybook {
             case .send(.upstream, let buffer): sentToUpstream += buffer.readableBytesView
             case .emit(let emitted): records += emitted
             case .startTimer(let timer, let after):
-                let (seconds, atto) = after.components
-                timers[timer] = Timestamp(nanoseconds: clock.now.nanoseconds + seconds * 1_000_000_000 + atto / 1_000_000_000)
+                timers[timer] = clock.now.adding(after)
             case .cancelTimer(let timer): timers[timer] = nil
             default: break
             }
