@@ -39,10 +39,11 @@ public struct RuleEngine: Sendable {
     /// replacement without `$`) is replaced as bytes, which is far cheaper than a regex engine.
     private let patterns: [String: Pattern]
 
-    enum Pattern: @unchecked Sendable {  // Regex is immutable once built
-        case literal([UInt8])
-        case regex(Regex<AnyRegexOutput>)
-        case invalid
+    struct Pattern: @unchecked Sendable {  // Regex is immutable once built
+        /// Set when the pattern has no regex metacharacters: its UTF-8 bytes.
+        var literal: [UInt8]?
+        /// Nil when the pattern does not compile.
+        var regex: Regex<AnyRegexOutput>?
     }
 
     public init(rules: [Rule]) {
@@ -50,13 +51,8 @@ public struct RuleEngine: Sendable {
         var patterns: [String: Pattern] = [:]
         for rule in rules {
             for case .replace(let pattern, _) in rule.actions where patterns[pattern] == nil {
-                if !pattern.isEmpty, !pattern.contains(where: { "\\^$.|?*+()[]{}".contains($0) }) {
-                    patterns[pattern] = .literal(Array(pattern.utf8))
-                } else if let regex = try? Regex(pattern) {
-                    patterns[pattern] = .regex(regex)
-                } else {
-                    patterns[pattern] = .invalid
-                }
+                let plain = !pattern.isEmpty && !pattern.contains(where: { "\\^$.|?*+()[]{}".contains($0) })
+                patterns[pattern] = Pattern(literal: plain ? Array(pattern.utf8) : nil, regex: try? Regex(pattern))
             }
         }
         self.patterns = patterns
@@ -119,20 +115,14 @@ public struct RuleEngine: Sendable {
         switch action {
         case .replace(let pattern, let template):
             guard opcode == .text, UTF8Validator.isValid(payload) else { return .skipped("not a text message") }
-            let compiled = patterns[pattern] ?? ((try? Regex(pattern)).map { .regex($0) } ?? .invalid)
-            switch compiled {
-            case .literal(let bytes) where !template.contains("$"):
+            let compiled = patterns[pattern] ?? Pattern(literal: nil, regex: try? Regex(pattern))
+            if let literal = compiled.literal, !template.contains("$") {
                 // UTF-8 is self-synchronising: a valid sequence only matches at character boundaries.
-                let replaced = Self.replace(payload, bytes, Array(template.utf8))
+                let replaced = Self.replace(payload, literal, Array(template.utf8))
                 return replaced == payload ? .unchanged : .changed(replaced)
-            case .literal:
-                guard let regex = try? Regex(pattern) else { return .skipped("bad regular expression") }
-                return Self.edit(payload, regex, template)
-            case .regex(let regex):
-                return Self.edit(payload, regex, template)
-            case .invalid:
-                return .skipped("bad regular expression")
             }
+            guard let regex = compiled.regex else { return .skipped("bad regular expression") }
+            return Self.edit(payload, regex, template)
         case .replaceBytes(let from, let to):
             let replaced = Self.replace(payload, from, to)
             return replaced == payload ? .unchanged : .changed(replaced)

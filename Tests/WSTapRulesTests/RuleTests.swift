@@ -27,6 +27,15 @@ func text(_ outcome: RuleOutcome) -> String { String(decoding: outcome.payload, 
         #expect(try outcome([#"* => replace /zzz/ "y""#], message("ab")).edited == false)
     }
 
+    /// A plain-text pattern is replaced as bytes; with `$` in the replacement it goes through the
+    /// regex engine, so `$0` still means the match. Both give what a regex would.
+    @Test func plainTextPatternsGiveWhatTheRegexWould() throws {
+        #expect(text(try outcome([#"* => replace /ab/ "x""#], message("abcab é"))) == "xcx é")
+        #expect(text(try outcome([#"* => replace /ab/ "[$0]""#], message("abcab"))) == "[ab]c[ab]")
+        #expect(text(try outcome([#"* => replace /é/ "e""#], message("café, é"))) == "cafe, e")
+        #expect(try outcome([#"* => replace /ab/ "x""#], message("ab", opcode: .binary)).skipped.count == 1)
+    }
+
     @Test func replaceBytesWorksOnAnyPayload() throws {
         let o = try outcome(["* => replace-bytes hex:6162 hex:ff"], message("abcab", opcode: .binary))
         #expect(o.payload == [0xFF, 0x63, 0xFF] && o.edited)
