@@ -197,6 +197,8 @@ public struct ChangeRecord: Sendable {
         /// Sent on with other bytes: `sent` holds what left.
         case edited
         case dropped
+        /// Not sent: a rule's `abort` reset both connections.
+        case aborted
     }
 
     public var direction: Direction

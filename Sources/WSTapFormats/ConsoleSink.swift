@@ -75,6 +75,7 @@ public final class ConsoleSink: RecordSink {
             let what = switch c.result {
             case .edited: "edited"
             case .dropped: "dropped"
+            case .aborted: "aborted"
             case .forwarded: c.heldNanoseconds == nil ? "matched" : "held"
             }
             var line = "\(prefix) \(arrow(c.direction)) \(paint(what, 35))"

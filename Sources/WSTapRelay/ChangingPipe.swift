@@ -39,7 +39,7 @@ public struct ChangeSettings: Sendable {
         for rule in rules {
             for action in rule.actions {
                 switch action {
-                case .inject, .close, .abort, .corrupt, .exec: return (rule, action)
+                case .inject, .close, .exec: return (rule, action)
                 default: continue
                 }
             }
@@ -144,7 +144,8 @@ struct ChangingPipe {
     mutating func received(_ buffer: ByteBuffer, at now: Timestamp, into out: inout PipeOutput) {
         buffer.withUnsafeReadableBytes { raw in
             var index = 0
-            while !stopped {
+            // After an abort nothing more goes anywhere: the connections are being reset.
+            while !stopped && out.abort == nil {
                 if !parser.isInsideFrame { frameStart = offset }
                 let before = index
                 // nil once the read is used up; a frame end still owed comes before that.
@@ -364,6 +365,8 @@ struct ChangingPipe {
         var waitUntil: Timestamp?
         var reason: String?
         var marks: [String] = []
+        var corruptions: Set<RuleAction.Corruption> = []
+        var notes = outcome.skipped.map { "\($0.rule): \($0.action) skipped: \($0.reason)" }
         for effect in outcome.effects {
             switch effect {
             case .duplicate: if copies > 0 { copies += 1 }
@@ -379,40 +382,58 @@ struct ChangingPipe {
                 waitUntil = max(waitUntil ?? at, at)
                 reason = "hold"
             case .mark(let tag): marks.append(tag)
+            case .corrupt(let kind):
+                if kind == .utf8 && message.opcode != .text {
+                    notes.append("corrupt utf8 skipped: not a text message")
+                } else {
+                    corruptions.insert(kind)
+                }
+            case .abort:
+                // Nothing of the message goes on: both connections are reset once what went before is written.
+                out.record(TapRecord(connection: connection, timestamp: now, body: .change(ChangeRecord(
+                    direction: direction, offset: message.start, rules: outcome.applied.map(\.rule),
+                    actions: outcome.applied.flatMap { $0.actions.map(\.description) }, result: .aborted, sent: [], marks: marks, notes: notes))))
+                out.abort = outcome.applied.last?.rule ?? "abort"
+                return
             default: break  // refused when the rules were loaded (RuleOptions): not carried out live yet
             }
         }
         let isControl = message.opcode.isControl
         let compressedIn = message.compressed
+        // `corrupt utf8` ends the text with a byte no UTF-8 has; it is an edit of the payload.
+        var payload = outcome.payload
+        if corruptions.contains(.utf8) { payload.append(0xFF) }
+        let edited = outcome.edited || corruptions.contains(.utf8)
         var bytes: [UInt8] = []
         var sent: [SentMessage] = []
         let refragment = !isControl && (fragments != nil || fragmentSize != nil)
         for copy in 0..<copies {
             // Its own bytes while nothing about them changed; framed anew otherwise.
-            if copy == 0 && !outcome.edited && !uncompressed && !refragment && !(reencoding && compressedIn) {
+            if copy == 0 && !edited && !uncompressed && !refragment && corruptions.isEmpty && !(reencoding && compressedIn) {
                 bytes += message.raw
                 sent.append(SentMessage(opcode: message.opcode, frames: message.fragmentSizes.count, length: UInt64(outcome.payload.count),
                                         wireLength: UInt64(message.wirePayload.count), compressed: compressedIn,
                                         payload: preview(outcome.payload, message.opcode), truncated: outcome.payload.count > payloadCap))
                 continue
             }
-            var wire = outcome.payload
+            var wire = payload
             var compressOut = false
             if compressedIn && !uncompressed {
-                if !outcome.edited && !reencoding && copy == 0 {
-                    wire = message.wirePayload  // only re-fragmented: the compressed bytes stay
+                if !edited && !reencoding && copy == 0 {
+                    wire = message.wirePayload  // only framed anew: the compressed bytes stay
                 } else {
                     startReencoding(at: message.start, now: now, into: &out)
-                    wire = deflater!.compressMessage(outcome.payload)
+                    wire = deflater!.compressMessage(payload)
                 }
                 compressOut = true
             }
             let count = isControl ? 1 : fragmentCount(fragments: fragments, size: fragmentSize, wire: wire.count, original: message.fragmentSizes.count)
             let pieces = split(wire, into: count, text: message.opcode == .text && !compressOut,
                                like: wire.count == message.wirePayload.count ? message.fragmentSizes : nil)
-            bytes += frames(opcode: message.opcode, pieces: pieces, wire: wire, compressed: compressOut, masked: message.masked)
-            sent.append(SentMessage(opcode: message.opcode, frames: pieces.count, length: UInt64(outcome.payload.count), wireLength: UInt64(wire.count),
-                                    compressed: compressOut, payload: preview(outcome.payload, message.opcode), truncated: outcome.payload.count > payloadCap))
+            bytes += frames(opcode: message.opcode, pieces: pieces, wire: wire, compressed: compressOut,
+                            masked: corruptions.contains(.mask) ? !message.masked : message.masked, longLengths: corruptions.contains(.length))
+            sent.append(SentMessage(opcode: message.opcode, frames: pieces.count, length: UInt64(payload.count), wireLength: UInt64(wire.count),
+                                    compressed: compressOut, payload: preview(payload, message.opcode), truncated: payload.count > payloadCap))
         }
         // A compressed message that never reached the receiver, or reached it twice or uncompressed,
         // leaves its window out of step with the sender's: compress from the next message on.
@@ -421,12 +442,16 @@ struct ChangingPipe {
         }
         // What the rules did: compressing anew on a re-encoded direction is not an edit (its
         // `reencoding` diagnostic says so once), and `sent` shows the bytes that left.
-        let edited = outcome.edited || uncompressed || refragment || copies > 1
+        if corruptions.contains(.mask) {
+            notes.append(message.masked ? "sent unmasked on purpose (corrupt mask): a server must fail the connection" : "sent masked on purpose (corrupt mask): a client must fail the connection")
+        }
+        if corruptions.contains(.length) { notes.append("lengths written in 8 bytes on purpose (corrupt length): RFC 6455 §5.2 asks for the shortest form") }
+        if corruptions.contains(.utf8) { notes.append("0xFF appended on purpose (corrupt utf8): the text is no longer UTF-8") }
+        let changedBytes = edited || uncompressed || refragment || copies > 1 || !corruptions.isEmpty
         let changed = outcome.applied.isEmpty ? nil : ChangeRecord(
             direction: direction, offset: message.start, rules: outcome.applied.map(\.rule),
             actions: outcome.applied.flatMap { $0.actions.map(\.description) },
-            result: outcome.dropped ? .dropped : edited ? .edited : .forwarded, sent: sent, marks: marks,
-            notes: outcome.skipped.map { "\($0.rule): \($0.action) skipped: \($0.reason)" })
+            result: outcome.dropped ? .dropped : changedBytes ? .edited : .forwarded, sent: sent, marks: marks, notes: notes)
         if outcome.dropped {
             if let changed { out.record(TapRecord(connection: connection, timestamp: now, body: .change(changed))) }
             return
@@ -678,12 +703,14 @@ struct ChangingPipe {
         return pieces
     }
 
-    private func frames(opcode: Opcode, pieces: [ArraySlice<UInt8>], wire: [UInt8], compressed: Bool, masked: Bool) -> [UInt8] {
+    /// - Parameter longLengths: every length in the 8-byte form, shortest or not (`corrupt length`).
+    private func frames(opcode: Opcode, pieces: [ArraySlice<UInt8>], wire: [UInt8], compressed: Bool, masked: Bool, longLengths: Bool = false) -> [UInt8] {
         var bytes: [UInt8] = []
         bytes.reserveCapacity(wire.count + 14 * pieces.count)
         for (i, piece) in pieces.enumerated() {
             let header = FrameHeader(fin: i == pieces.count - 1, rsv1: compressed && i == 0, opcode: i == 0 ? opcode : .continuation,
-                                     maskKey: masked ? maskKey() : nil, payloadLength: UInt64(piece.count))
+                                     maskKey: masked ? maskKey() : nil, payloadLength: UInt64(piece.count),
+                                     lengthEncoding: longLengths ? .sixtyFourBit : nil)
             bytes += header.encoded()
             var body = Array(piece)
             if let key = header.maskKey { Masking.apply(key: key, offset: 0, to: &body) }
@@ -697,8 +724,10 @@ struct ChangingPipe {
 struct PipeOutput {
     var records: [TapRecord] = []
     var bytes = ByteBuffer()
+    /// Set by `abort`: the rule's name. Both connections are reset after `bytes`; nothing more is sent.
+    var abort: String?
 
-    mutating func send(_ raw: UnsafeRawBufferPointer) { bytes.writeBytes(raw) }
-    mutating func send(_ raw: [UInt8]) { bytes.writeBytes(raw) }
+    mutating func send(_ raw: UnsafeRawBufferPointer) { if abort == nil { bytes.writeBytes(raw) } }
+    mutating func send(_ raw: [UInt8]) { if abort == nil { bytes.writeBytes(raw) } }
     mutating func record(_ record: TapRecord) { records.append(record) }
 }

@@ -536,6 +536,10 @@ public final class RelaySession {
             switch action {
             case .send(let direction, let bytes): actions.append(.send(direction == .clientToServer ? .upstream : .client, bytes))
             case .emit(let records): actions.append(.emit(records))
+            case .abort(let rule):
+                // What was sent before goes first; the resets end both connections at once.
+                return actions + [.reset(.client), .reset(.upstream)]
+                    + finish(reason: "rule '\(rule)' aborted the connection: both TCP connections reset", closedBy: "proxy")
             case .wake(let at):
                 if let at {
                     runningTimers.insert(.relayWake)

@@ -26,6 +26,8 @@ public final class WebSocketRelay {
         case emit([TapRecord])
         /// Report `tick` at this time (replacing the wake-up asked for before); nil: none is needed.
         case wake(at: Timestamp?)
+        /// A rule's `abort` (its name): reset both connections after what was sent; nothing more is.
+        case abort(rule: String)
     }
 
     /// What the upgrade settled (offsets, compression): the pipes that change messages need it.
@@ -154,5 +156,6 @@ enum DirectionPipe {
         records += out.records
         if !records.isEmpty { actions.append(.emit(records)) }
         if out.bytes.readableBytes > 0 { actions.append(.send(direction, out.bytes)) }
+        if let rule = out.abort { actions.append(.abort(rule: rule)) }
     }
 }

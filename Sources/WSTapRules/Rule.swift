@@ -44,7 +44,9 @@ public enum RuleAction: Sendable, CustomStringConvertible {
     public enum Injected: Sendable, Equatable {
         case text(String)
         case bytes([UInt8])
-        case file(String)
+        /// A file's bytes, read when the rules are loaded (the parser does no IO): sent as text when
+        /// they are UTF-8, else as binary.
+        case file(path: String, contents: [UInt8]?)
     }
 
     public enum Corruption: String, Sendable { case utf8, mask, length }
@@ -71,7 +73,7 @@ public enum RuleAction: Sendable, CustomStringConvertible {
             switch payload {
             case .text(let t): "inject to=\(side.rawValue) text \(JSONValue.string(t).serialized)"
             case .bytes(let b): "inject to=\(side.rawValue) hex:\(Hex.encode(b))"
-            case .file(let f): "inject to=\(side.rawValue) file \(JSONValue.string(f).serialized)"
+            case .file(let f, _): "inject to=\(side.rawValue) file \(JSONValue.string(f).serialized)"
             }
         case .close(let code, let reason, let side): "close \(code) \(JSONValue.string(reason).serialized) to=\(side.rawValue)"
         case .abort: "abort"
@@ -111,4 +113,33 @@ public struct RuleError: Error, CustomStringConvertible, Equatable {
     public let origin: String
 
     public var description: String { "\(origin):\(line):\(column): \(message)" }
+}
+
+extension RuleAction.Injected {
+    /// What goes on the wire: text is a text message, bytes a binary one, a file text when its bytes
+    /// are UTF-8. Nil for a file not read yet.
+    public var message: (opcode: Opcode, payload: [UInt8])? {
+        switch self {
+        case .text(let text): (.text, Array(text.utf8))
+        case .bytes(let bytes): (.binary, bytes)
+        case .file(_, let contents): contents.map { (UTF8Validator.isValid($0) ? .text : .binary, $0) }
+        }
+    }
+}
+
+extension Rule {
+    /// The rule with every `inject … file PATH` read through `read`, which gets the path as written
+    /// and returns its bytes, or nil when it cannot be read (then this throws, naming rule and file).
+    /// `origin` is the rules file, or "--rule", for the error.
+    public func readingInjectFiles(origin: String, _ read: (String) -> [UInt8]?) throws -> Rule {
+        var copy = self
+        copy.actions = try actions.map { action in
+            guard case .inject(let side, .file(let path, nil)) = action else { return action }
+            guard let contents = read(path) else {
+                throw RuleError(line: line, column: 1, message: "rule '\(name)': cannot read the file to inject, '\(path)'. Check the path (relative to the rules file) and that it is readable", origin: origin)
+            }
+            return .inject(to: side, payload: .file(path: path, contents: contents))
+        }
+        return copy
+    }
 }

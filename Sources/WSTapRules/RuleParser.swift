@@ -186,7 +186,7 @@ struct RuleScanner {
             }
             switch bare() {
             case "text": return .inject(to: side, payload: .text(try value(what: "the text to inject")))
-            case "file": return .inject(to: side, payload: .file(try value(what: "a file name")))
+            case "file": return .inject(to: side, payload: .file(path: try value(what: "a file name"), contents: nil))
             default: throw error("inject takes text \"...\", hex:… or file PATH after to=", at: kindAt)
             }
         case "close":

@@ -116,6 +116,7 @@ extension Array where Element == RelaySession.Action {
     }
 
     public func closes(_ side: RelaySession.Side) -> Bool { contains { if case .close(let s) = $0 { s == side } else { false } } }
+    public func resets(_ side: RelaySession.Side) -> Bool { contains { if case .reset(let s) = $0 { s == side } else { false } } }
     public func shutsDown(_ side: RelaySession.Side) -> Bool { contains { if case .shutdownOutput(let s) = $0 { s == side } else { false } } }
 
     public var records: [TapRecord] {

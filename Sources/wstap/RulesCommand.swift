@@ -52,9 +52,13 @@ struct RuleOptions: ParsableArguments {
                 guard let text = readText(rules) else {
                     return .failure(.unreadable("--rules: cannot read '\(rules)'. Check the path and that it is readable."))
                 }
-                loaded += try RuleParser.parseFile(text, origin: rules)
+                // A file to inject is found beside the rules file, wherever wstap was started.
+                let folder = rules.contains("/") ? String(rules[..<rules.lastIndex(of: "/")!]) + "/" : ""
+                loaded += try RuleParser.parseFile(text, origin: rules).map { rule in
+                    try rule.readingInjectFiles(origin: rules) { path in readBytes(path.hasPrefix("/") ? path : folder + path) }
+                }
             }
-            for text in rule { loaded.append(try RuleParser.parse(text)) }
+            for text in rule { loaded.append(try RuleParser.parse(text).readingInjectFiles(origin: "--rule") { readBytes($0) }) }
         } catch {
             return .failure(.invalid("\(error)"))
         }
@@ -211,6 +215,11 @@ struct SeededRandom {
 
 /// A whole (small) text file, or nil.
 func readText(_ path: String) -> String? {
+    readBytes(path).map { String(decoding: $0, as: UTF8.self) }
+}
+
+/// A whole (small) file's bytes ("-" is standard input), or nil.
+func readBytes(_ path: String) -> [UInt8]? {
     let file = path == "-" ? fdopen(dup(STDIN_FILENO), "r") : fopen(path, "r")
     guard let file else { return nil }
     defer { fclose(file) }
@@ -222,5 +231,5 @@ func readText(_ path: String) -> String? {
         if n < buffer.count { break }
     }
     if ferror(file) != 0 { return nil }
-    return String(decoding: bytes, as: UTF8.self)
+    return bytes
 }

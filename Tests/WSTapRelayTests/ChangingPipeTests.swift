@@ -167,6 +167,71 @@ import WSTapWire
         #expect(Self.changes(play).map(\.result) == [.edited, .dropped, .edited, .edited, .edited, .dropped, .edited, .edited])
     }
 
+    // MARK: - Breaking things on purpose
+
+    /// `corrupt` for testing peers, both ways: the mask bit turned the wrong way, every length in
+    /// the 8-byte form, 0xFF after the text; the record says each was on purpose.
+    @Test func corruptBreaksTheMessageTheWayItSaysInBothDirections() throws {
+        let play = try Self.open(["[m] text=mask => corrupt mask", "[l] text=length => corrupt length", "[u] text=utf8 => corrupt utf8",
+                                  "[b] op=binary => corrupt utf8"])
+        let c = play.sentToUpstream.count, s = play.sentToClient.count
+        play.client(Wire.text("mask", mask: 1) + Wire.text("length", mask: 2) + Wire.text("utf8", mask: 3) + Wire.frame(.binary, [7], mask: 4))
+        play.upstream(Wire.text("mask") + Wire.text("length") + Wire.text("utf8"))
+        let toServer = Array(play.sentToUpstream[c...]), toClient = Array(play.sentToClient[s...])
+        let (up, _) = SeenFrame.parse(toServer), (down, _) = SeenFrame.parse(toClient)
+        #expect(up.map(\.masked) == [false, true, true, true] && down.map(\.masked) == [true, false, false])
+        #expect(up.map(\.payload) == [Array("mask".utf8), Array("length".utf8), Array("utf8".utf8) + [0xFF], [7]])
+        #expect(down.map(\.payload) == [Array("mask".utf8), Array("length".utf8), Array("utf8".utf8) + [0xFF]])
+        // The second frame each way: 127 in the length field, then 8 bytes saying 6.
+        let clientLength = 2 + 4  // the unmasked "mask" frame before it
+        #expect(toServer[clientLength + 1] == 0x80 | 127 && toServer[(clientLength + 2)..<(clientLength + 10)].elementsEqual([0, 0, 0, 0, 0, 0, 0, 6]))
+        let serverLength = 2 + 4 + 4  // the masked "mask" frame before it
+        #expect(toClient[serverLength + 1] == 127 && toClient[(serverLength + 2)..<(serverLength + 10)].elementsEqual([0, 0, 0, 0, 0, 0, 0, 6]))
+        let made = Self.changes(play)
+        #expect(made.map(\.result) == [.edited, .edited, .edited, .forwarded, .edited, .edited, .edited])
+        #expect(made[0].notes.contains { $0.contains("unmasked on purpose") } && made[4].notes.contains { $0.contains("masked on purpose") })
+        #expect(made[3].notes == ["corrupt utf8 skipped: not a text message"])
+        // The binary message no corruption applied to keeps its own bytes.
+        #expect(toServer.suffix(7).elementsEqual(Wire.frame(.binary, [7], mask: 4)))
+    }
+
+    /// A corrupted compressed message still inflates at the peer (only its framing or its text
+    /// is broken), and later messages too.
+    @Test func aCorruptedCompressedMessageLeavesTheDirectionInStep() throws {
+        let play = try Self.open(["[u] text:bad => corrupt utf8", "[l] text:long => corrupt length"], extensions: "permessage-deflate")
+        let deflater = Deflater()
+        let s = play.sentToClient.count
+        play.upstream(["long one", "bad one", "good one"].flatMap { Wire.frame(.text, deflater.compressMessage(Array($0.utf8)), rsv1: true) })
+        let seen = try Self.messages(Array(play.sentToClient[s...]))
+        #expect(seen.map(\.1) == ["long one", "bad one\u{FFFD}", "good one"])
+    }
+
+    /// `abort`: what went before is sent, the message is not, both connections are reset, and the
+    /// end record says which rule did it.
+    @Test(arguments: [Direction.clientToServer, .serverToClient])
+    func abortResetsBothConnectionsAfterWhatWentBefore(from sender: Direction) throws {
+        let play = try Self.open(["[kill] text=boom => abort"])
+        let c = play.sentToUpstream.count, s = play.sentToClient.count
+        let bytes = Wire.text("before", mask: sender == .clientToServer ? 9 : nil) + Wire.text("boom", mask: sender == .clientToServer ? 9 : nil)
+            + Wire.text("after", mask: sender == .clientToServer ? 9 : nil)
+        let actions = sender == .clientToServer ? play.client(bytes) : play.upstream(bytes)
+        let sent = sender == .clientToServer ? Array(play.sentToUpstream[c...]) : Array(play.sentToClient[s...])
+        #expect(try Self.texts(sent) == ["before"])
+        #expect(actions.resets(.client) && actions.resets(.upstream))
+        // The resets come after the bytes that went before.
+        let lastSend = try #require(actions.lastIndex { if case .send = $0 { true } else { false } })
+        let firstReset = try #require(actions.firstIndex { if case .reset = $0 { true } else { false } })
+        #expect(lastSend < firstReset)
+        #expect(Self.changes(play).map(\.result) == [.aborted])
+        let end = try #require(play.records.compactMap { if case .end(let e) = $0.body { e } else { nil } }.first)
+        #expect(end.reason.contains("rule 'kill' aborted the connection") && end.closedBy == "proxy")
+        // Nothing more goes anywhere once aborted.
+        let after = (play.sentToUpstream.count, play.sentToClient.count)
+        play.client(Wire.text("late", mask: 1))
+        play.upstream(Wire.text("late"))
+        #expect((play.sentToUpstream.count, play.sentToClient.count) == after)
+    }
+
     // MARK: - Compression
 
     /// Context takeover: after an edit the receiver's window differs from the sender's, so wstap

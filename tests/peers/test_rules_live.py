@@ -157,3 +157,51 @@ def test_bad_rules_and_settings_give_one_line_and_exit_64(args, expected):
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 64, result.stderr
     assert expected in result.stderr
+
+
+def test_corrupt_makes_a_real_server_fail_the_connection_as_rfc_6455_says(wstap, peer):
+    """Python websockets as the server: text that is not UTF-8 is answered with close 1007, an
+    unmasked client frame with 1002; the messages before arrive untouched."""
+    port = peer(PYTHON, str(PEERS / "websockets_echo_server.py"))
+    proxy = wstap(f"ws://127.0.0.1:{port}", ["--rule", "[bad-text] text=\"break utf8\" => corrupt utf8",
+                                             "--rule", "[no-mask] text=\"break mask\" => corrupt mask"])
+
+    async def run(trigger):
+        async with connect(proxy.url + "/x", compression=None) as ws:
+            await ws.send("fine")
+            first = await ws.recv()
+            await ws.send(trigger)
+            try:
+                await ws.recv()
+            except Exception as closed:  # websockets' ConnectionClosedError
+                return first, closed.rcvd.code if closed.rcvd else None
+            return first, "no close"
+
+    assert asyncio.run(run("break utf8")) == ("fine", 1007)
+    assert asyncio.run(run("break mask")) == ("fine", 1002)
+    made = changes(proxy.wait_records(lambda r: len(changes(r)) == 2, "both change records"))
+    assert [(c["rules"], c["result"]) for c in made] == [(["bad-text"], "edited"), (["no-mask"], "edited")]
+
+
+def test_abort_resets_both_connections(wstap, peer):
+    """Python websockets on both ends: after `abort` (on the server's echo) the client sees its
+    connection end without a close frame, and the record says which rule ended it."""
+    port = peer(PYTHON, str(PEERS / "websockets_echo_server.py"))
+    proxy = wstap(f"ws://127.0.0.1:{port}", ["--rule", "[kill] from=server text=boom => abort"])
+
+    async def run():
+        async with connect(proxy.url + "/x") as ws:
+            await ws.send("hello")
+            echoed = await ws.recv()
+            await ws.send("boom")
+            try:
+                await ws.recv()
+            except Exception as closed:
+                return echoed, closed.rcvd
+            return echoed, "still open"
+
+    assert asyncio.run(run()) == ("hello", None)
+    records = proxy.wait_ended()
+    assert [(c["rules"], c["result"]) for c in changes(records)] == [(["kill"], "aborted")]
+    end = [r for r in records if r["type"] == "end"][-1]
+    assert "rule 'kill' aborted the connection" in end["reason"] and end["closed_by"] == "proxy"
