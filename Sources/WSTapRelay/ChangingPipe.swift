@@ -559,6 +559,8 @@ struct ChangingPipe {
 
     private mutating func finishStreaming(_ current: MessageInProgress, into out: inout PipeOutput) {
         if current.compressed && reencoding {
+            // `transcode` frames from the message in progress, which the last frame has just closed.
+            message = current
             transcode([], final: true, into: &out)
         } else if current.compressed {
             keepInflaterInStep([], final: true)

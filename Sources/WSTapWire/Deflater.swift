@@ -45,7 +45,14 @@ public final class Deflater {
             } while stream.pointee.avail_out == 0
         }
         guard final else { return result }
-        if result.suffix(4) == [0x00, 0x00, 0xFF, 0xFF] { result.removeLast(4) }
+        if result.suffix(4) == [0x00, 0x00, 0xFF, 0xFF] {
+            result.removeLast(4)
+        } else if result.isEmpty {
+            // zlib writes nothing for a flush with nothing new since the last one, so the payload would
+            // end on a whole block and the receiver's `00 00 FF FF` would not parse. One byte starting
+            // an empty stored block lets the receiver's tail complete it (RFC 7692 §7.2.3.6).
+            result = [0x00]
+        }
         if noContextTakeover { deflateReset(stream) }
         return result
     }

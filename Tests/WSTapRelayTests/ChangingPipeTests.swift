@@ -352,6 +352,24 @@ import WSTapWire
         #expect(Self.codes(play).contains("too-large-to-change"))
     }
 
+    /// On a re-encoded direction a compressed message past the hold limit is inflated and compressed
+    /// anew piece by piece as it arrives; its last frame must go too, or the peer waits for it forever.
+    @Test func aCompressedMessagePastTheHoldLimitOnAReencodedDirectionArrivesWhole() throws {
+        let play = try Self.open([], extensions: "permessage-deflate", compression: .reencode, holdLimit: 1000)
+        let random = SeededRandom(seed: 3)
+        // Letters at random barely compress, so the compressed message is well past 1000 bytes.
+        let text = String((0..<4000).map { _ in Character(UnicodeScalar(UInt8(ascii: "a") + UInt8(random.next() % 26))) })
+        let wire = Deflater().compressMessage(Array(text.utf8))
+        #expect(wire.count > 2000)
+        let half = wire.count / 2
+        let big = Wire.frame(.text, Array(wire[..<half]), fin: false, rsv1: true) + Wire.frame(.continuation, Array(wire[half...]))
+        let s = play.sentToClient.count
+        for piece in Splits.pieces(big, sizes: [300]) { play.upstream(piece) }
+        play.upstream(Wire.frame(.text, Deflater().compressMessage(Array("after".utf8)), rsv1: true))
+        #expect(try Self.texts(Array(play.sentToClient[s...])) == [text, "after"])
+        #expect(Self.codes(play).contains("too-large-to-change"))
+    }
+
     @Test func afterAViolationTheDirectionPassesAsItCame() throws {
         let play = try Self.open(["text:x => replace /x/ \"y\""])
         let c = play.sentToUpstream.count

@@ -93,6 +93,29 @@ import Testing
         }
     }
 
+    /// An empty message, and a message whose last piece is empty, still end the way RFC 7692 §7.2.1
+    /// wants: after a flush with nothing new zlib writes nothing, and a payload that then ends on a
+    /// whole block makes the receiver's `00 00 FF FF` a stored block of 0xFF00 bytes (this broke a
+    /// streamed message re-encoded by the changing pipe, and any empty message after another).
+    @Test func messagesEndingWithNothingNewStillInflate() throws {
+        for noContext in [false, true] {
+            let deflater = Deflater(noContextTakeover: noContext)
+            let inflater = Inflater()
+            func received(_ payload: [UInt8]) throws -> [UInt8] {
+                var out: [UInt8] = []
+                try payload.withUnsafeBytes { try inflater.inflate($0) { out += $0 } }
+                try inflater.finishMessage(resetContext: noContext) { out += $0 }
+                return out
+            }
+            #expect(try received(deflater.compressMessage(Array("first".utf8))) == Array("first".utf8))
+            #expect(try received(deflater.compressMessage([])) == [])
+            #expect(try received(deflater.compressMessage([])) == [])
+            let pieces = deflater.compress(Array("in pieces".utf8), final: false) + deflater.compress([], final: true)
+            #expect(try received(pieces) == Array("in pieces".utf8))
+            #expect(try received(deflater.compressMessage(Array("after".utf8))) == Array("after".utf8))
+        }
+    }
+
     @Test func extensionParametersStayWithTheirExtension() {
         let offers = ExtensionOffer.parse(["permessage-deflate; client_max_window_bits, x-foo; server_no_context_takeover", "permessage-deflate;server_max_window_bits=\"10\""])
         #expect(offers.map(\.name) == ["permessage-deflate", "x-foo", "permessage-deflate"])
