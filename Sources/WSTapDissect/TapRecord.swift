@@ -6,6 +6,7 @@ public enum Direction: Sendable, Hashable {
 
     /// "client" or "server": who sent the bytes.
     public var sender: String { self == .clientToServer ? "client" : "server" }
+    public var receiver: String { self == .clientToServer ? "server" : "client" }
     public var opposite: Direction { self == .clientToServer ? .serverToClient : .clientToServer }
 }
 
@@ -199,6 +200,11 @@ public struct ChangeRecord: Sendable {
         case dropped
         /// Not sent: a rule's `abort` reset both connections.
         case aborted
+        /// Not sent: a rule's `close` sent wstap's own close frame instead.
+        case closed
+        /// wstap's own message (`inject`, or the close frame of `close`): `sent` holds it, `offset`
+        /// is where the direction's received bytes had got to when it went in.
+        case injected
     }
 
     public var direction: Direction

@@ -76,14 +76,19 @@ public final class ConsoleSink: RecordSink {
             case .edited: "edited"
             case .dropped: "dropped"
             case .aborted: "aborted"
+            case .closed: "closed"
+            case .injected: "injected"
             case .forwarded: c.heldNanoseconds == nil ? "matched" : "held"
             }
             var line = "\(prefix) \(arrow(c.direction)) \(paint(what, 35))"
             if let held = c.heldNanoseconds { line += " \(held / 1_000_000) ms" }
             line += " by \(c.rules.joined(separator: ", "))"
-            for sent in c.sent where c.result == .edited {
+            for sent in c.sent where c.result == .edited || c.result == .injected {
+                let isClose = sent.opcode == .close && sent.payload.count >= 2
                 let m = MessageRecord(direction: c.direction, opcode: sent.opcode, frames: sent.frames, wireLength: sent.wireLength, length: sent.length,
-                                      compressed: sent.compressed, payload: sent.payload, truncated: sent.truncated, closeCode: nil, closeReason: nil,
+                                      compressed: sent.compressed, payload: sent.payload, truncated: sent.truncated,
+                                      closeCode: isClose ? UInt16(sent.payload[0]) << 8 | UInt16(sent.payload[1]) : nil,
+                                      closeReason: isClose ? String(decoding: sent.payload[2...], as: UTF8.self) : nil,
                                       inflateFailed: false, incomplete: false, offset: c.offset)
                 line += " → " + (preview(m) ?? "(empty)")
             }

@@ -18,6 +18,7 @@ enum RelayTargets {
         "[edit] op=text => replace /a+/ \"<$0>\"", "[json] json.id? => set json.id 0; delete json.x", "[drop] len=3 => drop",
         "[two] op=binary => duplicate", "[split] len>20 => fragment size=7", "[wait] text:w => delay 30ms", "[hold] text:h => hold",
         "[plain] text:u => uncompressed", "[pings] op=ping => replace-bytes hex:70 hex:7171", "[tag] * => mark seen",
+        "[poke] text:p => inject to=both text \"pp\"", "[bye] text:q => close 4000 \"q\" to=server", "[long] text:z => corrupt length",
     ]
     static let idleRules = ["[never] text:\"no such text anywhere\" => drop"]
 
@@ -76,7 +77,7 @@ enum RelayTargets {
         for record in play.records {
             if case .change(let change) = record.body {
                 FuzzCheck.expect(!change.rules.isEmpty, "a change record that names no rule")
-                FuzzCheck.expect(change.result == .dropped || change.result == .aborted ? change.sent.isEmpty : !change.sent.isEmpty, "a change record whose copies do not fit its result")
+                FuzzCheck.expect([.dropped, .aborted, .closed].contains(change.result) ? change.sent.isEmpty : !change.sent.isEmpty, "a change record whose copies do not fit its result")
             }
         }
         if idle && settings.compression == .keep {

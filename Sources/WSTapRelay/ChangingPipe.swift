@@ -39,7 +39,7 @@ public struct ChangeSettings: Sendable {
         for rule in rules {
             for action in rule.actions {
                 switch action {
-                case .inject, .close, .exec: return (rule, action)
+                case .exec: return (rule, action)
                 default: continue
                 }
             }
@@ -83,6 +83,15 @@ struct ChangingPipe {
     private var queuedBytes = 0
     /// After a violation: everything passes as it comes.
     private var stopped = false
+    /// The sender closed its side (FIN): the receiver's side is shut too, nothing more can go.
+    private var inputFinished = false
+    /// A close frame has been sent or queued to the receiver: no message may follow it (RFC 6455 §5.5.1).
+    private var closeCommitted = false
+    /// The rule whose `close` sent wstap's own close frame this way: the sender's close is then the reply
+    /// to it and goes no further (the receiver has its close already), nor does anything after it.
+    private var ownClose: String?
+    /// wstap's own messages waiting for the message streaming through to end.
+    private var pendingOwn: [OwnMessage] = []
 
     private struct FrameInProgress {
         var header: FrameHeader
@@ -180,6 +189,7 @@ struct ChangingPipe {
 
     /// The sender closed its side: what is held goes now, and what was half-read goes as it came.
     mutating func inputEnded(at now: Timestamp, into out: inout PipeOutput) {
+        inputFinished = true
         releaseAll(at: now, note: "released early: its sender closed the connection", into: &out)
         if let message, !message.streaming { out.send(message.raw) }
         if let frame, !(message?.streaming ?? false) || frame.header.opcode.isControl { out.send(frame.raw) }
@@ -187,11 +197,20 @@ struct ChangingPipe {
         partialHeader = []
         message = nil
         frame = nil
+        let pending = pendingOwn
+        pendingOwn = []
+        for own in pending { send(own, now: now, into: &out) }
     }
 
     /// The connection ended before what is queued could go: each held message's record says it was
     /// not sent, and one diagnostic counts them all.
     mutating func abandon(at now: Timestamp, into out: inout PipeOutput) {
+        for own in pendingOwn {
+            out.record(TapRecord(connection: connection, timestamp: now, body: .change(ChangeRecord(
+                direction: direction, offset: offset, rules: [own.rule], actions: [own.action.description], result: .dropped, sent: [],
+                notes: ["not sent: the connection ended while a message streamed through ahead of it"]))))
+        }
+        pendingOwn = []
         guard !queue.isEmpty else { return }
         let count = queue.count, bytes = queuedBytes
         let first = queue.first?.change?.offset ?? offset
@@ -274,7 +293,7 @@ struct ChangingPipe {
         guard var current = message else { return }
         message = nil
         if current.streaming {
-            if ended.header.fin { finishStreaming(current, into: &out) } else { message = current }
+            if ended.header.fin { finishStreaming(current, now: now, into: &out) } else { message = current }
             return
         }
         // The first frame's arrays become the message's: no copy for the usual one-frame message.
@@ -296,6 +315,10 @@ struct ChangingPipe {
     // MARK: - Messages
 
     private mutating func complete(_ message: MessageInProgress, now: Timestamp, into out: inout PipeOutput) {
+        if let rule = ownClose {
+            absorb(message.start, isClose: false, rule: rule, now: now, into: &out)
+            return
+        }
         var plain = message.wirePayload
         if message.compressed {
             switch inflate(message.wirePayload, limit: settings.holdLimit) {
@@ -330,6 +353,10 @@ struct ChangingPipe {
 
     private mutating func control(_ frame: FrameInProgress, now: Timestamp, into out: inout PipeOutput) {
         let isClose = frame.header.opcode == .close
+        if let rule = ownClose {
+            absorb(frame.start, isClose: isClose, rule: rule, now: now, into: &out)
+            return
+        }
         var record = MessageRecord(direction: direction, opcode: frame.header.opcode, frames: 1, wireLength: UInt64(frame.payload.count),
                                    length: UInt64(frame.payload.count), compressed: false, payload: frame.payload, truncated: false,
                                    closeCode: nil, closeReason: nil, inflateFailed: false, incomplete: false, offset: frame.start)
@@ -367,8 +394,24 @@ struct ChangingPipe {
         var marks: [String] = []
         var corruptions: Set<RuleAction.Corruption> = []
         var notes = outcome.skipped.map { "\($0.rule): \($0.action) skipped: \($0.reason)" }
+        // wstap's own messages, in the order the actions came: this direction's go through this pipe,
+        // the other direction's through its pipe (`PipeOutput.forOtherDirection`).
+        var own: [OwnMessage] = []
+        var closing = false
+        let ruleName = outcome.applied.last?.rule ?? ""
         for effect in outcome.effects {
             switch effect {
+            case .inject(let side, let injected):
+                guard let (opcode, payload) = injected.message else { continue }
+                for target in Self.directions(side) {
+                    own.append(OwnMessage(direction: target, opcode: opcode, payload: payload, rule: ruleName, action: effect))
+                }
+            case .close(let code, let reason, let side):
+                closing = true
+                let payload = [UInt8(code >> 8), UInt8(code & 0xFF)] + Array(reason.utf8.prefix(123))
+                for target in Self.directions(side) {
+                    own.append(OwnMessage(direction: target, opcode: .close, payload: payload, rule: ruleName, action: effect))
+                }
             case .duplicate: if copies > 0 { copies += 1 }
             case .fragment(let count, let size): fragments = count; fragmentSize = size
             case .uncompressed: uncompressed = true
@@ -397,6 +440,16 @@ struct ChangingPipe {
                 return
             default: break  // refused when the rules were loaded (RuleOptions): not carried out live yet
             }
+        }
+        if closing {
+            // The message that asked for the close goes no further: wstap's close frames take its place.
+            let to = own.filter { $0.opcode == .close }.map { $0.direction.receiver }
+            notes.append("not sent on: wstap sends its own close to the \(to.joined(separator: " and "))")
+            out.record(TapRecord(connection: connection, timestamp: now, body: .change(ChangeRecord(
+                direction: direction, offset: message.start, rules: outcome.applied.map(\.rule),
+                actions: outcome.applied.flatMap { $0.actions.map(\.description) }, result: .closed, sent: [], marks: marks, notes: notes))))
+            dispatch(own, now: now, into: &out)
+            return
         }
         let isControl = message.opcode.isControl
         let compressedIn = message.compressed
@@ -454,9 +507,13 @@ struct ChangingPipe {
             result: outcome.dropped ? .dropped : changedBytes ? .edited : .forwarded, sent: sent, marks: marks, notes: notes)
         if outcome.dropped {
             if let changed { out.record(TapRecord(connection: connection, timestamp: now, body: .change(changed))) }
+            dispatch(own, now: now, into: &out)
             return
         }
         let isClose = message.opcode == .close
+        // Nothing may follow a close: what is injected this way goes before it.
+        if isClose { dispatch(own.filter { $0.direction == direction }, now: now, into: &out) }
+        defer { dispatch(isClose ? own.filter { $0.direction != direction } : own, now: now, into: &out) }
         if let waitUntil {
             enqueue(Queued(bytes: bytes, isClose: isClose, enqueued: now, releaseAt: waitUntil, reason: reason, change: changed), now: now, into: &out)
         } else if isControl && !isClose {
@@ -557,7 +614,7 @@ struct ChangingPipe {
         }
     }
 
-    private mutating func finishStreaming(_ current: MessageInProgress, into out: inout PipeOutput) {
+    private mutating func finishStreaming(_ current: MessageInProgress, now: Timestamp, into out: inout PipeOutput) {
         if current.compressed && reencoding {
             // `transcode` frames from the message in progress, which the last frame has just closed.
             message = current
@@ -565,6 +622,10 @@ struct ChangingPipe {
         } else if current.compressed {
             keepInflaterInStep([], final: true)
         }
+        // The message has left whole: wstap's own messages that waited for it go now.
+        let pending = pendingOwn
+        pendingOwn = []
+        for own in pending { send(own, now: now, into: &out) }
     }
 
     /// Inflates compressed bytes of a message nobody will see whole, so later messages still inflate.
@@ -595,10 +656,67 @@ struct ChangingPipe {
         message = final ? nil : current
     }
 
+    // MARK: - wstap's own messages (inject, close)
+
+    private static func directions(_ side: Side) -> [Direction] {
+        switch side {
+        case .server: [.clientToServer]
+        case .client: [.serverToClient]
+        case .both: [.clientToServer, .serverToClient]
+        }
+    }
+
+    /// This direction's own messages go through this pipe at once; the others leave with the output
+    /// for the relay to hand to the other pipe.
+    private mutating func dispatch(_ own: [OwnMessage], now: Timestamp, into out: inout PipeOutput) {
+        for message in own {
+            if message.direction == direction { send(message, now: now, into: &out) } else { out.forOtherDirection.append(message) }
+        }
+    }
+
+    /// Sends one of wstap's own messages to this direction's receiver: uncompressed (RSV1 clear, so no
+    /// window changes), masked toward the server, between messages of the sender (never inside one
+    /// streaming through), behind what is held. A close first lets go of what is held.
+    mutating func send(_ own: OwnMessage, now: Timestamp, into out: inout PipeOutput) {
+        let why: String? = stopped ? "rules stopped on this direction (frames it could not follow), so no message boundary is known"
+            : inputFinished ? "the \(direction.sender) had closed its side, which wstap passed on to the \(direction.receiver)"
+            : closeCommitted ? "a close had already gone to the \(direction.receiver); nothing may follow it" : nil
+        var record = ChangeRecord(direction: direction, offset: offset, rules: [own.rule], actions: [own.action.description], result: .injected, sent: [])
+        if let why {
+            record.result = .dropped
+            record.notes = ["not sent: \(why)"]
+            out.record(TapRecord(connection: connection, timestamp: now, body: .change(record)))
+            return
+        }
+        if message?.streaming == true {
+            pendingOwn.append(own)
+            return
+        }
+        let isClose = own.opcode == .close
+        if isClose {
+            releaseAll(at: now, note: "released early: rule '\(own.rule)' closes the connection", into: &out)
+            ownClose = own.rule
+        }
+        let bytes = frames(opcode: own.opcode, pieces: [own.payload[...]], wire: own.payload, compressed: false, masked: direction == .clientToServer)
+        record.sent = [SentMessage(opcode: own.opcode, frames: 1, length: UInt64(own.payload.count), wireLength: UInt64(own.payload.count),
+                                   compressed: false, payload: preview(own.payload, own.opcode), truncated: own.payload.count > payloadCap)]
+        sendInOrder(bytes, isClose: isClose, now: now, change: record, into: &out)
+    }
+
+    /// After wstap's own close went this way: the sender's close is its answer and stays here (the
+    /// receiver had wstap's), and anything before it may not follow a close.
+    private mutating func absorb(_ start: UInt64, isClose: Bool, rule: String, now: Timestamp, into out: inout PipeOutput) {
+        let note = isClose ? "not sent on: the \(direction.sender)'s answer to wstap's close; the \(direction.receiver) has had a close already"
+            : "not sent on: wstap closed this direction (rule '\(rule)'); nothing may follow a close"
+        out.record(TapRecord(connection: connection, timestamp: now, body: .change(ChangeRecord(
+            direction: direction, offset: start, rules: [rule], actions: [], result: .dropped, sent: [], notes: [note]))))
+    }
+
     // MARK: - The queue
 
     /// Sends now if nothing waits before it, else queues behind what does.
     private mutating func sendInOrder(_ bytes: [UInt8], isClose: Bool, now: Timestamp, change: ChangeRecord? = nil, into out: inout PipeOutput) {
+        if isClose { closeCommitted = true }
         if queue.isEmpty {
             if let change { out.record(TapRecord(connection: connection, timestamp: now, body: .change(change))) }
             out.send(bytes)
@@ -608,6 +726,7 @@ struct ChangingPipe {
     }
 
     private mutating func enqueue(_ item: Queued, now: Timestamp, into out: inout PipeOutput) {
+        if item.isClose { closeCommitted = true }
         queue.append(item)
         queuedBytes += item.bytes.count
         release(at: now, into: &out)
@@ -722,8 +841,20 @@ struct ChangingPipe {
     }
 }
 
+/// A message wstap itself sends: an `inject`, or the close frame of a `close` rule.
+struct OwnMessage {
+    /// Which way it travels: toward the server is `.clientToServer`.
+    var direction: Direction
+    var opcode: Opcode
+    var payload: [UInt8]
+    var rule: String
+    var action: RuleAction
+}
+
 /// What a pipe produced for one event: records first (they describe the bytes), then the bytes, in order.
 struct PipeOutput {
+    /// wstap's own messages for the other direction's receiver, for the relay to give that pipe.
+    var forOtherDirection: [OwnMessage] = []
     var records: [TapRecord] = []
     var bytes = ByteBuffer()
     /// Set by `abort`: the rule's name. Both connections are reset after `bytes`; nothing more is sent.

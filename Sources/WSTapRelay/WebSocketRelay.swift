@@ -60,26 +60,26 @@ public final class WebSocketRelay {
         case .received(let direction, let buffer, let time):
             var records: [TapRecord] = []
             buffer.withUnsafeReadableBytes { dissector.feed($0, from: direction, at: time, into: &records) }
-            if direction == .clientToServer {
-                clientToServer.received(buffer, at: time, direction: direction, records: &records, into: &actions)
-            } else {
-                serverToClient.received(buffer, at: time, direction: direction, records: &records, into: &actions)
-            }
+            let crossing = direction == .clientToServer
+                ? clientToServer.received(buffer, at: time, direction: direction, records: &records, into: &actions)
+                : serverToClient.received(buffer, at: time, direction: direction, records: &records, into: &actions)
+            hand(crossing, to: direction.opposite, at: time, into: &actions)
         case .inputEnded(let direction, let time):
             var records: [TapRecord] = []
-            if direction == .clientToServer {
-                clientToServer.inputEnded(at: time, direction: direction, records: &records, into: &actions)
-            } else {
-                serverToClient.inputEnded(at: time, direction: direction, records: &records, into: &actions)
-            }
+            let crossing = direction == .clientToServer
+                ? clientToServer.inputEnded(at: time, direction: direction, records: &records, into: &actions)
+                : serverToClient.inputEnded(at: time, direction: direction, records: &records, into: &actions)
+            hand(crossing, to: direction.opposite, at: time, into: &actions)
         case .tick(let time):
             // The wake-up asked for has been used: ask again for what is still due, even the same time
             // (the shell's timer runs on a monotonic clock, the records' time is the wall clock's).
             wakeAt = nil
             var records: [TapRecord] = []
-            clientToServer.tick(at: time, direction: .clientToServer, records: &records, into: &actions)
+            let towardClient = clientToServer.tick(at: time, direction: .clientToServer, records: &records, into: &actions)
+            hand(towardClient, to: .serverToClient, at: time, into: &actions)
             records = []
-            serverToClient.tick(at: time, direction: .serverToClient, records: &records, into: &actions)
+            let towardServer = serverToClient.tick(at: time, direction: .serverToClient, records: &records, into: &actions)
+            hand(towardServer, to: .clientToServer, at: time, into: &actions)
         }
         // Checked for every read: no array built.
         let a = clientToServer.nextWake, b = serverToClient.nextWake
@@ -92,6 +92,16 @@ public final class WebSocketRelay {
 }
 
 extension WebSocketRelay {
+    /// wstap's own messages (inject, close) that one direction's rules made for the other direction.
+    private func hand(_ own: [OwnMessage], to direction: Direction, at time: Timestamp, into actions: inout [Action]) {
+        guard !own.isEmpty else { return }
+        if direction == .clientToServer {
+            clientToServer.send(own, at: time, direction: direction, into: &actions)
+        } else {
+            serverToClient.send(own, at: time, direction: direction, into: &actions)
+        }
+    }
+
     /// The connection is gone: records for what the pipes still held, which never reached its peer.
     public func abandon(at time: Timestamp, into records: inout [TapRecord]) {
         for direction in [Direction.clientToServer, .serverToClient] {
@@ -115,23 +125,33 @@ enum DirectionPipe {
     }
 
     /// `records` are the dissector's for this read: they go out before anything the pipe adds.
+    /// Each returns wstap's own messages the rules made for the other direction.
     mutating func received(_ buffer: ByteBuffer, at time: Timestamp, direction: Direction, records: inout [TapRecord],
-                           into actions: inout [WebSocketRelay.Action]) {
+                           into actions: inout [WebSocketRelay.Action]) -> [OwnMessage] {
         switch self {
         case .passThrough:
             if !records.isEmpty { actions.append(.emit(records)) }
             actions.append(.send(direction, buffer))
+            return []
         case .changing:
-            withChangingPipe(direction: direction, records: &records, into: &actions) { pipe, out in pipe.received(buffer, at: time, into: &out) }
+            return withChangingPipe(direction: direction, records: &records, into: &actions) { pipe, out in pipe.received(buffer, at: time, into: &out) }
         }
     }
 
-    mutating func inputEnded(at time: Timestamp, direction: Direction, records: inout [TapRecord], into actions: inout [WebSocketRelay.Action]) {
+    mutating func inputEnded(at time: Timestamp, direction: Direction, records: inout [TapRecord], into actions: inout [WebSocketRelay.Action]) -> [OwnMessage] {
         withChangingPipe(direction: direction, records: &records, into: &actions) { pipe, out in pipe.inputEnded(at: time, into: &out) }
     }
 
-    mutating func tick(at time: Timestamp, direction: Direction, records: inout [TapRecord], into actions: inout [WebSocketRelay.Action]) {
+    mutating func tick(at time: Timestamp, direction: Direction, records: inout [TapRecord], into actions: inout [WebSocketRelay.Action]) -> [OwnMessage] {
         withChangingPipe(direction: direction, records: &records, into: &actions) { pipe, out in pipe.tick(at: time, into: &out) }
+    }
+
+    /// wstap's own messages for this direction's receiver.
+    mutating func send(_ own: [OwnMessage], at time: Timestamp, direction: Direction, into actions: inout [WebSocketRelay.Action]) {
+        var records: [TapRecord] = []
+        _ = withChangingPipe(direction: direction, records: &records, into: &actions) { pipe, out in
+            for message in own { pipe.send(message, now: time, into: &out) }
+        }
     }
 
     mutating func abandon(at time: Timestamp, into out: inout PipeOutput) {
@@ -143,13 +163,15 @@ enum DirectionPipe {
 
     /// Runs `body` on the changing pipe (nothing for a pass-through) and turns what it produced into actions.
     private mutating func withChangingPipe(direction: Direction, records: inout [TapRecord], into actions: inout [WebSocketRelay.Action],
-                                           _ body: (inout ChangingPipe, inout PipeOutput) -> Void) {
-        guard case .changing(var pipe) = self else { return }
+                                           _ body: (inout ChangingPipe, inout PipeOutput) -> Void) -> [OwnMessage] {
+        guard case .changing(var pipe) = self else { return [] }
         self = .passThrough  // let go of the copy in `self`, so the pipe's buffers are not copied
         var out = PipeOutput()
         body(&pipe, &out)
         self = .changing(pipe)
         Self.flush(&out, direction: direction, records: &records, into: &actions)
+        // After an abort nothing more goes anywhere.
+        return out.abort == nil ? out.forOtherDirection : []
     }
 
     private static func flush(_ out: inout PipeOutput, direction: Direction, records: inout [TapRecord], into actions: inout [WebSocketRelay.Action]) {

@@ -232,6 +232,95 @@ import WSTapWire
         #expect((play.sentToUpstream.count, play.sentToClient.count) == after)
     }
 
+    // MARK: - wstap's own messages
+
+    /// `inject` both ways from one trigger: the injected message toward the server is masked, the one
+    /// toward the client is not, neither is compressed, the trigger goes on, and later compressed
+    /// messages still inflate at both peers.
+    @Test func injectSendsOwnMessagesBothWaysUncompressed() throws {
+        let play = try Self.open(["[hi] text=hello => inject to=client text \"hi from wstap\"; inject to=server hex:0102"], extensions: "permessage-deflate")
+        let c = play.sentToUpstream.count, s = play.sentToClient.count
+        let toServer = Deflater(), toClient = Deflater()
+        play.client(Wire.frame(.text, toServer.compressMessage(Array("hello".utf8)), rsv1: true, mask: 5))
+        play.client(Wire.frame(.text, toServer.compressMessage(Array("hello again".utf8)), rsv1: true, mask: 6))
+        play.upstream(Wire.frame(.text, toClient.compressMessage(Array("server says hello".utf8)), rsv1: true))
+        let (up, _) = SeenFrame.parse(Array(play.sentToUpstream[c...])), (down, _) = SeenFrame.parse(Array(play.sentToClient[s...]))
+        #expect(up.map(\.opcode) == [.text, .binary, .text] && up.map(\.rsv1) == [true, false, true] && up.allSatisfy(\.masked))
+        #expect(up[1].payload == [1, 2])
+        #expect(down.map(\.rsv1) == [false, true] && !down.contains(where: \.masked))
+        #expect(try Self.messages(Array(play.sentToUpstream[c...])).map(\.1) == ["hello", "\u{1}\u{2}", "hello again"])
+        #expect(try Self.texts(Array(play.sentToClient[s...])) == ["hi from wstap", "server says hello"])
+        let made = Self.changes(play)
+        #expect(made.map(\.result) == [.forwarded, .injected, .injected])
+        let injectedToClient = try #require(made.first { $0.result == .injected && $0.direction == .serverToClient })
+        #expect(injectedToClient.sent.first?.payload == Array("hi from wstap".utf8))
+        #expect(made.contains { $0.result == .injected && $0.direction == .clientToServer && $0.sent.first?.payload == [1, 2] })
+    }
+
+    /// An injection toward a receiver that is getting a message past the hold limit piece by piece
+    /// waits for that message's last frame: it never lands inside a fragmented message.
+    @Test func anInjectionWaitsForAMessageStreamingTheOtherWay() throws {
+        let play = try Self.open(["[poke] from=client text=poke => inject to=client text \"injected\""], holdLimit: 1000)
+        let s = play.sentToClient.count
+        let first = Wire.frame(.text, Array(repeating: UInt8(ascii: "a"), count: 1200), fin: false)
+        play.upstream(first)
+        play.client(Wire.text("poke", mask: 1))
+        #expect(Array(play.sentToClient[s...]) == first, "nothing inside the message")
+        play.upstream(Wire.frame(.continuation, Array("end".utf8)))
+        #expect(try Self.texts(Array(play.sentToClient[s...])) == [String(repeating: "a", count: 1200) + "end", "injected"])
+    }
+
+    /// Nothing may follow a close: an injection the close's own direction asks for goes before it, one
+    /// for a direction whose close has gone is not sent, and the record says why.
+    @Test func nothingIsInjectedAfterAClose() throws {
+        let play = try Self.open(["[bye] op=close from=client => inject to=server text \"last words\"", "[late] from=server text=late => inject to=server text \"too late\""])
+        let c = play.sentToUpstream.count
+        play.client(Wire.frame(.close, [0x03, 0xE8], mask: 3))
+        play.upstream(Wire.text("late"))
+        #expect(try Self.messages(Array(play.sentToUpstream[c...])).map(\.0) == [.text, .close])
+        let made = Self.changes(play)
+        #expect(made.map(\.result) == [.injected, .forwarded, .forwarded, .dropped])
+        #expect(made[3].notes.first?.contains("a close had already gone to the server") == true)
+    }
+
+    /// `close CODE reason to=server`: the trigger goes no further, the server gets wstap's close, its
+    /// answer goes on to the client, and the client's answer stays with wstap (the server has had one):
+    /// each peer sees a whole closing handshake. The other sides likewise.
+    @Test(arguments: [Side.server, .client, .both])
+    func closeCompletesTheHandshakeWithEachPeer(to side: Side) throws {
+        let play = try Self.open(["[shut] text=shut => close 4000 \"wstap says bye\" to=\(side.rawValue)"])
+        let c = play.sentToUpstream.count, s = play.sentToClient.count
+        play.client(Wire.text("shut", mask: 1) + Wire.text("after", mask: 2))
+        let ownClose = [UInt8(4000 >> 8), UInt8(4000 & 0xFF)] + Array("wstap says bye".utf8)
+        var up = try Self.messages(Array(play.sentToUpstream[c...]))
+        var down = try Self.messages(Array(play.sentToClient[s...]))
+        let toServer = side != .client, toClient = side != .server
+        // Toward the server, what the client sent after the trigger does not follow wstap's close; when
+        // only the client is closed, it goes on (the client had not seen the close yet).
+        #expect(up.map(\.0) == (toServer ? [.close] : [.text]) && down.map(\.0) == (toClient ? [.close] : []))
+        if toServer { #expect(SeenFrame.parse(Array(play.sentToUpstream[c...])).0.first?.payload == ownClose) }
+        if toClient { #expect(SeenFrame.parse(Array(play.sentToClient[s...])).0.first.map { !$0.masked && $0.payload == ownClose } == true) }
+        // The answers.
+        play.upstream(Wire.text("still talking") + Wire.frame(.close, ownClose))
+        play.client(Wire.frame(.close, ownClose, mask: 4))
+        up = try Self.messages(Array(play.sentToUpstream[c...]))
+        down = try Self.messages(Array(play.sentToClient[s...]))
+        switch side {
+        case .server:
+            // The server's close answers wstap's and goes on; the client's answer does not.
+            #expect(up.map(\.0) == [.close] && down.map(\.0) == [.text, .close])
+        case .client:
+            // The client's close answers wstap's and goes on; the server's answer, and what the server
+            // sent after wstap's close went to the client, do not.
+            #expect(up.map(\.0) == [.text, .close] && down.map(\.0) == [.close])
+        case .both:
+            #expect(up.map(\.0) == [.close] && down.map(\.0) == [.close])
+        }
+        let made = Self.changes(play)
+        #expect(made.first?.result == .closed && made.filter { $0.result == .injected }.count == (side == .both ? 2 : 1))
+        #expect(made.filter { $0.result == .injected }.allSatisfy { $0.sent.first?.opcode == .close })
+    }
+
     // MARK: - Compression
 
     /// Context takeover: after an edit the receiver's window differs from the sender's, so wstap

@@ -148,7 +148,7 @@ def test_the_rules_file_is_reloaded_for_connections_already_open(wstap, peer, tm
 
 @pytest.mark.parametrize("args,expected", [
     (["--rule", "from=client => nonsense"], "unknown action 'nonsense'"),
-    (["--rule", "from=client => inject to=server text \"x\""], "does not carry out"),
+    (["--rule", "from=client => exec ./hook.py"], "does not carry out"),
     (["--rule", "from=client => drop", "--compression", "maybe"], "--compression must be keep, strip or reencode"),
     (["--filter", "len>>3"], "--filter"),
 ])
@@ -205,3 +205,72 @@ def test_abort_resets_both_connections(wstap, peer):
     assert [(c["rules"], c["result"]) for c in changes(records)] == [(["kill"], "aborted")]
     end = [r for r in records if r["type"] == "end"][-1]
     assert "rule 'kill' aborted the connection" in end["reason"] and end["closed_by"] == "proxy"
+
+
+def test_injected_messages_reach_both_peers_of_a_compressing_connection(wstap, peer):
+    """Python websockets on both ends with permessage-deflate: one client message makes wstap send a
+    message of its own to each side (uncompressed, as RFC 7692 allows); the server echoes the one it
+    got, and later compressed messages still inflate everywhere."""
+    port = peer(PYTHON, str(PEERS / "websockets_echo_server.py"))
+    proxy = wstap(f"ws://127.0.0.1:{port}", ["--rule", "[hi] from=client text=hello => inject to=client text \"from wstap\"; "
+                                             "inject to=server text \"for the server\""])
+
+    async def run():
+        async with connect(proxy.url + "/x") as ws:
+            await ws.send("hello")
+            got = sorted([await asyncio.wait_for(ws.recv(), 30) for _ in range(3)])
+            await ws.send("compressed after the injection, compressed after the injection")
+            return got, await asyncio.wait_for(ws.recv(), 30)
+
+    got, after = asyncio.run(run())
+    assert got == ["for the server", "from wstap", "hello"]
+    assert after == "compressed after the injection, compressed after the injection"
+    records = proxy.wait_ended()
+    injected = [c for c in changes(records) if c["result"] == "injected"]
+    assert sorted((c["from"], c["sent"][0]["text"], c["sent"][0]["compressed"]) for c in injected) == [
+        ("client", "for the server", False), ("server", "from wstap", False)]
+    # The server's echo of the injected message was recorded like any message it sent.
+    assert "for the server" in [m["text"] for m in messages(records, sender="server") if m["opcode"] == 1]
+
+
+def test_close_to_the_server_completes_the_handshake_with_both_peers(wstap, peer):
+    """`close 4000 reason to=server` on a client message: the websockets server gets wstap's close and
+    answers it; that answer reaches the client, whose own answer stays with wstap. Both sides see a
+    clean close with wstap's code and reason."""
+    port = peer(PYTHON, str(PEERS / "websockets_echo_server.py"))
+    proxy = wstap(f"ws://127.0.0.1:{port}", ["--rule", "[shut] from=client text=shut => close 4000 \"rule says bye\" to=server"])
+
+    async def run():
+        async with connect(proxy.url + "/x") as ws:
+            await ws.send("hello")
+            echoed = await ws.recv()
+            await ws.send("shut")
+            try:
+                await asyncio.wait_for(ws.recv(), 30)
+            except Exception as closed:  # websockets' ConnectionClosedOK
+                return echoed, (closed.rcvd.code, closed.rcvd.reason) if closed.rcvd else None
+            return echoed, "still open"
+
+    assert asyncio.run(run()) == ("hello", (4000, "rule says bye"))
+    records = proxy.wait_ended()
+    made = changes(records)
+    assert [(c["from"], c["result"]) for c in made] == [("client", "closed"), ("client", "injected"), ("client", "dropped")]
+    assert made[1]["sent"][0]["opcode"] == 8 and "answer to wstap's close" in made[2]["notes"][0]
+    server_closes = [m for m in messages(records, sender="server") if m["opcode"] == 8]
+    assert [m.get("code") for m in server_closes] == [4000]
+
+
+def test_node_ws_client_sees_an_injection_and_a_close_with_its_code(wstap, peer):
+    """Node ws on both ends with compression: a server message makes wstap inject one of its own to the
+    client, a later one makes wstap close the client's side with 4001; the client's answer goes on to
+    the server, whose answer wstap keeps, so the Node client sees a normal close with that code."""
+    port = peer("node", str(PEERS / "node_ws_echo_server.js"), "--deflate", env=NODE_ENV)
+    proxy = wstap(f"ws://127.0.0.1:{port}", ["--rule", "[hi] from=server op=text text=one => inject to=client text \"hello node\"",
+                                             "--rule", "[shut] from=server op=text text=two => close 4001 \"enough\" to=client"])
+    out = subprocess.run(["node", str(PEERS / "node_ws_client.js"), proxy.url + "/n", "one", "two"],
+                         capture_output=True, text=True, timeout=60, env=NODE_ENV)
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert lines == [{"binary": False, "data": "one"}, {"binary": False, "data": "hello node"}, {"binary": True, "data": "one"}, {"closed": 4001}]
+    records = proxy.wait_ended()
+    assert [c["result"] for c in changes(records) if c["rules"] == ["shut"]][:2] == ["closed", "injected"]
