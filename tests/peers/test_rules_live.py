@@ -17,6 +17,18 @@ def changes(records):
     return [r for r in records if r["type"] == "change"]
 
 
+async def close_received(ws):
+    """Waits for the connection to end: the close frame the client got (websockets' `Close`, with
+    .code and .reason), None when it ended without one, or "still open" if a message came instead."""
+    try:
+        await asyncio.wait_for(ws.recv(), 30)
+    except asyncio.TimeoutError:
+        raise
+    except Exception as closed:  # websockets' ConnectionClosedOK / ConnectionClosedError
+        return closed.rcvd
+    return "still open"
+
+
 def test_edits_and_drops_reach_a_compressing_server_and_later_messages_still_inflate(wstap, peer):
     """Python websockets on both ends with permessage-deflate (context takeover): the server echoes
     what it got, so what comes back is what wstap sent on. An edit desynchronises the windows unless
@@ -171,11 +183,8 @@ def test_corrupt_makes_a_real_server_fail_the_connection_as_rfc_6455_says(wstap,
             await ws.send("fine")
             first = await ws.recv()
             await ws.send(trigger)
-            try:
-                await ws.recv()
-            except Exception as closed:  # websockets' ConnectionClosedError
-                return first, closed.rcvd.code if closed.rcvd else None
-            return first, "no close"
+            close = await close_received(ws)
+            return first, getattr(close, "code", close)
 
     assert asyncio.run(run("break utf8")) == ("fine", 1007)
     assert asyncio.run(run("break mask")) == ("fine", 1002)
@@ -194,11 +203,7 @@ def test_abort_resets_both_connections(wstap, peer):
             await ws.send("hello")
             echoed = await ws.recv()
             await ws.send("boom")
-            try:
-                await ws.recv()
-            except Exception as closed:
-                return echoed, closed.rcvd
-            return echoed, "still open"
+            return echoed, await close_received(ws)
 
     assert asyncio.run(run()) == ("hello", None)
     records = proxy.wait_ended()
@@ -245,11 +250,8 @@ def test_close_to_the_server_completes_the_handshake_with_both_peers(wstap, peer
             await ws.send("hello")
             echoed = await ws.recv()
             await ws.send("shut")
-            try:
-                await asyncio.wait_for(ws.recv(), 30)
-            except Exception as closed:  # websockets' ConnectionClosedOK
-                return echoed, (closed.rcvd.code, closed.rcvd.reason) if closed.rcvd else None
-            return echoed, "still open"
+            close = await close_received(ws)
+            return echoed, (close.code, close.reason) if hasattr(close, "code") else close
 
     assert asyncio.run(run()) == ("hello", (4000, "rule says bye"))
     records = proxy.wait_ended()
