@@ -18,7 +18,7 @@ enum RelayTargets {
         "[edit] op=text => replace /a+/ \"<$0>\"", "[json] json.id? => set json.id 0; delete json.x", "[drop] len=3 => drop",
         "[two] op=binary => duplicate", "[split] len>20 => fragment size=7", "[wait] text:w => delay 30ms", "[hold] text:h => hold",
         "[plain] text:u => uncompressed", "[pings] op=ping => replace-bytes hex:70 hex:7171", "[tag] * => mark seen",
-        "[poke] text:p => inject to=both text \"pp\"", "[bye] text:q => close 4000 \"q\" to=server", "[long] text:z => corrupt length",
+        "[poke] text:p => inject to=client text \"pp\"; inject to=server hex:0070", "[bye] text:q => close 4000 \"q\" to=server", "[long] text:z => corrupt length",
     ]
     static let idleRules = ["[never] text:\"no such text anywhere\" => drop"]
 
@@ -80,10 +80,33 @@ enum RelayTargets {
                 FuzzCheck.expect([.dropped, .aborted, .closed].contains(change.result) ? change.sent.isEmpty : !change.sent.isEmpty, "a change record whose copies do not fit its result")
             }
         }
+        // wstap never makes a compressed message the receiver cannot inflate: dissect what each peer
+        // got, and every inflate failure there must already be one of the sender's (or come after
+        // frames the pipe gave up on, which then pass as they came).
+        let seen = dissected(up: play.sentToUpstream, down: play.sentToClient, requestLength: base.up, responseLength: base.down)
+        for direction in [Direction.clientToServer, .serverToClient] {
+            let excused: Set<DiagnosticCode> = [.inflateFailed, .inflateLimitExceeded, .changesStopped]
+            let senderFailed = play.records.contains { if case .diagnostic(let d) = $0.body { d.direction == direction && excused.contains(d.code) } else { false } }
+            let receiverFailed = seen.contains { if case .diagnostic(let d) = $0.body { d.direction == direction && d.code == .inflateFailed } else { false } }
+            FuzzCheck.expect(senderFailed || !receiverFailed, "the \(direction.receiver) got a compressed message that does not inflate, made by wstap")
+        }
         if idle && settings.compression == .keep {
             FuzzCheck.expect(play.sentToUpstream.count - base.up == received.client, "client bytes lost or added with rules that match nothing")
             FuzzCheck.expect(play.sentToClient.count - base.down == received.server, "server bytes lost or added with rules that match nothing")
         }
+    }
+
+    /// Records of a dissector that reads what each peer received: the request and the 101 first, then
+    /// each direction's WebSocket bytes.
+    private static func dissected(up: [UInt8], down: [UInt8], requestLength: Int, responseLength: Int) -> [TapRecord] {
+        let dissector = StreamDissector(connection: 1, info: ConnectionInfo(client: "c", server: "s"))
+        var records: [TapRecord] = []
+        let time = Timestamp(nanoseconds: 1)
+        dissector.feed(Array(up[..<requestLength]), from: .clientToServer, at: time, into: &records)
+        dissector.feed(Array(down[..<responseLength]), from: .serverToClient, at: time, into: &records)
+        dissector.feed(Array(up[requestLength...]), from: .clientToServer, at: time, into: &records)
+        dissector.feed(Array(down[responseLength...]), from: .serverToClient, at: time, into: &records)
+        return records
     }
 
     /// What the shell knows of each side, so only events the shell could report are fed.
