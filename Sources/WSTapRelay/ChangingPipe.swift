@@ -151,6 +151,15 @@ struct ChangingPipe {
     // MARK: - Input
 
     mutating func received(_ buffer: ByteBuffer, at now: Timestamp, into out: inout PipeOutput) {
+        guard ownClose != nil else { return parse(buffer, at: now, into: &out) }
+        // The receiver has wstap's close: nothing of the sender's may follow it, whole messages or not
+        // (a message past the hold limit, bytes after a violation). Their records still go.
+        var discarded = PipeOutput()
+        parse(buffer, at: now, into: &discarded)
+        out.records += discarded.records
+    }
+
+    private mutating func parse(_ buffer: ByteBuffer, at now: Timestamp, into out: inout PipeOutput) {
         buffer.withUnsafeReadableBytes { raw in
             var index = 0
             // After an abort nothing more goes anywhere: the connections are being reset.
@@ -191,9 +200,12 @@ struct ChangingPipe {
     mutating func inputEnded(at now: Timestamp, into out: inout PipeOutput) {
         inputFinished = true
         releaseAll(at: now, note: "released early: its sender closed the connection", into: &out)
-        if let message, !message.streaming { out.send(message.raw) }
-        if let frame, !(message?.streaming ?? false) || frame.header.opcode.isControl { out.send(frame.raw) }
-        out.send(partialHeader)
+        // What was half-read goes as it came, unless the receiver has wstap's close (nothing may follow).
+        if ownClose == nil {
+            if let message, !message.streaming { out.send(message.raw) }
+            if let frame, !(message?.streaming ?? false) || frame.header.opcode.isControl { out.send(frame.raw) }
+            out.send(partialHeader)
+        }
         partialHeader = []
         message = nil
         frame = nil

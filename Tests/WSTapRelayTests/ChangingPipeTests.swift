@@ -321,6 +321,21 @@ import WSTapWire
         #expect(made.filter { $0.result == .injected }.allSatisfy { $0.sent.first?.opcode == .close })
     }
 
+    /// Once the server has wstap's close, no byte of the client's follows it: not a message past the
+    /// hold limit passing piece by piece, not frames after a violation, not a half-sent frame at FIN.
+    @Test func nothingOfTheSendersFollowsWstapsClose() throws {
+        let play = try Self.open(["[shut] text=shut => close 1000 \"\" to=server"], holdLimit: 100)
+        let c = play.sentToUpstream.count
+        play.client(Wire.text("shut", mask: 1))
+        let closed = play.sentToUpstream.count
+        play.client(Wire.frame(.text, Array(repeating: UInt8(ascii: "a"), count: 300), fin: false, mask: 2))
+        play.client(Wire.frame(.continuation, Array("end".utf8), mask: 3) + Wire.frame(.continuation, Array("orphan".utf8), mask: 4))
+        play.client(Array(Wire.text("half", mask: 5).prefix(4)))
+        play.handle(.inputClosed(.client))
+        #expect(play.sentToUpstream.count == closed)
+        #expect(try Self.messages(Array(play.sentToUpstream[c...])).map(\.0) == [.close])
+    }
+
     // MARK: - Compression
 
     /// Context takeover: after an edit the receiver's window differs from the sender's, so wstap
