@@ -408,22 +408,31 @@ struct ChangingPipe {
         var notes = outcome.skipped.map { "\($0.rule): \($0.action) skipped: \($0.reason)" }
         // wstap's own messages, in the order the actions came: this direction's go through this pipe,
         // the other direction's through its pipe (`PipeOutput.forOtherDirection`).
+        // Read from each applied rule, so every own message names the rule that asked for it.
         var own: [OwnMessage] = []
         var closing = false
-        let ruleName = outcome.applied.last?.rule ?? ""
+        for applied in outcome.applied {
+            for action in applied.actions {
+                switch action {
+                case .inject(let side, let injected):
+                    guard let (opcode, payload) = injected.message else { continue }
+                    for target in Self.directions(side) {
+                        own.append(OwnMessage(direction: target, opcode: opcode, payload: payload, rule: applied.rule, action: action))
+                    }
+                case .close(let code, let reason, let side):
+                    closing = true
+                    // The parser allows at most 123 bytes of reason (RFC 6455 §5.5).
+                    let payload = [UInt8(code >> 8), UInt8(code & 0xFF)] + Array(reason.utf8)
+                    for target in Self.directions(side) {
+                        own.append(OwnMessage(direction: target, opcode: .close, payload: payload, rule: applied.rule, action: action))
+                    }
+                default: continue
+                }
+            }
+        }
         for effect in outcome.effects {
             switch effect {
-            case .inject(let side, let injected):
-                guard let (opcode, payload) = injected.message else { continue }
-                for target in Self.directions(side) {
-                    own.append(OwnMessage(direction: target, opcode: opcode, payload: payload, rule: ruleName, action: effect))
-                }
-            case .close(let code, let reason, let side):
-                closing = true
-                let payload = [UInt8(code >> 8), UInt8(code & 0xFF)] + Array(reason.utf8.prefix(123))
-                for target in Self.directions(side) {
-                    own.append(OwnMessage(direction: target, opcode: .close, payload: payload, rule: ruleName, action: effect))
-                }
+            case .inject, .close: continue  // gathered above
             case .duplicate: if copies > 0 { copies += 1 }
             case .fragment(let count, let size): fragments = count; fragmentSize = size
             case .uncompressed: uncompressed = true

@@ -257,6 +257,15 @@ import WSTapWire
         #expect(made.contains { $0.result == .injected && $0.direction == .clientToServer && $0.sent.first?.payload == [1, 2] })
     }
 
+    /// Every injected message's record names the rule that asked for it, and they go in rule order.
+    @Test func eachInjectionNamesItsOwnRule() throws {
+        let play = try Self.open(["[first] text=go => inject to=client text \"one\"", "[second] text=go => inject to=client text \"two\""])
+        let s = play.sentToClient.count
+        play.client(Wire.text("go", mask: 1))
+        #expect(try Self.texts(Array(play.sentToClient[s...])) == ["one", "two"])
+        #expect(Self.changes(play).filter { $0.result == .injected }.map(\.rules) == [["first"], ["second"]])
+    }
+
     /// An injection toward a receiver that is getting a message past the hold limit piece by piece
     /// waits for that message's last frame: it never lands inside a fragmented message.
     @Test func anInjectionWaitsForAMessageStreamingTheOtherWay() throws {
