@@ -29,6 +29,17 @@ async def close_received(ws):
     return "still open"
 
 
+def echo_then_close(url, trigger, **options):
+    """Sends "hello" and reads its echo, then sends `trigger` and waits for the end: (echo, close)."""
+    async def run():
+        async with connect(url, **options) as ws:
+            await ws.send("hello")
+            echoed = await asyncio.wait_for(ws.recv(), 30)
+            await ws.send(trigger)
+            return echoed, await close_received(ws)
+    return asyncio.run(run())
+
+
 def test_edits_and_drops_reach_a_compressing_server_and_later_messages_still_inflate(wstap, peer):
     """Python websockets on both ends with permessage-deflate (context takeover): the server echoes
     what it got, so what comes back is what wstap sent on. An edit desynchronises the windows unless
@@ -178,16 +189,9 @@ def test_corrupt_makes_a_real_server_fail_the_connection_as_rfc_6455_says(wstap,
     proxy = wstap(f"ws://127.0.0.1:{port}", ["--rule", "[bad-text] text=\"break utf8\" => corrupt utf8",
                                              "--rule", "[no-mask] text=\"break mask\" => corrupt mask"])
 
-    async def run(trigger):
-        async with connect(proxy.url + "/x", compression=None) as ws:
-            await ws.send("fine")
-            first = await ws.recv()
-            await ws.send(trigger)
-            close = await close_received(ws)
-            return first, getattr(close, "code", close)
-
-    assert asyncio.run(run("break utf8")) == ("fine", 1007)
-    assert asyncio.run(run("break mask")) == ("fine", 1002)
+    for trigger, code in [("break utf8", 1007), ("break mask", 1002)]:
+        echoed, close = echo_then_close(proxy.url + "/x", trigger, compression=None)
+        assert (echoed, getattr(close, "code", close)) == ("hello", code)
     made = changes(proxy.wait_records(lambda r: len(changes(r)) == 2, "both change records"))
     assert [(c["rules"], c["result"]) for c in made] == [(["bad-text"], "edited"), (["no-mask"], "edited")]
 
@@ -198,14 +202,7 @@ def test_abort_resets_both_connections(wstap, peer):
     port = peer(PYTHON, str(PEERS / "websockets_echo_server.py"))
     proxy = wstap(f"ws://127.0.0.1:{port}", ["--rule", "[kill] from=server text=boom => abort"])
 
-    async def run():
-        async with connect(proxy.url + "/x") as ws:
-            await ws.send("hello")
-            echoed = await ws.recv()
-            await ws.send("boom")
-            return echoed, await close_received(ws)
-
-    assert asyncio.run(run()) == ("hello", None)
+    assert echo_then_close(proxy.url + "/x", "boom") == ("hello", None)
     records = proxy.wait_ended()
     assert [(c["rules"], c["result"]) for c in changes(records)] == [(["kill"], "aborted")]
     end = [r for r in records if r["type"] == "end"][-1]
@@ -245,15 +242,8 @@ def test_close_to_the_server_completes_the_handshake_with_both_peers(wstap, peer
     port = peer(PYTHON, str(PEERS / "websockets_echo_server.py"))
     proxy = wstap(f"ws://127.0.0.1:{port}", ["--rule", "[shut] from=client text=shut => close 4000 \"rule says bye\" to=server"])
 
-    async def run():
-        async with connect(proxy.url + "/x") as ws:
-            await ws.send("hello")
-            echoed = await ws.recv()
-            await ws.send("shut")
-            close = await close_received(ws)
-            return echoed, (close.code, close.reason) if hasattr(close, "code") else close
-
-    assert asyncio.run(run()) == ("hello", (4000, "rule says bye"))
+    echoed, close = echo_then_close(proxy.url + "/x", "shut")
+    assert (echoed, getattr(close, "code", None), getattr(close, "reason", None)) == ("hello", 4000, "rule says bye")
     records = proxy.wait_ended()
     made = changes(records)
     assert [(c["from"], c["result"]) for c in made] == [("client", "closed"), ("client", "injected"), ("client", "dropped")]
