@@ -464,6 +464,8 @@ struct ChangingPipe {
         }
         if closing {
             // The message that asked for the close goes no further: wstap's close frames take its place.
+            // Like a dropped one, a compressed trigger the receiver never sees leaves its window behind.
+            if message.compressed && !resetsContext { startReencoding(at: message.start, now: now, into: &out) }
             let to = own.filter { $0.opcode == .close }.map { $0.direction.receiver }
             notes.append("not sent on: wstap sends its own close to the \(to.joined(separator: " and "))")
             out.record(TapRecord(connection: connection, timestamp: now, body: .change(ChangeRecord(
