@@ -28,7 +28,7 @@ let package = Package(
         .target(name: "WSTapFilter", dependencies: ["WSTapDissect", "WSTapWire"]),
         // Rules: WHEN => ACTION, parsed and evaluated to an outcome per message (sans-IO).
         .target(name: "WSTapRules", dependencies: ["WSTapFilter", "WSTapDissect", "WSTapWire"]),
-        .target(name: "WSTapFormats", dependencies: ["WSTapDissect", "WSTapWire", "WSTapFilter"]),
+        .target(name: "WSTapFormats", dependencies: ["WSTapDissect", "WSTapWire", "WSTapFilter", "WSTapRules"]),
         .target(
             name: "WSTapProxy",
             dependencies: [

@@ -7,7 +7,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 "$root/scripts/setup.sh"
 source "$root/scripts/lib/apt.sh"
-ensure_debian_packages peers python3 python3-venv nodejs node-ws socat openssl chromium libnss3-tools tshark tcpdump
+ensure_debian_packages peers python3 python3-venv nodejs node-ws socat openssl chromium libnss3-tools tshark tcpdump jq
 venv="$root/.build/test-venv"
 # Prefer Debian's python3 so the venv works on a machine with nothing else; fall back to PATH.
 python=/usr/bin/python3

@@ -6,6 +6,12 @@ public enum JSONLinesEncoder {
     public static let schemaVersion = 1
 
     public static func encode(_ record: TapRecord, into writer: inout JSONWriter) {
+        encodeObject(record, into: &writer)
+        writer.newline()
+    }
+
+    /// The record as one JSON object, without the newline that ends its line.
+    public static func encodeObject(_ record: TapRecord, into writer: inout JSONWriter) {
         writer.beginObject()
         writer.key("v"); writer.integer(schemaVersion)
         writer.key("type")
@@ -129,7 +135,6 @@ public enum JSONLinesEncoder {
             writer.key("server_bytes"); writer.integer(end.serverBytes)
         }
         writer.endObject()
-        writer.newline()
     }
 
     public static func line(_ record: TapRecord) -> String {

@@ -67,7 +67,7 @@ public enum JSONLinesReader {
     }
 }
 
-private extension JSONValue {
+extension JSONValue {
     func string(_ name: String) -> String? { if case .string(let s)? = self[member: name] { s } else { nil } }
     func bool(_ name: String) -> Bool? { if case .bool(let b)? = self[member: name] { b } else { nil } }
     func int(_ name: String) -> Int? {

@@ -163,6 +163,8 @@ enum RelayTargets {
                     FuzzCheck.expect(shell.timers.insert(timer).inserted, "timer \(timer) started twice")
                 case .cancelTimer(let timer):
                     FuzzCheck.expect(shell.timers.remove(timer) != nil, "timer \(timer) cancelled but not running")
+                case .askHook, .forgetHook:
+                    FuzzCheck.expect(false, "a hook asked with no rules loaded")
                 }
             }
         }

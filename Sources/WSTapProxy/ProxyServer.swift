@@ -23,6 +23,8 @@ public struct ProxyConfiguration: Sendable {
     public var tlsContexts: TLSContexts?
     /// --pcap: cleartext of both legs.
     public var capture: DecryptedCapture?
+    /// The exec hooks' processes, when rules may use them.
+    public var hooks: ExecHooks?
     public var dissector: StreamDissector.Configuration
     public var sink: any RecordSink
     /// One-line notices about the proxy itself (not about connections): stderr by default.
@@ -80,13 +82,15 @@ public final class ProxyServer: Sendable {
                         try channel.pipeline.syncOperations.addHandler(capture.handler(mode: .server))
                     }
                     let handler = RelaySideHandler(clientSideMaking: { channel in
+                        let id = ids.next()
+                        if let hooks = configuration.hooks { channel.closeFuture.whenComplete { _ in hooks.forget(connection: id) } }
                         let session = RelaySession(
-                            connection: ids.next(), mode: configuration.mode, tls: configuration.tlsSettings, limits: configuration.limits,
+                            connection: id, mode: configuration.mode, tls: configuration.tlsSettings, limits: configuration.limits,
                             changes: configuration.changes, clientAddress: channel.remoteAddress?.wstapText ?? "?",
                             proxyAddress: channel.localAddress?.wstapText ?? "?",
                             configuration: configuration.dissector, clock: Timestamp.now)
                         return RelayConnection(session: session, client: channel, sink: configuration.sink, tls: configuration.tlsContexts,
-                                               capture: configuration.capture)
+                                               capture: configuration.capture, hooks: configuration.hooks)
                     })
                     try channel.pipeline.syncOperations.addHandler(handler)
                     channel.closeFuture.whenComplete { _ in ids.closed() }

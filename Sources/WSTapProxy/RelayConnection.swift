@@ -14,6 +14,7 @@ final class RelayConnection {
     private let sink: any RecordSink
     private let tls: TLSContexts?
     private let capture: DecryptedCapture?
+    private let hooks: ExecHooks?
     private let client: Channel
     private var upstream: Channel?
     private var lastWrite: [RelaySession.Side: EventLoopFuture<Void>] = [:]
@@ -26,12 +27,13 @@ final class RelayConnection {
     private var drainingClient = false
     private var timers: [RelaySession.Timer: Scheduled<Void>] = [:]
 
-    init(session: RelaySession, client: Channel, sink: any RecordSink, tls: TLSContexts?, capture: DecryptedCapture?) {
+    init(session: RelaySession, client: Channel, sink: any RecordSink, tls: TLSContexts?, capture: DecryptedCapture?, hooks: ExecHooks?) {
         self.session = session
         self.client = client
         self.sink = sink
         self.tls = tls
         self.capture = capture
+        self.hooks = hooks
     }
 
     func handle(_ event: RelaySession.Event) {
@@ -78,6 +80,20 @@ final class RelayConnection {
                 }
             case .cancelTimer(let timer):
                 timers.removeValue(forKey: timer)?.cancel()
+            case .askHook(let request):
+                // The verdict comes back on the hook's loop; the session hears it on this one, later.
+                let loop = client.eventLoop
+                let bound = NIOLoopBound(self, eventLoop: loop)
+                let ticket = request.ticket
+                guard let hooks else {
+                    loop.execute { bound.value.handle(.hookAnswered(ticket: ticket, .failed("no hooks are configured"))) }
+                    continue
+                }
+                hooks.ask(request, connection: session.connection) { answer in
+                    loop.execute { bound.value.handle(.hookAnswered(ticket: ticket, answer)) }
+                }
+            case .forgetHook(let ticket):
+                hooks?.forget(connection: session.connection, ticket: ticket)
             case .switchUpstream(let host, let port, let upstreamTLS):
                 // The old upstream's close must not reach the session as the end of this connection.
                 if let old = upstream {

@@ -25,26 +25,32 @@ public struct ChangeSettings: Sendable {
     /// Most payload bytes one direction may keep: a message being gathered for the rules, plus the
     /// messages queued behind a hold. A message past it passes as it comes, unchanged.
     public var holdLimit = 16 << 20
+    /// How long a message handed to an exec hook waits for its verdict.
+    public var hookTimeout: Duration = .seconds(5)
+    /// What becomes of a message whose hook did not answer (slow, dead, garbage): `--exec-fail`.
+    public var hookFailure = HookFailure.open
     /// Random bits for mask keys and rule probabilities (injected: tests and fuzzing pass a seeded one).
     public var random: @Sendable () -> UInt64
+
+    public enum HookFailure: String, Sendable, CaseIterable {
+        /// It goes on as the rules left it.
+        case open
+        /// It is dropped.
+        case closed
+    }
 
     public init(rules: RuleBook, random: @escaping @Sendable () -> UInt64 = { UInt64.random(in: .min ... .max) }) {
         self.rules = rules
         self.random = random
     }
 
-    /// The first action of `rules` the relay does not carry out yet, so a proxy refuses to start (or
-    /// to reload) with it rather than ignore it. `wstap rules test` still shows what it would do.
-    public static func unsupported(in rules: [Rule]) -> (rule: Rule, action: RuleAction)? {
+    /// The commands of every `exec` in `rules`, in order, each once: the hooks a proxy starts.
+    public static func hookCommands(in rules: [Rule]) -> [String] {
+        var commands: [String] = []
         for rule in rules {
-            for action in rule.actions {
-                switch action {
-                case .exec: return (rule, action)
-                default: continue
-                }
-            }
+            for case .exec(let command) in rule.actions where !commands.contains(command) { commands.append(command) }
         }
-        return nil
+        return commands
     }
 }
 
@@ -92,6 +98,8 @@ struct ChangingPipe {
     private var ownClose: String?
     /// wstap's own messages waiting for the message streaming through to end.
     private var pendingOwn: [OwnMessage] = []
+    /// Tickets of the messages this pipe handed to exec hooks (the low bit says the direction).
+    private var hookTickets: UInt64 = 0
 
     private struct FrameInProgress {
         var header: FrameHeader
@@ -124,9 +132,27 @@ struct ChangingPipe {
         var enqueued: Timestamp
         /// When it may go (nil: as soon as everything before it has).
         var releaseAt: Timestamp?
-        /// Why it waits: "delay" or "hold"; nil for messages queued only behind another.
+        /// Why it waits: "delay", "hold" or "exec"; nil for messages queued only behind another.
         var reason: String?
         var change: ChangeRecord?
+        /// Set while an exec hook decides: `bytes` is empty until the verdict is carried out.
+        var hook: HookWait?
+
+        /// What it counts against --hold-limit.
+        var weight: Int { bytes.count + (hook?.message.raw.count ?? 0) }
+    }
+
+    /// A message handed to an exec hook, waiting in its place in the queue for the verdict.
+    private struct HookWait {
+        var ticket: UInt64
+        var command: String
+        /// The rule whose `exec` asked.
+        var rule: String
+        /// What the rules made of the message, without the exec.
+        var outcome: RuleOutcome
+        var message: MessageInProgress
+        var received: MessageRecord
+        var answer: HookAnswer?
     }
 
     init(direction: Direction, start: WebSocketStart, connection: UInt64, settings: ChangeSettings, payloadCap: Int) {
@@ -228,6 +254,14 @@ struct ChangingPipe {
         let first = queue.first?.change?.offset ?? offset
         while !queue.isEmpty {
             let item = queue.removeFirst()
+            if let wait = item.hook {
+                out.record(TapRecord(connection: connection, timestamp: now, body: .change(ChangeRecord(
+                    direction: direction, offset: wait.message.start, rules: wait.outcome.applied.map(\.rule),
+                    actions: wait.outcome.applied.flatMap { $0.actions.map(\.description) }, result: .dropped, sent: [],
+                    heldNanoseconds: now.nanoseconds - item.enqueued.nanoseconds,
+                    notes: ["not sent: the connection ended while hook '\(wait.command)' decided"]))))
+                continue
+            }
             guard var change = item.change else { continue }
             change.result = .dropped
             change.sent = []
@@ -360,7 +394,7 @@ struct ChangingPipe {
             sendInOrder(message.raw, isClose: false, now: now, into: &out)
             return
         }
-        carryOut(outcome, message: message, now: now, into: &out)
+        carryOut(outcome, message: message, received: received, now: now, into: &out)
     }
 
     private mutating func control(_ frame: FrameInProgress, now: Timestamp, into out: inout PipeOutput) {
@@ -384,7 +418,7 @@ struct ChangingPipe {
         }
         let asReceived = MessageInProgress(start: frame.start, opcode: frame.header.opcode, compressed: false, masked: frame.header.masked,
                                            raw: frame.raw, wirePayload: frame.payload, fragmentSizes: [frame.payload.count])
-        carryOut(outcome, message: asReceived, now: now, into: &out)
+        carryOut(outcome, message: asReceived, received: record, now: now, into: &out)
     }
 
     private func decide(_ message: MessageRecord, now: Timestamp) -> RuleOutcome {
@@ -396,7 +430,20 @@ struct ChangingPipe {
     }
 
     /// Sends what the rules made of a message (or queues it), with the record that says so first.
-    private mutating func carryOut(_ outcome: RuleOutcome, message: MessageInProgress, now: Timestamp, into out: inout PipeOutput) {
+    /// - Parameter held: how long it waited for a hook's verdict, for its record.
+    private mutating func carryOut(_ outcome: RuleOutcome, message: MessageInProgress, received: MessageRecord, held: Int64? = nil,
+                                   now: Timestamp, into out: inout PipeOutput) {
+        if let exec = Self.hook(in: outcome) {
+            var rest = outcome
+            rest.effects.removeAll { if case .exec = $0 { true } else { false } }
+            // A message the rules drop, close on or abort goes no further: there is nothing to ask.
+            let ends = rest.dropped || rest.effects.contains { if case .close = $0 { true } else if case .abort = $0 { true } else { false } }
+            if !ends {
+                askHook(exec.command, rule: exec.rule, outcome: rest, message: message, received: received, now: now, into: &out)
+                return
+            }
+            return carryOut(rest, message: message, received: received, held: held, now: now, into: &out)
+        }
         var copies = outcome.dropped ? 0 : 1
         var fragments: Int?
         var fragmentSize: Int?
@@ -405,7 +452,7 @@ struct ChangingPipe {
         var reason: String?
         var marks: [String] = []
         var corruptions: Set<RuleAction.Corruption> = []
-        var notes = outcome.skipped.map { "\($0.rule): \($0.action) skipped: \($0.reason)" }
+        var notes = outcome.skipped.map { "\($0.rule): \($0.action) skipped: \($0.reason)" } + outcome.notes
         // wstap's own messages, in the order the actions came: this direction's go through this pipe,
         // the other direction's through its pipe (`PipeOutput.forOtherDirection`).
         // Read from each applied rule, so every own message names the rule that asked for it.
@@ -456,7 +503,7 @@ struct ChangingPipe {
                 // Nothing of the message goes on: both connections are reset once what went before is written.
                 out.record(TapRecord(connection: connection, timestamp: now, body: .change(ChangeRecord(
                     direction: direction, offset: message.start, rules: outcome.applied.map(\.rule),
-                    actions: outcome.applied.flatMap { $0.actions.map(\.description) }, result: .aborted, sent: [], marks: marks, notes: notes))))
+                    actions: outcome.applied.flatMap { $0.actions.map(\.description) }, result: .aborted, sent: [], heldNanoseconds: held, marks: marks, notes: notes))))
                 out.abort = outcome.applied.last?.rule ?? "abort"
                 return
             default: break  // refused when the rules were loaded (RuleOptions): not carried out live yet
@@ -470,7 +517,7 @@ struct ChangingPipe {
             notes.append("not sent on: wstap sends its own close to the \(to.joined(separator: " and "))")
             out.record(TapRecord(connection: connection, timestamp: now, body: .change(ChangeRecord(
                 direction: direction, offset: message.start, rules: outcome.applied.map(\.rule),
-                actions: outcome.applied.flatMap { $0.actions.map(\.description) }, result: .closed, sent: [], marks: marks, notes: notes))))
+                actions: outcome.applied.flatMap { $0.actions.map(\.description) }, result: .closed, sent: [], heldNanoseconds: held, marks: marks, notes: notes))))
             dispatch(own, now: now, into: &out)
             return
         }
@@ -527,7 +574,7 @@ struct ChangingPipe {
         let changed = outcome.applied.isEmpty ? nil : ChangeRecord(
             direction: direction, offset: message.start, rules: outcome.applied.map(\.rule),
             actions: outcome.applied.flatMap { $0.actions.map(\.description) },
-            result: outcome.dropped ? .dropped : changedBytes ? .edited : .forwarded, sent: sent, marks: marks, notes: notes)
+            result: outcome.dropped ? .dropped : changedBytes ? .edited : .forwarded, sent: sent, heldNanoseconds: held, marks: marks, notes: notes)
         if outcome.dropped {
             if let changed { out.record(TapRecord(connection: connection, timestamp: now, body: .change(changed))) }
             dispatch(own, now: now, into: &out)
@@ -735,6 +782,105 @@ struct ChangingPipe {
             direction: direction, offset: start, rules: [rule], actions: [], result: .dropped, sent: [], notes: [note]))))
     }
 
+    // MARK: - Exec hooks
+
+    /// The first `exec` the rules asked for and not carried out yet, and its rule. One hook decides a
+    /// message; a second `exec` for the same message is not carried out (its record says so).
+    private static func hook(in outcome: RuleOutcome) -> (command: String, rule: String)? {
+        for case .exec(let command) in outcome.effects {
+            let rule = outcome.applied.first { $0.actions.contains { if case .exec(command) = $0 { true } else { false } } }?.rule
+            return (command, rule ?? "exec")
+        }
+        return nil
+    }
+
+    /// Hands the message to the hook: it waits in its place in the queue, so later messages of the
+    /// sender wait behind it; pings, pongs and the other direction do not.
+    private mutating func askHook(_ command: String, rule: String, outcome: RuleOutcome, message: MessageInProgress, received: MessageRecord,
+                                  now: Timestamp, into out: inout PipeOutput) {
+        var outcome = outcome
+        let execs = outcome.applied.flatMap(\.actions).filter { if case .exec = $0 { true } else { false } }
+        for extra in execs.dropFirst() { outcome.notes.append("\(extra) not carried out: one hook decides a message, and '\(command)' was first") }
+        hookTickets += 1
+        let ticket = hookTickets << 1 | (direction == .clientToServer ? 0 : 1)
+        // The hook sees the message as the rules left it, whole: its record says what it was.
+        var asked = received
+        asked.payload = outcome.payload
+        asked.length = UInt64(outcome.payload.count)
+        if asked.opcode == .text { asked.textValidity = UTF8Validator.isValid(asked.payload) ? .valid : .invalid }
+        out.hookRequests.append(HookRequest(ticket: ticket, command: command, rule: rule,
+                                            record: TapRecord(connection: connection, timestamp: now, body: .message(asked))))
+        let wait = HookWait(ticket: ticket, command: command, rule: rule, outcome: outcome, message: message, received: received)
+        enqueue(Queued(bytes: [], isClose: message.opcode == .close, enqueued: now, releaseAt: now.adding(settings.hookTimeout),
+                       reason: "exec", change: nil, hook: wait), now: now, into: &out)
+    }
+
+    /// The hook answered (or its shell says it cannot): the message goes as soon as what is queued
+    /// before it has. An answer for a message already gone (it timed out) changes nothing.
+    mutating func hookAnswered(_ ticket: UInt64, _ answer: HookAnswer, now: Timestamp, into out: inout PipeOutput) {
+        guard let index = queue.firstIndex(where: { $0.hook?.ticket == ticket }) else { return }
+        queue[index].hook!.answer = answer
+        queue[index].releaseAt = nil
+        release(at: now, into: &out)
+    }
+
+    /// Carries out the hook's verdict (or the failure setting) for a message at the head of the queue.
+    /// What queued behind it stays behind whatever the verdict makes of it.
+    private mutating func settle(_ wait: HookWait, enqueued: Timestamp, note: String?, now: Timestamp, into out: inout PipeOutput) {
+        var outcome = wait.outcome
+        let waited = now.nanoseconds - enqueued.nanoseconds
+        let failure: String?
+        switch wait.answer {
+        case .verdict(let verdict)?:
+            failure = nil
+            outcome.notes.append("hook '\(wait.command)' answered \(verdict.summary)")
+            let actions = verdict.actions
+            if let index = outcome.applied.firstIndex(where: { $0.rule == wait.rule }) { outcome.applied[index].actions += actions }
+            for action in actions {
+                switch action {
+                case .drop: outcome.dropped = true
+                default: outcome.effects.append(action)
+                }
+            }
+            if case .replace(let payload) = verdict.decision {
+                if payload != outcome.payload { outcome.edited = true }
+                outcome.payload = payload
+            }
+        case .failed(let reason)?:
+            failure = reason
+        case nil:
+            if let note {
+                failure = "no verdict yet when it was \(note.hasPrefix("released early: ") ? String(note.dropFirst(17)) : note)"
+            } else {
+                failure = "no verdict within --exec-timeout \(RelaySession.seconds(settings.hookTimeout))"
+                out.hookTimedOut.append(wait.ticket)
+            }
+        }
+        if let failure {
+            switch settings.hookFailure {
+            case .open: outcome.notes.append("hook '\(wait.command)': \(failure); sent on as the rules left it (--exec-fail open)")
+            case .closed:
+                outcome.notes.append("hook '\(wait.command)': \(failure); dropped (--exec-fail closed)")
+                outcome.dropped = true
+            }
+        }
+        var behind = queue
+        queue = CircularBuffer()
+        let behindBytes = queuedBytes
+        queuedBytes = 0
+        carryOut(outcome, message: wait.message, received: wait.received, held: waited, now: now, into: &out)
+        if let rule = ownClose {
+            // The verdict closed this direction: what the sender sent after the message may not follow.
+            while !behind.isEmpty {
+                let item = behind.removeFirst()
+                absorb(item.hook?.message.start ?? item.change?.offset ?? offset, isClose: item.isClose, rule: rule, now: now, into: &out)
+            }
+            return
+        }
+        for item in behind { queue.append(item) }
+        queuedBytes += behindBytes
+    }
+
     // MARK: - The queue
 
     /// Sends now if nothing waits before it, else queues behind what does.
@@ -751,7 +897,7 @@ struct ChangingPipe {
     private mutating func enqueue(_ item: Queued, now: Timestamp, into out: inout PipeOutput) {
         if item.isClose { closeCommitted = true }
         queue.append(item)
-        queuedBytes += item.bytes.count
+        queuedBytes += item.weight
         release(at: now, into: &out)
         while queuedBytes > settings.holdLimit, !queue.isEmpty {
             releaseFirst(at: now, note: "released early: this direction holds more than --hold-limit (\(settings.holdLimit) bytes)", into: &out)
@@ -774,9 +920,14 @@ struct ChangingPipe {
 
     private mutating func releaseFirst(at now: Timestamp, note: String?, into out: inout PipeOutput) {
         var item = queue.removeFirst()
-        queuedBytes -= item.bytes.count
+        queuedBytes -= item.weight
+        if let wait = item.hook {
+            settle(wait, enqueued: item.enqueued, note: note, now: now, into: &out)
+            return
+        }
         if var change = item.change {
-            change.heldNanoseconds = now.nanoseconds - item.enqueued.nanoseconds
+            // A hook's wait (already in the record) and this one add up.
+            change.heldNanoseconds = (change.heldNanoseconds ?? 0) + now.nanoseconds - item.enqueued.nanoseconds
             if let note { change.notes.append(note) }
             item.change = change
             out.record(TapRecord(connection: connection, timestamp: now, body: .change(change)))
@@ -874,8 +1025,31 @@ struct OwnMessage {
     var action: RuleAction
 }
 
+/// A message for an exec hook: the shell writes it to the hook's stdin and reports the verdict with
+/// `WebSocketRelay.Event.hookAnswered` and this ticket.
+public struct HookRequest: Sendable {
+    /// Unique within the connection.
+    public let ticket: UInt64
+    public let command: String
+    /// The rule whose `exec` asked.
+    public let rule: String
+    /// The message record, with the whole payload as the rules left it.
+    public let record: TapRecord
+}
+
+/// What the shell reports for a hook request.
+public enum HookAnswer: Sendable {
+    case verdict(HookVerdict)
+    /// The hook cannot answer (it died, wrote garbage, is not running): the failure setting applies.
+    case failed(String)
+}
+
 /// What a pipe produced for one event: records first (they describe the bytes), then the bytes, in order.
 struct PipeOutput {
+    /// Messages for exec hooks.
+    var hookRequests: [HookRequest] = []
+    /// Tickets of hook requests that ran out of time: the shell forgets them.
+    var hookTimedOut: [UInt64] = []
     /// wstap's own messages for the other direction's receiver, for the relay to give that pipe.
     var forOtherDirection: [OwnMessage] = []
     var records: [TapRecord] = []

@@ -63,6 +63,8 @@ public final class RelaySession {
         case closed(Side)
         /// A timer the session started has run out.
         case timerFired(Timer)
+        /// The exec hook's answer to an `askHook`.
+        case hookAnswered(ticket: UInt64, HookAnswer)
     }
 
     public enum Action {
@@ -87,6 +89,10 @@ public final class RelaySession {
         /// Report `timerFired(timer)` after `after`, replacing the timer if it runs already.
         case startTimer(Timer, after: Duration)
         case cancelTimer(Timer)
+        /// Write the message to its exec hook; report the verdict as `hookAnswered` with the ticket.
+        case askHook(HookRequest)
+        /// A hook request ran out of time (the message went on): forget it; a late verdict is dropped.
+        case forgetHook(ticket: UInt64)
     }
 
     public let connection: UInt64
@@ -250,6 +256,9 @@ public final class RelaySession {
         case .failed(let side, let reason): actions = sideFailed(side, reason: reason)
         case .closed(let side): actions = sideClosed(side)
         case .timerFired(let timer): actions = timerFired(timer)
+        case .hookAnswered(let ticket, let answer):
+            // After the connection ended the message is gone (its record says so): nothing to do.
+            if case .webSocket(let relay) = phase { actions = relayed(relay, .hookAnswered(ticket: ticket, answer, at: clock())) } else { actions = [] }
         }
         reconcileTimers(into: &actions)
         return actions
@@ -548,6 +557,8 @@ public final class RelaySession {
                 } else if runningTimers.remove(.relayWake) != nil {
                     actions.append(.cancelTimer(.relayWake))
                 }
+            case .askHook(let request): actions.append(.askHook(request))
+            case .hookTimedOut(let ticket): actions.append(.forgetHook(ticket: ticket))
             }
         }
         return actions

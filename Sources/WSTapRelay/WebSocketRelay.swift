@@ -18,6 +18,8 @@ public final class WebSocketRelay {
         case inputEnded(Direction, at: Timestamp)
         /// The time asked for with `wake(at:)` has come.
         case tick(at: Timestamp)
+        /// What the exec hook said about the message of `askHook`'s ticket.
+        case hookAnswered(ticket: UInt64, HookAnswer, at: Timestamp)
     }
 
     public enum Action {
@@ -28,6 +30,10 @@ public final class WebSocketRelay {
         case wake(at: Timestamp?)
         /// A rule's `abort` (its name): reset both connections after what was sent; nothing more is.
         case abort(rule: String)
+        /// Hand the message to the exec hook; report the verdict as `hookAnswered`.
+        case askHook(HookRequest)
+        /// The hook took longer than --exec-timeout: the message has gone on; a late verdict changes nothing.
+        case hookTimedOut(ticket: UInt64)
     }
 
     /// What the upgrade settled (offsets, compression): the pipes that change messages need it.
@@ -80,6 +86,14 @@ public final class WebSocketRelay {
             records = []
             let towardServer = serverToClient.tick(at: time, direction: .serverToClient, records: &records, into: &actions)
             hand(towardServer, to: .clientToServer, at: time, into: &actions)
+        case .hookAnswered(let ticket, let answer, let time):
+            // The ticket's low bit says which pipe asked.
+            let direction: Direction = ticket & 1 == 0 ? .clientToServer : .serverToClient
+            var records: [TapRecord] = []
+            let crossing = direction == .clientToServer
+                ? clientToServer.hookAnswered(ticket, answer, at: time, direction: direction, records: &records, into: &actions)
+                : serverToClient.hookAnswered(ticket, answer, at: time, direction: direction, records: &records, into: &actions)
+            hand(crossing, to: direction.opposite, at: time, into: &actions)
         }
         // Checked for every read: no array built.
         let a = clientToServer.nextWake, b = serverToClient.nextWake
@@ -146,6 +160,11 @@ enum DirectionPipe {
         withChangingPipe(direction: direction, records: &records, into: &actions) { pipe, out in pipe.tick(at: time, into: &out) }
     }
 
+    mutating func hookAnswered(_ ticket: UInt64, _ answer: HookAnswer, at time: Timestamp, direction: Direction, records: inout [TapRecord],
+                               into actions: inout [WebSocketRelay.Action]) -> [OwnMessage] {
+        withChangingPipe(direction: direction, records: &records, into: &actions) { pipe, out in pipe.hookAnswered(ticket, answer, now: time, into: &out) }
+    }
+
     /// wstap's own messages for this direction's receiver.
     mutating func send(_ own: [OwnMessage], at time: Timestamp, direction: Direction, into actions: inout [WebSocketRelay.Action]) {
         var records: [TapRecord] = []
@@ -178,6 +197,11 @@ enum DirectionPipe {
         records += out.records
         if !records.isEmpty { actions.append(.emit(records)) }
         if out.bytes.readableBytes > 0 { actions.append(.send(direction, out.bytes)) }
-        if let rule = out.abort { actions.append(.abort(rule: rule)) }
+        for ticket in out.hookTimedOut { actions.append(.hookTimedOut(ticket: ticket)) }
+        if let rule = out.abort {
+            actions.append(.abort(rule: rule))
+            return
+        }
+        for request in out.hookRequests { actions.append(.askHook(request)) }
     }
 }

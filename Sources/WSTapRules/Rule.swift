@@ -16,6 +16,11 @@ public struct Rule: Sendable {
     /// The rule's line in its file (1 for --rule), for messages.
     public var line: Int
     public var source: String
+
+    /// `--exec CMD`: every data message to the hook, as `[name] * => exec CMD` would.
+    public static func hook(_ command: String, name: String) -> Rule {
+        Rule(name: name, probability: nil, condition: nil, actions: [.exec(command: command)], line: 1, source: "--exec \(command)")
+    }
 }
 
 public enum Side: String, Sendable { case client, server, both }

@@ -24,6 +24,8 @@ public struct RuleOutcome: Sendable {
     public var effects: [RuleAction] = []
     /// Edits that could not apply, and why ("not JSON", "not text").
     public var skipped: [(rule: String, action: RuleAction, reason: String)] = []
+    /// What else the change record should say (what an exec hook answered, and when).
+    public var notes: [String] = []
 
     public init(payload: [UInt8]) { self.payload = payload }
 

@@ -14,6 +14,9 @@ public final class RelayPlaybook {
     public private(set) var records: [TapRecord] = []
     /// Every action, in the order the session returned them.
     public private(set) var actions: [RelaySession.Action] = []
+    /// Messages handed to exec hooks, in order, and the tickets the session said to forget.
+    public private(set) var hookRequests: [HookRequest] = []
+    public private(set) var forgottenHooks: [UInt64] = []
 
     /// The session's clock: `fixtureTime` until a test moves it on (`advance`).
     public let clock: PlaybookClock
@@ -59,11 +62,18 @@ public final class RelayPlaybook {
             case .startTimer(let timer, let after):
                 timers[timer] = clock.now.adding(after)
             case .cancelTimer(let timer): timers[timer] = nil
+            case .askHook(let request): hookRequests.append(request)
+            case .forgetHook(let ticket): forgottenHooks.append(ticket)
             default: break
             }
         }
         actions += produced
         return produced
+    }
+
+    /// The hook's answer to the `index`th request (0 is the first), as the shell reports it.
+    @discardableResult public func answer(_ index: Int, _ answer: HookAnswer) -> [RelaySession.Action] {
+        handle(.hookAnswered(ticket: hookRequests[index].ticket, answer))
     }
 
     @discardableResult public func client(_ bytes: [UInt8]) -> [RelaySession.Action] { handle(.clientData(ByteBuffer(bytes: bytes))) }

@@ -27,6 +27,7 @@ struct ProxyCommand: AsyncParsableCommand {
               wstap proxy --listen-tls --upstream wss://echo.example.test --keylog keys.log
               wstap proxy --upstream ws://127.0.0.1:9000 --rule 'from=server json.price? => set json.price 0'
               wstap proxy --upstream ws://127.0.0.1:9000 --rules rules.txt --compression keep
+              wstap proxy --upstream ws://127.0.0.1:9000 --exec 'python3 docs/examples/hook.py'
             """
     )
 
@@ -78,6 +79,12 @@ struct ProxyCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Most payload bytes a direction may hold for rules (a message gathered whole, and those queued behind a hold); a bigger message passes unchanged.", valueName: "bytes"))
     var holdLimit: Int = 16 << 20
 
+    @Option(name: .long, help: ArgumentHelp("Seconds a message waits for its exec hook's verdict; then --exec-fail applies.", valueName: "seconds"))
+    var execTimeout: Double = 5
+
+    @Option(name: .long, help: ArgumentHelp("What a message becomes when its hook is slow, dead or writes garbage: open (goes on as the rules left it) or closed (dropped).", valueName: "open|closed"))
+    var execFail: String = "open"
+
     var limits: RelaySession.Limits {
         var limits = RelaySession.Limits()
         limits.requestHeadTimeout = headTimeout > 0 ? .milliseconds(Int64(headTimeout * 1000)) : nil
@@ -121,26 +128,32 @@ struct ProxyCommand: AsyncParsableCommand {
             throw ValidationError("--compression must be keep, strip or reencode, e.g. --compression keep.")
         }
         if !(holdTimeout > 0 && holdTimeout <= 86_400) { throw ValidationError("--hold-timeout must be a number of seconds from 0 to 86400, e.g. --hold-timeout 30.") }
+        if !(execTimeout > 0 && execTimeout <= 86_400) { throw ValidationError("--exec-timeout must be a number of seconds above 0 and up to 86400, e.g. --exec-timeout 5.") }
+        if ChangeSettings.HookFailure(rawValue: execFail) == nil { throw ValidationError("--exec-fail must be open or closed, e.g. --exec-fail closed.") }
         if holdLimit < 1024 || holdLimit > 1 << 30 { throw ValidationError("--hold-limit must be between 1024 bytes and 1 GiB, e.g. --hold-limit 16777216.") }
         if let upstreamCA, access(upstreamCA, R_OK) != 0 {
             throw ValidationError("--upstream-ca '\(upstreamCA)' cannot be read. Give a readable PEM file of CA certificates.")
         }
     }
 
-    /// The rules and their settings, or nil when none were given; exits 64 on a rule that is wrong
-    /// or that the proxy cannot carry out yet.
+    /// The rules and their settings, or nil when none were given; exits 64 on a rule that is wrong.
     func makeChanges() -> ChangeSettings? {
         guard !ruleOptions.isEmpty else { return nil }
         let rules = ruleOptions.load()
-        if let (rule, action) = ChangeSettings.unsupported(in: rules) {
-            OutputFile.standardError.write(Array("wstap: rule '\(rule.name)' (\(rule.source)): the proxy does not carry out '\(action)' yet; `wstap rules test` shows what it would do. Remove it to run the proxy with the other rules.\n".utf8))
-            Glibc.exit(64)
-        }
         var changes = ChangeSettings(rules: RuleBook(RuleEngine(rules: rules)))
         changes.compression = ChangeSettings.Compression(rawValue: compression) ?? .keep
         changes.holdTimeout = .milliseconds(Int64(holdTimeout * 1000))
         changes.holdLimit = holdLimit
+        changes.hookTimeout = .milliseconds(Int64(execTimeout * 1000))
+        changes.hookFailure = ChangeSettings.HookFailure(rawValue: execFail) ?? .open
         return changes
+    }
+
+    /// Where the hooks' processes will run; they start once wstap can stop them (see `run`).
+    func makeHooks(_ changes: ChangeSettings) -> ExecHooks {
+        // The longest verdict line: a replacement as big as the largest message held, in base64.
+        ExecHooks(maxLine: changes.holdLimit / 3 * 4 + 1 << 20, failure: changes.hookFailure,
+                  notice: { OutputFile.standardError.write(Array(($0 + "\n").utf8)) })
     }
 
     func run() async throws {
@@ -155,6 +168,8 @@ struct ProxyCommand: AsyncParsableCommand {
         let intercepting = upstreamURL == nil
         configuration.limits = limits
         configuration.changes = changes
+        let hooks = changes.map(makeHooks)
+        configuration.hooks = hooks
         configuration.tlsSettings = TLSSettings(interceptConnect: intercepting, passthrough: passthrough, clientTLS: listenTLS, verifyUpstream: !insecure)
         var authority: CertificateAuthority?
         if intercepting || listenTLS {
@@ -206,7 +221,7 @@ struct ProxyCommand: AsyncParsableCommand {
             banner += "wstap: \(count) rule\(count == 1 ? "" : "s") in force (compression \(changes.compression.rawValue))"
                 + (ruleOptions.rules.map { "; \($0) is reloaded when it changes" } ?? "") + "\n"
             if let path = ruleOptions.rules {
-                reloader = RuleReloader(options: ruleOptions, book: changes.rules, path: path)
+                reloader = RuleReloader(options: ruleOptions, book: changes.rules, path: path, hooks: hooks)
                 reloader?.start()
             }
         }
@@ -215,9 +230,13 @@ struct ProxyCommand: AsyncParsableCommand {
         let capture = configuration.capture
         let finalHAR = harSink
         ShutdownSignals.install {
+            hooks?.stop()
             capture?.close()
             finalHAR?.finish()
         }
+        // Only now: a SIGTERM before the handler is in place would end wstap and leave its hooks running.
+        // Others start when a reload adds them.
+        if let hooks, let changes { hooks.start(ChangeSettings.hookCommands(in: changes.rules.engine.rules)) }
         try await server.wait()
         withExtendedLifetime(reloader) {}
     }

@@ -1,5 +1,6 @@
 import Dispatch
 import WSTapFormats
+import WSTapProxy
 import WSTapRelay
 import WSTapRules
 
@@ -9,12 +10,12 @@ import Glibc
 
 /// `--rules FILE` while the proxy runs: the file is looked at every second and read again when its
 /// modification time, size or inode changes (editors that save by renaming change the inode). A file
-/// that does not parse, cannot be read or asks for an action the proxy cannot carry out keeps the
-/// rules in force, and says so once per version of the file.
+/// that does not parse or cannot be read keeps the rules in force, and says so once per version of the file.
 final class RuleReloader: @unchecked Sendable {
     private let options: RuleOptions
     private let book: RuleBook
     private let path: String
+    private let hooks: ExecHooks?
     private let queue = DispatchQueue(label: "wstap.rules-reload")
     private var timer: DispatchSourceTimer?
     // Touched on `queue` only.
@@ -27,10 +28,11 @@ final class RuleReloader: @unchecked Sendable {
         var nanoseconds: Int
     }
 
-    init(options: RuleOptions, book: RuleBook, path: String) {
+    init(options: RuleOptions, book: RuleBook, path: String, hooks: ExecHooks?) {
         self.options = options
         self.book = book
         self.path = path
+        self.hooks = hooks
         seen = Self.version(of: path)
     }
 
@@ -48,10 +50,8 @@ final class RuleReloader: @unchecked Sendable {
         seen = now
         switch options.read() {
         case .success(let rules):
-            if let (rule, action) = ChangeSettings.unsupported(in: rules) {
-                say("\(path) changed, but rule '\(rule.name)' asks for '\(action)', which the proxy does not carry out yet; \(keeping)")
-                return
-            }
+            // New hooks start now, so one that cannot start says so before a message needs it.
+            hooks?.start(ChangeSettings.hookCommands(in: rules))
             book.replace(with: RuleEngine(rules: rules))
             say("\(path) reloaded: \(rules.count) rule\(rules.count == 1 ? "" : "s") in force from the next message of every connection")
         case .failure(.unreadable(let message)), .failure(.invalid(let message)):

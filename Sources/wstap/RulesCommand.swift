@@ -26,7 +26,10 @@ struct RuleOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("A file of rules, one a line; # starts a comment.", valueName: "file"))
     var rules: String?
 
-    var isEmpty: Bool { rule.isEmpty && rules == nil }
+    @Option(name: .long, help: ArgumentHelp("Hand every data message to this hook process, after the rules (docs/hooks.md): one JSON line per message on its stdin, a verdict per line on its stdout. Repeatable.", valueName: "command"))
+    var exec: [String] = []
+
+    var isEmpty: Bool { rule.isEmpty && rules == nil && exec.isEmpty }
 
     /// The rules in order (file first, then --rule), or one line saying where one is wrong and exit 64.
     func load() -> [Rule] {
@@ -59,6 +62,8 @@ struct RuleOptions: ParsableArguments {
                 }
             }
             for text in rule { loaded.append(try RuleParser.parse(text).readingInjectFiles(origin: "--rule") { readBytes($0) }) }
+            // After every rule: a hook decides last, on what the rules made of the message.
+            for (i, command) in exec.enumerated() { loaded.append(.hook(command, name: i == 0 ? "exec" : "exec-\(i + 1)")) }
         } catch {
             return .failure(.invalid("\(error)"))
         }

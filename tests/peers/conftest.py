@@ -63,6 +63,18 @@ class Proc:
                     return m
         raise AssertionError(f"{self.args[0]} never printed /{pattern}/; output:\n" + "\n".join(self.seen[-40:]))
 
+    def output(self):
+        """Stops the process and returns every line it printed, as "stdout: …" / "stderr: …"."""
+        self.stop()
+        closed = 0
+        while closed < 2:
+            name, line = self.lines.get(timeout=DEADLINE)
+            if line is None:
+                closed += 1
+            else:
+                self.seen.append(f"{name}: {line}")
+        return self.seen
+
     def stop(self):
         if self.popen.poll() is None:
             self.popen.terminate()

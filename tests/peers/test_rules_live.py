@@ -171,7 +171,8 @@ def test_the_rules_file_is_reloaded_for_connections_already_open(wstap, peer, tm
 
 @pytest.mark.parametrize("args,expected", [
     (["--rule", "from=client => nonsense"], "unknown action 'nonsense'"),
-    (["--rule", "from=client => exec ./hook.py"], "does not carry out"),
+    (["--exec", "./hook.py", "--exec-fail", "maybe"], "--exec-fail must be open or closed"),
+    (["--exec", "./hook.py", "--exec-timeout", "0"], "--exec-timeout must be"),
     (["--rule", "from=client => drop", "--compression", "maybe"], "--compression must be keep, strip or reencode"),
     (["--filter", "len>>3"], "--filter"),
 ])
