@@ -81,7 +81,10 @@ public final class ConsoleSink: RecordSink {
             case .forwarded: c.heldNanoseconds == nil ? "matched" : "held"
             }
             var line = "\(prefix) \(arrow(c.direction)) \(paint(what, 35))"
-            if let held = c.heldNanoseconds { line += " \(held / 1_000_000) ms" }
+            if let held = c.heldNanoseconds {
+                // A hook answers within a millisecond or two: "0 ms" would say it did not wait at all.
+                line += held < 10_000_000 ? " \(held / 1_000_000).\(held / 100_000 % 10) ms" : " \(held / 1_000_000) ms"
+            }
             line += " by \(c.rules.joined(separator: ", "))"
             for sent in c.sent where c.result == .edited || c.result == .injected {
                 let isClose = sent.opcode == .close && sent.payload.count >= 2
