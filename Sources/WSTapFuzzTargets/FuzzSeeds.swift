@@ -207,6 +207,11 @@ public enum FuzzSeeds {
                                  (c2s, Wire.frame(.close, [0x03, 0xE8] + Array("bye".utf8), mask: 9)), (s2c, Wire.frame(.text, [0x61, 0xFF]))])
         seeds["jsonl-reader", default: []].append(Array(recording.joined().utf8))
         seeds["rules", default: []] += [Array(rulesFile.utf8) + [0] + Array(#"{"type":"t","id":1,"data":[0]} abc"#.utf8)]
+        seeds["hook-verdict", default: []] += [
+            #"{"id":1,"verdict":"forward"}"#, #"{"id":2,"verdict":"replace","base64":"AAH/","inject":[{"to":"client","text":"hi"}]}"#,
+            #"{"verdict":"close","id":3,"code":4000,"reason":"bye","to":"server"}"#, #"{"id":4,"verdict":"delay","ms":250}"#,
+            #"{"id":5,"verdict":"replace","text":"x\u00e9\n"}"# + "\r",
+        ].map { Array($0.utf8) }
         seeds["key-log", default: []].append(Array("CLIENT_RANDOM \(String(repeating: "ab", count: 32)) \(String(repeating: "01", count: 48))\n# comment\n".utf8))
         // Segments: SYN, SYN-ACK, data both ways out of order, a retransmission, FINs.
         seeds["tcp-reassembly", default: []].append([0x02, 0, 0, 0, 0, 0x12, 1, 0, 0, 0, 0x18, 0, 0, 1, 5] + Array("GET /".utf8)

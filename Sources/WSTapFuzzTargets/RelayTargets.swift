@@ -19,10 +19,32 @@ enum RelayTargets {
         "[two] op=binary => duplicate", "[split] len>20 => fragment size=7", "[wait] text:w => delay 30ms", "[hold] text:h => hold",
         "[plain] text:u => uncompressed", "[pings] op=ping => replace-bytes hex:70 hex:7171", "[tag] * => mark seen",
         "[poke] text:p => inject to=client text \"pp\"; inject to=server hex:0070", "[bye] text:q => close 4000 \"q\" to=server", "[long] text:z => corrupt length",
+        "[ask] text:k => exec hook",
     ]
     static let idleRules = ["[never] text:\"no such text anywhere\" => drop"]
 
-    /// A relay with rules, from the 101 on, fed hostile frames both ways, time passing and FINs.
+    /// A verdict for the hook, from fuzzer bytes: every kind, with injections either way now and then.
+    static func verdict(_ bytes: [UInt8]) -> HookAnswer {
+        var reader = FuzzReader(bytes)
+        let kind = reader.choice(7)
+        let sides: [Side] = [.client, .server, .both]
+        let decision: HookVerdict.Decision
+        switch kind {
+        case 0: decision = .forward
+        case 1: decision = .drop
+        case 2: decision = .replace(reader.bytes(reader.choice(64)))
+        case 3: decision = .delay(milliseconds: reader.choice(200))
+        case 4: decision = .close(code: UInt16(1000 + reader.choice(4000)), reason: "k", to: sides[reader.choice(3)])
+        case 5: return .failed("the hook ended before it answered")
+        default: decision = .forward
+        }
+        var inject: [(to: Side, payload: RuleAction.Injected)] = []
+        for _ in 0..<reader.choice(3) { inject.append((reader.choice(2) == 0 ? .client : .server, .bytes(reader.bytes(reader.choice(16))))) }
+        return .verdict(HookVerdict(decision, inject: inject))
+    }
+
+    /// A relay with rules, from the 101 on, fed hostile frames both ways, time passing, FINs and the
+    /// exec hook's verdicts (in any order, late, or never).
     /// Checks: no crash; records and wake-ups as the shell expects; with rules that match nothing,
     /// every byte either side sent reaches the other once both sides have closed (holds included).
     static func changingRelay(_ data: [UInt8]) {
@@ -42,6 +64,8 @@ enum RelayTargets {
         settings.compression = options & 0x10 != 0 ? .reencode : .keep
         settings.holdLimit = options & 0x20 != 0 ? 256 : 1 << 20
         settings.holdTimeout = .milliseconds(100)
+        settings.hookTimeout = .milliseconds(150)
+        settings.hookFailure = options & 0x40 != 0 ? .closed : .open
         var configuration = StreamDissector.Configuration()
         configuration.payloadCap = 64
         let play = RelayPlaybook(configuration: configuration, changes: settings)
@@ -52,9 +76,13 @@ enum RelayTargets {
         var steps = 0
         while !reader.isAtEnd && steps < 256 {
             steps += 1
-            let kind = reader.byte() % 6
+            let kind = reader.byte() % 7
             let bytes = reader.bytes(reader.u16() % 4096)
             switch kind {
+            case 6:
+                // Any request asked so far, answered or not (an answer twice, or late, must change nothing).
+                guard !play.hookRequests.isEmpty else { continue }
+                play.answer(Int(bytes.first ?? 0) % play.hookRequests.count, verdict(Array(bytes.dropFirst())))
             case 0, 1:
                 guard open.client else { continue }
                 received.client += bytes.count
@@ -72,6 +100,7 @@ enum RelayTargets {
                 play.handle(.inputClosed(client ? .client : .upstream))
             }
         }
+        FuzzCheck.expect(!idle || play.hookRequests.isEmpty, "a hook asked by rules that match nothing")
         if open.client { play.handle(.inputClosed(.client)) }
         if open.server { play.handle(.inputClosed(.upstream)) }
         for record in play.records {

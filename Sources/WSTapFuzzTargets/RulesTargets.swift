@@ -10,7 +10,20 @@ enum RulesTargets {
     static let all: [FuzzTarget] = [
         FuzzTarget(name: "rules", input: "a rules file; the payload the rules are applied to after a NUL", maxLength: 2048, run: rules),
         FuzzTarget(name: "jsonl-reader", input: "JSON Lines text, as a recording", maxLength: 4096, run: jsonlReader),
+        FuzzTarget(name: "hook-verdict", input: "one line an exec hook wrote", maxLength: 1024, run: hookVerdict),
     ]
+
+    /// A hook is the user's program, but what it writes is still parsed: any line is a verdict whose
+    /// fields are in range (a close frame can carry it), or refused with a reason.
+    static func hookVerdict(_ data: [UInt8]) {
+        guard let (_, verdict) = try? HookProtocol.verdict(data) else { return }
+        if case .close(let code, let reason, _) = verdict.decision {
+            FuzzCheck.expect((1000...4999).contains(code) && reason.utf8.count <= 123, "a close verdict no close frame can carry")
+        }
+        if case .delay(let ms) = verdict.decision { FuzzCheck.expect(ms >= 0, "a negative delay") }
+        FuzzCheck.expect(verdict.inject.allSatisfy { $0.to != .both }, "an injection to both sides")
+        FuzzCheck.expect(!verdict.summary.isEmpty, "a verdict without a summary")
+    }
 
     /// Any text parses or is refused with a line and column inside it; the actions a rule prints
     /// parse back to the same actions; the engine applies parsed rules to a message without trapping.
