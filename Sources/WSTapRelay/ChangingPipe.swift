@@ -137,10 +137,22 @@ struct ChangingPipe {
         var change: ChangeRecord?
         /// Set while an exec hook decides: `bytes` is empty until the verdict is carried out.
         var hook: HookWait?
+        /// A message behind one a hook decides: carried out once it reaches the head (`bytes` empty).
+        var deferred: Deferred?
 
         /// What it counts against --hold-limit.
-        var weight: Int { bytes.count + (hook?.message.raw.count ?? 0) }
+        var weight: Int { bytes.count + (hook?.message.raw.count ?? 0) + (deferred?.message.raw.count ?? 0) }
     }
+
+    /// What the rules made of a message that has to wait for an earlier one's verdict to be framed.
+    private struct Deferred {
+        var outcome: RuleOutcome
+        var message: MessageInProgress
+        var received: MessageRecord
+    }
+
+    /// A message waits for a hook's verdict, or behind one: later messages are framed only after them.
+    private var decisionPending: Bool { !queue.isEmpty && queue.contains { $0.hook != nil || $0.deferred != nil } }
 
     /// A message handed to an exec hook, waiting in its place in the queue for the verdict.
     private struct HookWait {
@@ -262,6 +274,16 @@ struct ChangingPipe {
                     notes: ["not sent: the connection ended while hook '\(wait.command)' decided"]))))
                 continue
             }
+            if let deferred = item.deferred {
+                // A message no rule matched has no change record; the diagnostic below counts it.
+                guard !deferred.outcome.applied.isEmpty else { continue }
+                out.record(TapRecord(connection: connection, timestamp: now, body: .change(ChangeRecord(
+                    direction: direction, offset: deferred.message.start, rules: deferred.outcome.applied.map(\.rule),
+                    actions: deferred.outcome.applied.flatMap { $0.actions.map(\.description) }, result: .dropped, sent: [],
+                    heldNanoseconds: now.nanoseconds - item.enqueued.nanoseconds,
+                    notes: ["not sent: the connection ended while it waited behind a message a hook decided"]))))
+                continue
+            }
             guard var change = item.change else { continue }
             change.result = .dropped
             change.sent = []
@@ -379,6 +401,18 @@ struct ChangingPipe {
                 note(.tooLargeToChange, at: message.start,
                      "message of \(message.wirePayload.count) compressed bytes inflates past --hold-limit (\(settings.holdLimit) bytes): rules not applied",
                      now: now, into: &out)
+                if recompressed == nil && decisionPending && !resetsContext {
+                    // Messages before it still wait for a hook, and what they become decides whether this
+                    // direction is compressed by wstap; this one cannot wait (it is not kept whole). So
+                    // they are settled now, and if that re-encodes the direction, its own bytes would
+                    // not inflate at the receiver: wstap gives up on the direction and says so.
+                    releaseAll(at: now, note: "released early: a message past --hold-limit follows", into: &out)
+                    if reencoding {
+                        sendInOrder(message.raw, isClose: false, now: now, into: &out)
+                        stop(reason: "a compressed message past --hold-limit arrived while a hook decided, and the direction is re-encoded", at: message.start, now: now, into: &out)
+                        return
+                    }
+                }
                 let bytes = recompressed.map { frames(opcode: message.opcode, pieces: [$0[...]], wire: $0, compressed: true, masked: message.masked) }
                 sendInOrder(bytes ?? message.raw, isClose: false, now: now, into: &out)
                 return
@@ -390,7 +424,7 @@ struct ChangingPipe {
                                      incomplete: false, offset: message.start,
                                      textValidity: message.opcode == .text ? (UTF8Validator.isValid(plain) ? .valid : .invalid) : .unchecked)
         let outcome = decide(received, now: now)
-        guard !outcome.applied.isEmpty || reencoding && message.compressed else {
+        guard !outcome.applied.isEmpty || reencoding && message.compressed || decisionPending else {
             sendInOrder(message.raw, isClose: false, now: now, into: &out)
             return
         }
@@ -443,6 +477,13 @@ struct ChangingPipe {
                 return
             }
             return carryOut(rest, message: message, received: received, held: held, now: now, into: &out)
+        }
+        if decisionPending && !(message.opcode.isControl && message.opcode != .close) {
+            // An earlier message waits for a hook: this one is framed after it is, in order, so a
+            // direction that the verdict re-encodes compresses its messages in the order they leave.
+            enqueue(Queued(bytes: [], isClose: message.opcode == .close, enqueued: now, releaseAt: nil, reason: nil, change: nil,
+                           deferred: Deferred(outcome: outcome, message: message, received: received)), now: now, into: &out)
+            return
         }
         var copies = outcome.dropped ? 0 : 1
         var fragments: Int?
@@ -623,7 +664,8 @@ struct ChangingPipe {
         var plain: [UInt8] = []
         var over = false
         var recompressed: [UInt8]?
-        let deflater = reencoding ? deflater : nil
+        // While a hook decides an earlier message nothing is compressed out of order (see `decisionPending`).
+        let deflater = reencoding && !decisionPending ? deflater : nil
         let sink: (UnsafeRawBufferPointer) -> Void = { chunk in
             if !over && plain.count + chunk.count <= limit {
                 plain.append(contentsOf: chunk)
@@ -864,16 +906,25 @@ struct ChangingPipe {
                 outcome.dropped = true
             }
         }
+        inPlace(now: now, into: &out) { pipe, out in
+            pipe.carryOut(outcome, message: wait.message, received: wait.received, held: waited, now: now, into: &out)
+        }
+    }
+
+    /// Carries out a message taken from the head of the queue as if nothing were queued behind it, then
+    /// puts back what was: it stays behind whatever the message became (sent, or queued with a delay).
+    private mutating func inPlace(now: Timestamp, into out: inout PipeOutput, _ body: (inout ChangingPipe, inout PipeOutput) -> Void) {
         var behind = queue
         queue = CircularBuffer()
         let behindBytes = queuedBytes
         queuedBytes = 0
-        carryOut(outcome, message: wait.message, received: wait.received, held: waited, now: now, into: &out)
+        body(&self, &out)
         if let rule = ownClose {
             // The verdict closed this direction: what the sender sent after the message may not follow.
             while !behind.isEmpty {
                 let item = behind.removeFirst()
-                absorb(item.hook?.message.start ?? item.change?.offset ?? offset, isClose: item.isClose, rule: rule, now: now, into: &out)
+                let start = item.hook?.message.start ?? item.deferred?.message.start ?? item.change?.offset ?? offset
+                absorb(start, isClose: item.isClose, rule: rule, now: now, into: &out)
             }
             return
         }
@@ -923,6 +974,12 @@ struct ChangingPipe {
         queuedBytes -= item.weight
         if let wait = item.hook {
             settle(wait, enqueued: item.enqueued, note: note, now: now, into: &out)
+            return
+        }
+        if let deferred = item.deferred {
+            inPlace(now: now, into: &out) { pipe, out in
+                pipe.carryOut(deferred.outcome, message: deferred.message, received: deferred.received, now: now, into: &out)
+            }
             return
         }
         if var change = item.change {

@@ -76,6 +76,24 @@ import WSTapWire
         #expect(injected.rules == ["h"] && injected.direction == .clientToServer)
     }
 
+    /// While a hook decides a compressed message, the messages behind it are framed only after it: a
+    /// rule's edit of a later one, or the hook's edit of this one, re-encodes the direction in the
+    /// order the messages leave, so the peer's inflater reads them all (found by the changing-relay
+    /// fuzz target: the later edit was compressed first, the decided message after it, sent before it).
+    @Test(arguments: [false, true])
+    func messagesBehindAHookLeaveInStepWithTheWindow(hookEdits: Bool) throws {
+        let play = try Self.open(["[ask] text:ask => exec hook", "[edit] text:edit => replace /edit/ \"EDIT\""], extensions: "permessage-deflate")
+        let deflater = Deflater()
+        let texts = ["ask about this message", "then edit this message", "and this message, untouched"]
+        let s = play.sentToClient.count
+        for text in texts { play.upstream(Wire.frame(.text, deflater.compressMessage(Array(text.utf8)), rsv1: true)) }
+        #expect(try Pipe.texts(Array(play.sentToClient[s...])) == [], "all wait behind the first")
+        let verdict = hookEdits ? HookVerdict(.replace(Array("asked about this message".utf8))) : HookVerdict(.forward)
+        play.answer(0, .verdict(verdict))
+        #expect(try Pipe.texts(Array(play.sentToClient[s...])) == [hookEdits ? "asked about this message" : texts[0], "then EDIT this message", texts[2]])
+        #expect(Pipe.codes(play).filter { $0 == "reencoding" }.count == 1)
+    }
+
     /// A close verdict ends the message's way as the `close` action does, each peer sees one close
     /// and what the sender sent after the message never follows it.
     @Test func aCloseVerdictClosesAndNothingOfTheSendersFollows() throws {
