@@ -1,9 +1,14 @@
 import NIOCore
 import WSTapDissect
+import WSTapFormats
 import WSTapRelay
 import WSTapRules
 import WSTapTestSupport
 import WSTapWire
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The live relay's sans-IO core, driven as the NIO shell drives it, by a hostile client and server.
 enum RelayTargets {
@@ -47,6 +52,8 @@ enum RelayTargets {
     /// exec hook's verdicts (in any order, late, or never).
     /// Checks: no crash; records and wake-ups as the shell expects; with rules that match nothing,
     /// every byte either side sent reaches the other once both sides have closed (holds included).
+    static let trace = getenv("WSTAP_FUZZ_TRACE") != nil
+
     static func changingRelay(_ data: [UInt8]) {
         var reader = FuzzReader(data)
         let options = reader.byte()
@@ -82,7 +89,9 @@ enum RelayTargets {
             case 6:
                 // Any request asked so far, answered or not (an answer twice, or late, must change nothing).
                 guard !play.hookRequests.isEmpty else { continue }
-                play.answer(Int(bytes.first ?? 0) % play.hookRequests.count, verdict(Array(bytes.dropFirst())))
+                let index = Int(bytes.first ?? 0) % play.hookRequests.count, answer = verdict(Array(bytes.dropFirst()))
+                if trace { print("hook answers request \(index): \(answer)") }
+                play.answer(index, answer)
             case 0, 1:
                 guard open.client else { continue }
                 received.client += bytes.count
@@ -103,6 +112,13 @@ enum RelayTargets {
         FuzzCheck.expect(!idle || play.hookRequests.isEmpty, "a hook asked by rules that match nothing")
         if open.client { play.handle(.inputClosed(.client)) }
         if open.server { play.handle(.inputClosed(.upstream)) }
+        if trace {
+            // `wstap-fuzz run` with WSTAP_FUZZ_TRACE set: what the relay recorded, and what each peer got.
+            let console = ConsoleSink(output: .standardError, options: .init(verbose: true))
+            console.write(play.records)
+            print("--- what the peers received, dissected")
+            console.write(dissected(up: play.sentToUpstream, down: play.sentToClient, requestLength: base.up, responseLength: base.down))
+        }
         for record in play.records {
             if case .change(let change) = record.body {
                 FuzzCheck.expect(!change.rules.isEmpty, "a change record that names no rule")

@@ -238,8 +238,12 @@ struct ChangingPipe {
     mutating func inputEnded(at now: Timestamp, into out: inout PipeOutput) {
         inputFinished = true
         releaseAll(at: now, note: "released early: its sender closed the connection", into: &out)
-        // What was half-read goes as it came, unless the receiver has wstap's close (nothing may follow).
-        if ownClose == nil {
+        // What was half-read goes as it came, unless the receiver has wstap's close (nothing may follow),
+        // or it is compressed and wstap compresses the direction itself: its bytes refer to the sender's
+        // window, which the receiver does not have, so they would only fail to inflate there.
+        if let message, message.compressed && reencoding && !message.streaming {
+            note(.heldNotSent, at: message.start, "a compressed message cut short by the \(direction.sender)'s FIN was not passed on: wstap compresses this direction itself, so its bytes would not inflate at the \(direction.receiver)", now: now, into: &out)
+        } else if ownClose == nil {
             if let message, !message.streaming { out.send(message.raw) }
             if let frame, !(message?.streaming ?? false) || frame.header.opcode.isControl { out.send(frame.raw) }
             out.send(partialHeader)
@@ -892,7 +896,7 @@ struct ChangingPipe {
             failure = reason
         case nil:
             if let note {
-                failure = "no verdict yet when it was \(note.hasPrefix("released early: ") ? String(note.dropFirst(17)) : note)"
+                failure = "no verdict yet (\(note))"
             } else {
                 failure = "no verdict within --exec-timeout \(RelaySession.seconds(settings.hookTimeout))"
                 out.hookTimedOut.append(wait.ticket)

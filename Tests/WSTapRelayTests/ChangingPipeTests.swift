@@ -439,6 +439,21 @@ import WSTapWire
         #expect(try Self.texts(Array(play.sentToUpstream[c...])) == ["held"])
     }
 
+    /// Half a compressed message at the sender's FIN goes as it came, unless wstap compresses the
+    /// direction itself: then its bytes, which refer to the sender's window, would only fail to inflate
+    /// at the receiver (found by the changing-relay fuzz target), so it is not sent, and said so.
+    @Test func halfACompressedMessageAtFINIsNotSentOnAReencodedDirection() throws {
+        let play = try Self.open(["text:first => replace /first/ \"1st\""], extensions: "permessage-deflate")
+        let deflater = Deflater()
+        let s = play.sentToClient.count
+        play.upstream(Wire.frame(.text, deflater.compressMessage(Array("first message".utf8)), rsv1: true))
+        let second = Wire.frame(.text, deflater.compressMessage(Array("second message, first refers".utf8)), rsv1: true)
+        play.upstream(Array(second.prefix(second.count - 3)))
+        play.handle(.inputClosed(.upstream))
+        #expect(try Self.messages(Array(play.sentToClient[s...])).map(\.1) == ["1st message"])
+        #expect(Self.codes(play).contains("held-not-sent"))
+    }
+
     @Test func aMessageStillHeldWhenTheConnectionGoesIsRecordedAsNeverSent() throws {
         let play = try Self.open(["[wait] text=held => hold"])
         play.client(Wire.text("held", mask: 9))

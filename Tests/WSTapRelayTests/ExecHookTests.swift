@@ -152,7 +152,7 @@ import WSTapWire
         play.client(Wire.text("held", mask: 9))
         play.handle(.inputClosed(.client))
         #expect(try Pipe.texts(Array(play.sentToUpstream[c...])) == ["held"])
-        #expect(Pipe.changes(play).first?.notes.first { $0.contains("no verdict yet when it was") } != nil)
+        #expect(Pipe.changes(play).first?.notes.first { $0.contains("no verdict yet (released early: its sender closed the connection)") } != nil)
 
         let gone = try Self.open(["[wait] from=client => exec hook"])
         gone.client(Wire.text("held", mask: 9))
