@@ -267,25 +267,20 @@ struct ChangingPipe {
         pendingOwn = []
         guard !queue.isEmpty else { return }
         let count = queue.count, bytes = queuedBytes
-        let first = queue.first?.change?.offset ?? offset
+        let first = queue.first.map { $0.hook?.message.start ?? $0.deferred?.message.start ?? $0.change?.offset ?? offset } ?? offset
         while !queue.isEmpty {
             let item = queue.removeFirst()
+            // Undecided: what the rules made of it, which never left.
             if let wait = item.hook {
-                out.record(TapRecord(connection: connection, timestamp: now, body: .change(ChangeRecord(
-                    direction: direction, offset: wait.message.start, rules: wait.outcome.applied.map(\.rule),
-                    actions: wait.outcome.applied.flatMap { $0.actions.map(\.description) }, result: .dropped, sent: [],
-                    heldNanoseconds: now.nanoseconds - item.enqueued.nanoseconds,
-                    notes: ["not sent: the connection ended while hook '\(wait.command)' decided"]))))
+                notSent(wait.outcome, at: wait.message.start, since: item.enqueued, "not sent: the connection ended while hook '\(wait.command)' decided", now: now, into: &out)
                 continue
             }
             if let deferred = item.deferred {
                 // A message no rule matched has no change record; the diagnostic below counts it.
-                guard !deferred.outcome.applied.isEmpty else { continue }
-                out.record(TapRecord(connection: connection, timestamp: now, body: .change(ChangeRecord(
-                    direction: direction, offset: deferred.message.start, rules: deferred.outcome.applied.map(\.rule),
-                    actions: deferred.outcome.applied.flatMap { $0.actions.map(\.description) }, result: .dropped, sent: [],
-                    heldNanoseconds: now.nanoseconds - item.enqueued.nanoseconds,
-                    notes: ["not sent: the connection ended while it waited behind a message a hook decided"]))))
+                if !deferred.outcome.applied.isEmpty {
+                    notSent(deferred.outcome, at: deferred.message.start, since: item.enqueued,
+                            "not sent: the connection ended while it waited behind a message a hook decided", now: now, into: &out)
+                }
                 continue
             }
             guard var change = item.change else { continue }
@@ -297,6 +292,12 @@ struct ChangingPipe {
         }
         queuedBytes = 0
         note(.heldNotSent, at: first, "\(count) held message\(count == 1 ? "" : "s") (\(bytes) bytes) never went on: the connection ended first", now: now, into: &out)
+    }
+
+    private func notSent(_ outcome: RuleOutcome, at start: UInt64, since: Timestamp, _ note: String, now: Timestamp, into out: inout PipeOutput) {
+        out.record(TapRecord(connection: connection, timestamp: now, body: .change(ChangeRecord(
+            direction: direction, offset: start, rules: outcome.applied.map(\.rule), actions: outcome.applied.flatMap { $0.actions.map(\.description) },
+            result: .dropped, sent: [], heldNanoseconds: now.nanoseconds - since.nanoseconds, notes: [note]))))
     }
 
     /// Time passed: queued messages whose time has come go.
