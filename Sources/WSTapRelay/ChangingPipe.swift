@@ -394,7 +394,16 @@ struct ChangingPipe {
         }
         var plain = message.wirePayload
         if message.compressed {
-            switch inflate(message.wirePayload, limit: settings.holdLimit) {
+            let inflated = inflate(message.wirePayload, limit: settings.holdLimit)
+            if case .failed = inflated {} else if !reencoding, let inflater, !inflater.endsOnBlockBoundary {
+                // The receiver is left where the sender is, inside a block: nothing wstap compresses
+                // could follow, so no rule may change this direction from here on.
+                sendInOrder(message.raw, isClose: false, now: now, into: &out)
+                stop(reason: "a compressed message does not end between deflate blocks (RFC 7692 §7.2.1 asks the sender to flush)",
+                     at: message.start, now: now, into: &out)
+                return
+            }
+            switch inflated {
             case .plain(let inflated):
                 plain = inflated
             case .failed:
@@ -738,6 +747,10 @@ struct ChangingPipe {
             transcode([], final: true, into: &out)
         } else if current.compressed {
             keepInflaterInStep([], final: true)
+            if !reencoding, let inflater, !inflater.endsOnBlockBoundary {
+                stop(reason: "a compressed message does not end between deflate blocks (RFC 7692 §7.2.1 asks the sender to flush)",
+                     at: current.start, now: now, into: &out)
+            }
         }
         // The message has left whole: wstap's own messages that waited for it go now.
         let pending = pendingOwn

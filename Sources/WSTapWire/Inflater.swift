@@ -111,6 +111,16 @@ public final class Inflater {
 
     private static let tail: [UInt8] = [0x00, 0x00, 0xFF, 0xFF]
 
+    /// After `finishMessage`: the message left the stream between blocks, as RFC 7692 §7.2.1 asks (its
+    /// sender flushed). A message that did not leaves the stream inside a block, where only its own
+    /// sender's next bytes can go on: a compressor starting afresh cannot follow it.
+    public var endsOnBlockBoundary: Bool {
+        switch state {
+        case .blockHeader, .streamEnded: pending.isEmpty
+        case .stored, .huffman: false
+        }
+    }
+
     /// Drops all context, e.g. after an error, so later messages without back-references can decode.
     public func reset() {
         position = 0

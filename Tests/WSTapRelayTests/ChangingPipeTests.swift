@@ -454,6 +454,20 @@ import WSTapWire
         #expect(Self.codes(play).contains("held-not-sent"))
     }
 
+    /// A compressed message that leaves the stream inside a block (its sender did not flush): nothing
+    /// wstap compressed could follow it at the receiver, so rules stop on that direction and its bytes
+    /// pass as they come (found by the changing-relay fuzz target: a duplicate after such a message did
+    /// not inflate).
+    @Test func aCompressedMessageEndingInsideABlockStopsTheRules() throws {
+        let play = try Self.open(["[two] from=server => duplicate"], extensions: "permessage-deflate")
+        let s = play.sentToClient.count
+        let odd = Wire.frame(.binary, [0x00, 0x0A, 0x00, 0xF5, 0xFF] + Array("abc".utf8), rsv1: true)
+        let next = Wire.frame(.binary, Array("xyz".utf8), rsv1: true)
+        play.upstream(odd + next)
+        #expect(Array(play.sentToClient[s...]) == odd + next)
+        #expect(Self.codes(play).contains("changes-stopped"))
+    }
+
     @Test func aMessageStillHeldWhenTheConnectionGoesIsRecordedAsNeverSent() throws {
         let play = try Self.open(["[wait] text=held => hold"])
         play.client(Wire.text("held", mask: 9))

@@ -175,4 +175,21 @@ import WSTapTestSupport
         // The damage must actually exercise the error paths, not only benign changes.
         #expect(failures > 600)
     }
+
+    /// RFC 7692 §7.2.1: a sender flushes, so each message ends between blocks; one that ends inside a
+    /// stored block still inflates (its tail reads as block data) but leaves the stream mid-block.
+    @Test func saysWhetherAMessageEndedBetweenBlocks() throws {
+        let inflater = Inflater()
+        let flushed = Deflater().compressMessage(Array("hello hello hello".utf8))
+        try flushed.withUnsafeBytes { try inflater.inflate($0) { _ in } }
+        try inflater.finishMessage(resetContext: false) { _ in }
+        #expect(inflater.endsOnBlockBoundary)
+        // A stored block of 10 bytes with only 3 of them: the 4 bytes of tail are 4 more.
+        let unfinished: [UInt8] = [0x00, 0x0A, 0x00, 0xF5, 0xFF] + Array("abc".utf8)
+        var out: [UInt8] = []
+        try unfinished.withUnsafeBytes { try inflater.inflate($0) { out += $0 } }
+        try inflater.finishMessage(resetContext: false) { out += $0 }
+        #expect(out == Array("abc".utf8) + [0x00, 0x00, 0xFF, 0xFF])
+        #expect(!inflater.endsOnBlockBoundary)
+    }
 }
