@@ -876,9 +876,10 @@ struct ChangingPipe {
     }
 
     /// The hook answered (or its shell says it cannot): the message goes as soon as what is queued
-    /// before it has. An answer for a message already gone (it timed out) changes nothing.
+    /// before it has. An answer for a message already gone (it timed out), or a second answer for one
+    /// still waiting behind others, changes nothing: the first verdict holds.
     mutating func hookAnswered(_ ticket: UInt64, _ answer: HookAnswer, now: Timestamp, into out: inout PipeOutput) {
-        guard let index = queue.firstIndex(where: { $0.hook?.ticket == ticket }) else { return }
+        guard let index = queue.firstIndex(where: { $0.hook?.ticket == ticket && $0.hook?.answer == nil }) else { return }
         queue[index].hook!.answer = answer
         queue[index].releaseAt = nil
         release(at: now, into: &out)

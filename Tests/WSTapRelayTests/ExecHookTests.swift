@@ -42,6 +42,7 @@ import WSTapWire
         #expect(play.hookRequests.allSatisfy { $0.command == "hook" && $0.rule == "look" })
         #expect(try Pipe.messages(Array(play.sentToUpstream[c...])).map(\.1) == ["alive?"])
         play.answer(1, .verdict(HookVerdict(.forward)))
+        play.answer(1, .verdict(HookVerdict(.drop)))  // a second verdict: the first holds
         #expect(try Pipe.messages(Array(play.sentToUpstream[c...])).map(\.1) == ["alive?"], "the second waits for the first")
         play.answer(0, .verdict(HookVerdict(.forward)))
         let ping = Wire.frame(.ping, Array("alive?".utf8), mask: 3)
