@@ -157,19 +157,16 @@ final class HookProcess: @unchecked Sendable {
     // MARK: - Requests and verdicts
 
     private func write(_ request: HookRequest, connection: UInt64, answer: @escaping @Sendable (HookAnswer) -> Void) {
-        let writable: Bool
         switch state {
-        case .starting, .running: writable = true
-        case .idle, .waiting, .stopped: writable = false
-        }
-        guard writable else {
+        case .idle, .waiting, .stopped:
             answer(.failed("the hook is not running (it is restarted after a pause)"))
             return
-        }
-        if case .running(_, let channel) = state, !channel.isWritable {
+        case .running(_, let channel) where !channel.isWritable:
             sayOnce("backlog", "is not reading its input fast enough (over \(settings.maxLine) bytes unread); the messages it cannot take \(failureWord)")
             answer(.failed("the hook is not reading its input"))
             return
+        case .starting, .running:
+            break
         }
         nextID += 1
         owed[nextID] = Owed(connection: connection, ticket: request.ticket, answer: answer)

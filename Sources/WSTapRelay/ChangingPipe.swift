@@ -138,21 +138,26 @@ struct ChangingPipe {
         /// Set while an exec hook decides: `bytes` is empty until the verdict is carried out.
         var hook: HookWait?
         /// A message behind one a hook decides: carried out once it reaches the head (`bytes` empty).
-        var deferred: Deferred?
+        var deferred: Undecided?
 
+        /// The message not framed yet, whether a hook decides it or it waits behind one.
+        var undecided: Undecided? { hook?.undecided ?? deferred }
         /// What it counts against --hold-limit.
-        var weight: Int { bytes.count + (hook?.message.raw.count ?? 0) + (deferred?.message.raw.count ?? 0) }
+        var weight: Int { bytes.count + (undecided?.message.raw.count ?? 0) }
+        /// Where it starts in the sender's stream.
+        func start(or fallback: UInt64) -> UInt64 { undecided?.message.start ?? change?.offset ?? fallback }
     }
 
-    /// What the rules made of a message that has to wait for an earlier one's verdict to be framed.
-    private struct Deferred {
+    /// A message the rules have decided on but that is not framed yet: framing waits until everything
+    /// before it is, so a direction compressed by wstap compresses in the order messages leave.
+    private struct Undecided {
         var outcome: RuleOutcome
         var message: MessageInProgress
         var received: MessageRecord
     }
 
     /// A message waits for a hook's verdict, or behind one: later messages are framed only after them.
-    private var decisionPending: Bool { !queue.isEmpty && queue.contains { $0.hook != nil || $0.deferred != nil } }
+    private var decisionPending: Bool { !queue.isEmpty && queue.contains { $0.undecided != nil } }
 
     /// A message handed to an exec hook, waiting in its place in the queue for the verdict.
     private struct HookWait {
@@ -161,9 +166,7 @@ struct ChangingPipe {
         /// The rule whose `exec` asked.
         var rule: String
         /// What the rules made of the message, without the exec.
-        var outcome: RuleOutcome
-        var message: MessageInProgress
-        var received: MessageRecord
+        var undecided: Undecided
         var answer: HookAnswer?
     }
 
@@ -267,12 +270,13 @@ struct ChangingPipe {
         pendingOwn = []
         guard !queue.isEmpty else { return }
         let count = queue.count, bytes = queuedBytes
-        let first = queue.first.map { $0.hook?.message.start ?? $0.deferred?.message.start ?? $0.change?.offset ?? offset } ?? offset
+        let first = queue.first?.start(or: offset) ?? offset
         while !queue.isEmpty {
             let item = queue.removeFirst()
             // Undecided: what the rules made of it, which never left.
             if let wait = item.hook {
-                notSent(wait.outcome, at: wait.message.start, since: item.enqueued, "not sent: the connection ended while hook '\(wait.command)' decided", now: now, into: &out)
+                notSent(wait.undecided.outcome, at: wait.undecided.message.start, since: item.enqueued,
+                        "not sent: the connection ended while hook '\(wait.command)' decided", now: now, into: &out)
                 continue
             }
             if let deferred = item.deferred {
@@ -395,7 +399,8 @@ struct ChangingPipe {
         var plain = message.wirePayload
         if message.compressed {
             let inflated = inflate(message.wirePayload, limit: settings.holdLimit)
-            if case .failed = inflated {} else if !reencoding, let inflater, !inflater.endsOnBlockBoundary {
+            let inflates = if case .failed = inflated { false } else { true }
+            if inflates && !reencoding, let inflater, !inflater.endsOnBlockBoundary {
                 // The receiver is left where the sender is, inside a block: nothing wstap compresses
                 // could follow, so no rule may change this direction from here on.
                 sendInOrder(message.raw, isClose: false, now: now, into: &out)
@@ -496,7 +501,7 @@ struct ChangingPipe {
             // An earlier message waits for a hook: this one is framed after it is, in order, so a
             // direction that the verdict re-encodes compresses its messages in the order they leave.
             enqueue(Queued(bytes: [], isClose: message.opcode == .close, enqueued: now, releaseAt: nil, reason: nil, change: nil,
-                           deferred: Deferred(outcome: outcome, message: message, received: received)), now: now, into: &out)
+                           deferred: Undecided(outcome: outcome, message: message, received: received)), now: now, into: &out)
             return
         }
         var copies = outcome.dropped ? 0 : 1
@@ -561,7 +566,7 @@ struct ChangingPipe {
                     actions: outcome.applied.flatMap { $0.actions.map(\.description) }, result: .aborted, sent: [], heldNanoseconds: held, marks: marks, notes: notes))))
                 out.abort = outcome.applied.last?.rule ?? "abort"
                 return
-            default: break  // refused when the rules were loaded (RuleOptions): not carried out live yet
+            default: break  // edits (already in the payload) and `exec` (asked before this point)
             }
         }
         if closing {
@@ -870,7 +875,7 @@ struct ChangingPipe {
         if asked.opcode == .text { asked.textValidity = UTF8Validator.isValid(asked.payload) ? .valid : .invalid }
         out.hookRequests.append(HookRequest(ticket: ticket, command: command, rule: rule,
                                             record: TapRecord(connection: connection, timestamp: now, body: .message(asked))))
-        let wait = HookWait(ticket: ticket, command: command, rule: rule, outcome: outcome, message: message, received: received)
+        let wait = HookWait(ticket: ticket, command: command, rule: rule, undecided: Undecided(outcome: outcome, message: message, received: received))
         enqueue(Queued(bytes: [], isClose: message.opcode == .close, enqueued: now, releaseAt: now.adding(settings.hookTimeout),
                        reason: "exec", change: nil, hook: wait), now: now, into: &out)
     }
@@ -888,7 +893,7 @@ struct ChangingPipe {
     /// Carries out the hook's verdict (or the failure setting) for a message at the head of the queue.
     /// What queued behind it stays behind whatever the verdict makes of it.
     private mutating func settle(_ wait: HookWait, enqueued: Timestamp, note: String?, now: Timestamp, into out: inout PipeOutput) {
-        var outcome = wait.outcome
+        var outcome = wait.undecided.outcome
         let waited = now.nanoseconds - enqueued.nanoseconds
         let failure: String?
         switch wait.answer {
@@ -926,7 +931,7 @@ struct ChangingPipe {
             }
         }
         inPlace(now: now, into: &out) { pipe, out in
-            pipe.carryOut(outcome, message: wait.message, received: wait.received, held: waited, now: now, into: &out)
+            pipe.carryOut(outcome, message: wait.undecided.message, received: wait.undecided.received, held: waited, now: now, into: &out)
         }
     }
 
@@ -942,8 +947,7 @@ struct ChangingPipe {
             // The verdict closed this direction: what the sender sent after the message may not follow.
             while !behind.isEmpty {
                 let item = behind.removeFirst()
-                let start = item.hook?.message.start ?? item.deferred?.message.start ?? item.change?.offset ?? offset
-                absorb(start, isClose: item.isClose, rule: rule, now: now, into: &out)
+                absorb(item.start(or: offset), isClose: item.isClose, rule: rule, now: now, into: &out)
             }
             return
         }
