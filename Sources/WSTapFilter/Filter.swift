@@ -41,6 +41,19 @@ public struct Filter: Sendable, CustomStringConvertible {
     public func matches(_ subject: inout FilterSubject) -> Bool {
         root.evaluate(&subject)
     }
+
+    /// The filter without its reference counts, for a caller that keeps the filter itself alive
+    /// for as long as it uses this (the rule engine, which tests every rule on every message).
+    public var unretained: UnretainedFilter { UnretainedFilter(root: Unmanaged.passUnretained(root)) }
+}
+
+/// A filter's tree, borrowed: testing it retains nothing. Valid while its `Filter` is kept.
+public struct UnretainedFilter: @unchecked Sendable {
+    let root: Unmanaged<Node>
+
+    public func matches(_ subject: inout FilterSubject) -> Bool {
+        root._withUnsafeGuaranteedRef { $0.evaluate(&subject) }
+    }
 }
 
 /// Where a filter is wrong: the 1-based column in the source and what was expected there.
@@ -86,36 +99,60 @@ public struct ConnectionFacts: Sendable, Equatable {
 
 // MARK: - Syntax tree
 
-indirect enum Node: Sendable {
-    case and([Node])
-    case or([Node])
-    case not(Node)
-    case test(Test)
+/// A node of the syntax tree. A class with one shape for every kind, so that evaluating walks
+/// references without copying arrays and enum payloads out of boxes for each message.
+final class Node: @unchecked Sendable {  // immutable once built; `walk` only refers to what `children` and `test` own
+    enum Kind { case and, or, not, test }
+
+    let kind: Kind
+    /// The operands of `and` and `or`, or the one node `not` negates.
+    let children: [Node]
+    /// Set for `test`.
+    let test: Test?
+    /// `children` and `test` unretained, for `evaluate`: the tree is immutable and outlives every
+    /// evaluation, so walking it need not retain and release each node it visits (a proxy evaluates
+    /// every rule's condition on every message; that counting was most of the cost of a rule that
+    /// matches nothing).
+    private let walk: [Unmanaged<Node>]
+    private let leaf: Unmanaged<Test>?
+
+    private init(_ kind: Kind, children: [Node] = [], test: Test? = nil) {
+        self.kind = kind
+        self.children = children
+        self.test = test
+        walk = children.map { Unmanaged.passUnretained($0) }
+        leaf = test.map { Unmanaged.passUnretained($0) }
+    }
+
+    static func and(_ nodes: [Node]) -> Node { Node(.and, children: nodes) }
+    static func or(_ nodes: [Node]) -> Node { Node(.or, children: nodes) }
+    static func not(_ node: Node) -> Node { Node(.not, children: [node]) }
+    static func test(_ test: Test) -> Node { Node(.test, test: test) }
 
     func evaluate(_ subject: inout FilterSubject) -> Bool {
-        switch self {
-        case .and(let nodes): return nodes.allSatisfy { $0.evaluate(&subject) }
-        case .or(let nodes): return nodes.contains { $0.evaluate(&subject) }
-        case .not(let node): return !node.evaluate(&subject)
-        case .test(let test): return test.evaluate(&subject)
+        switch kind {
+        case .test:
+            return leaf.unsafelyUnwrapped._withUnsafeGuaranteedRef { $0.evaluate(&subject) }
+        case .not:
+            return !walk[0]._withUnsafeGuaranteedRef { $0.evaluate(&subject) }
+        case .and:
+            for child in walk where !child._withUnsafeGuaranteedRef({ $0.evaluate(&subject) }) { return false }
+            return true
+        case .or:
+            for child in walk where child._withUnsafeGuaranteedRef({ $0.evaluate(&subject) }) { return true }
+            return false
         }
     }
 
     func mentions(_ field: (Field) -> Bool) -> Bool {
-        switch self {
-        case .and(let nodes), .or(let nodes): nodes.contains { $0.mentions(field) }
-        case .not(let node): node.mentions(field)
-        case .test(let test): field(test.field)
-        }
+        if let test { return field(test.field) }
+        return children.contains { $0.mentions(field) }
     }
 
     /// Relative cost of evaluating: ANDs run their cheap children first.
     var cost: Int {
-        switch self {
-        case .and(let nodes), .or(let nodes): nodes.reduce(0) { $0 + $1.cost }
-        case .not(let node): node.cost
-        case .test(let test): test.cost
-        }
+        if let test { return test.cost }
+        return children.reduce(0) { $0 + $1.cost }
     }
 }
 
@@ -248,10 +285,26 @@ enum Operand: Sendable {
     case json(JSONValue)
 }
 
-struct Test: Sendable {
+/// One comparison of a filter. A class, so that evaluating a tree of them copies a reference, not
+/// each test's field, operand and strings (a proxy tests every rule's condition on every message).
+final class Test: Sendable {
     let field: Field
+    let kind: Field.Kind
     let op: Operator
     let operand: Operand
+    /// `text:word`: the word's UTF-8, searched for in a text message's bytes (made once, not per message).
+    let textNeedle: [UInt8]?
+    /// `op=…`: compared as the opcode number.
+    let isOpcode: Bool
+
+    init(field: Field, op: Operator, operand: Operand) {
+        self.field = field
+        kind = field.kind
+        self.op = op
+        self.operand = operand
+        isOpcode = field == .op
+        if field == .text, op == .contains, case .text(let word) = operand { textNeedle = Array(word.utf8) } else { textNeedle = nil }
+    }
 
     var cost: Int {
         switch (field, operand) {

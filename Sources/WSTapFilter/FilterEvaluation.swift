@@ -1,8 +1,16 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import WSTapDissect
 import WSTapWire
 
 /// A compiled regular expression of a filter (`/.../`, `/.../i`).
-struct FilterRegex: @unchecked Sendable {
+///
+/// A class: `Regex` comes from a library with resilient layout, and a struct holding it would give
+/// `Operand` (and every switch over it, on every message) an unknown size and runtime-dispatched copies.
+final class FilterRegex: @unchecked Sendable {
     // @unchecked: Regex is immutable once built; matching does not change it.
     let regex: Regex<AnyRegexOutput>
     let pattern: String
@@ -17,93 +25,128 @@ struct FilterRegex: @unchecked Sendable {
 }
 
 /// One record as a filter sees it: each field's value, or nil where the record has no such field
-/// (a comparison with a missing field is false; `not` makes it true). Text and JSON are worked out
-/// once, on first use.
+/// (a comparison with a missing field is false; `not` makes it true). The record's fields are taken
+/// out once, when the subject is made, so that testing many conditions (ten rules on every message)
+/// does not copy the record again for each; text and JSON are worked out once, on first use.
 public struct FilterSubject {
-    let record: TapRecord
-    let connection: ConnectionFacts?
+    private let connectionID: UInt64
+    private let type: StaticString
+    private let direction: Direction?
+    /// The record's own connection facts (`open`, `http`), else the connection's.
+    private let facts: ConnectionFacts?
+    /// A message's fields (nil for other records), copied out of the record once.
+    private let message: MessageFields?
+    /// Set for frame records.
+    private let frame: FrameHeader?
+    private let diagnostic: String?
     private var decodedText: String??
     private var parsedJSON: JSONValue??
 
+    private struct MessageFields {
+        let opcode: Opcode
+        let length: UInt64
+        let wireLength: UInt64
+        let frames: Int
+        let compressed: Bool
+        let inflateFailed: Bool
+        let truncated: Bool
+        let closeCode: UInt16?
+        let closeReason: String?
+        let payload: [UInt8]
+
+        init(_ m: MessageRecord) {
+            opcode = m.opcode
+            length = m.length
+            wireLength = m.wireLength
+            frames = m.frames
+            compressed = m.compressed
+            inflateFailed = m.inflateFailed
+            truncated = m.truncated
+            closeCode = m.closeCode
+            closeReason = m.closeReason
+            payload = m.payload
+        }
+    }
+
     public init(record: TapRecord, connection: ConnectionFacts?) {
-        self.record = record
-        self.connection = connection
+        connectionID = record.connection
+        var facts = connection
+        var direction: Direction?
+        var message: MessageFields?
+        var frame: FrameHeader?
+        var diagnostic: String?
+        switch record.body {
+        case .open(let open): type = "open"; facts = ConnectionFacts(open)
+        case .http(let exchange): type = "http"; facts = exchange.url.map { ConnectionFacts(url: $0, subprotocol: nil) }
+        case .frame(let f): type = "frame"; direction = f.direction; frame = f.header
+        case .message(let m): type = "message"; direction = m.direction; message = MessageFields(m)
+        case .diagnostic(let d): type = "diagnostic"; direction = d.direction; diagnostic = d.code.rawValue
+        case .end: type = "end"
+        case .gap(let g): type = "gap"; direction = g.direction
+        case .change(let c): type = "change"; direction = c.direction
+        }
+        self.facts = facts
+        self.direction = direction
+        self.message = message
+        self.frame = frame
+        self.diagnostic = diagnostic
+    }
+
+    /// A message that is not wrapped in a record yet (the rule engine, for every message a proxy relays).
+    public init(message: MessageRecord, connectionID: UInt64, connection: ConnectionFacts?) {
+        self.connectionID = connectionID
+        type = "message"
+        direction = message.direction
+        facts = connection
+        self.message = MessageFields(message)
+        frame = nil
+        diagnostic = nil
     }
 
     static let opcodeNames: [String: Int] = ["cont": 0, "continuation": 0, "text": 1, "binary": 2, "close": 8, "ping": 9, "pong": 10]
 
-    var type: String {
-        switch record.body {
-        case .open: "open"
-        case .http: "http"
-        case .frame: "frame"
-        case .message: "message"
-        case .diagnostic: "diagnostic"
-        case .end: "end"
-        case .gap: "gap"
-        case .change: "change"
-        }
-    }
-
-    var direction: Direction? {
-        switch record.body {
-        case .frame(let f): f.direction
-        case .message(let m): m.direction
-        case .diagnostic(let d): d.direction
-        case .gap(let g): g.direction
-        case .change(let c): c.direction
-        default: nil
-        }
-    }
-
-    /// The connection's own facts: from the record itself for `open`, else from the connection.
-    var facts: ConnectionFacts? {
-        switch record.body {
-        case .open(let open): ConnectionFacts(open)
-        case .http(let exchange): exchange.url.map { ConnectionFacts(url: $0, subprotocol: nil) }
-        default: connection
-        }
-    }
-
     func number(_ field: Field) -> Double? {
-        switch (field, record.body) {
-        case (.conn, _): Double(record.connection)
-        case (.len, .message(let m)): Double(m.length)
-        case (.len, .frame(let f)), (.wire, .frame(let f)): Double(f.header.payloadLength)
-        case (.wire, .message(let m)): Double(m.wireLength)
-        case (.frames, .message(let m)): Double(m.frames)
-        case (.code, .message(let m)): m.closeCode.map(Double.init)
-        case (.op, .message(let m)): Double(m.opcode.rawValue)
-        case (.op, .frame(let f)): Double(f.header.opcode.rawValue)
+        switch field {
+        case .conn: Double(connectionID)
+        case .len: if let length = message?.length { Double(length) } else { frame.map { Double($0.payloadLength) } }
+        case .wire: if let length = message?.wireLength { Double(length) } else { frame.map { Double($0.payloadLength) } }
+        case .frames: message.map { Double($0.frames) }
+        case .code: message?.closeCode.map(Double.init)
+        case .op: if let opcode = message?.opcode { Double(opcode.rawValue) } else { frame.map { Double($0.opcode.rawValue) } }
         default: nil
         }
     }
 
     func boolean(_ field: Field) -> Bool? {
-        switch (field, record.body) {
-        case (.compressed, .message(let m)): m.compressed
-        case (.compressed, .frame(let f)): f.header.rsv1
-        case (.masked, .frame(let f)): f.header.masked
-        case (.fin, .frame(let f)): f.header.fin
+        switch field {
+        case .compressed: message?.compressed ?? frame?.rsv1
+        case .masked: frame?.masked
+        case .fin: frame?.fin
         default: nil
         }
     }
 
     /// The payload: a message's (inflated) bytes as recorded, up to --max-payload.
     var payload: [UInt8]? {
-        guard case .message(let m) = record.body, !m.opcode.isControl || m.opcode == .ping || m.opcode == .pong else { return nil }
-        return m.payload
+        guard let message, !message.opcode.isControl || message.opcode == .ping || message.opcode == .pong else { return nil }
+        return message.payload
+    }
+
+    /// Whether a text message's bytes hold `needle`; nil for anything else (the caller decodes).
+    func textContains(_ needle: [UInt8]) -> Bool? {
+        guard let message, message.opcode == .text, !message.inflateFailed else { return nil }
+        return Test.contains(message.payload, needle)
     }
 
     /// Text messages as text; binary ones too when their bytes are UTF-8 (JSON sent as binary).
     mutating func text() -> String? {
         if let decoded = decodedText { return decoded }
         var value: String?
-        if case .message(let m) = record.body, !m.inflateFailed {
-            if m.opcode == .text {
-                value = String(decoding: m.payload, as: UTF8.self)
-            } else if m.opcode == .binary || m.opcode == .continuation || m.opcode == .ping || m.opcode == .pong {
-                value = String(validating: m.payload, as: UTF8.self)
+        if let message, !message.inflateFailed {
+            switch message.opcode {
+            case .text: value = String(decoding: message.payload, as: UTF8.self)
+            case .binary, .continuation, .ping, .pong: value = String(validating: message.payload, as: UTF8.self)
+            default: break
             }
         }
         decodedText = .some(value)
@@ -113,8 +156,8 @@ public struct FilterSubject {
     mutating func json() -> JSONValue? {
         if let parsed = parsedJSON { return parsed }
         var value: JSONValue?
-        if case .message(let m) = record.body, !m.inflateFailed, !m.truncated, m.opcode == .text || m.opcode == .binary {
-            value = JSONValue.parse(m.payload)
+        if let message, !message.inflateFailed, !message.truncated, message.opcode == .text || message.opcode == .binary {
+            value = JSONValue.parse(message.payload)
         }
         parsedJSON = .some(value)
         return value
@@ -122,15 +165,15 @@ public struct FilterSubject {
 
     mutating func string(_ field: Field) -> String? {
         switch field {
-        case .type: type
+        case .type: type.description
         case .from: direction?.sender
         case .text: text()
-        case .reason: if case .message(let m) = record.body { m.closeReason } else { nil }
+        case .reason: message?.closeReason
         case .url: facts?.url
         case .host: facts?.host
         case .path: facts?.path
         case .sub: facts?.subprotocol
-        case .diag: if case .diagnostic(let d) = record.body { d.code.rawValue } else { nil }
+        case .diag: diagnostic
         default: nil
         }
     }
@@ -138,7 +181,7 @@ public struct FilterSubject {
 
 extension Test {
     func evaluate(_ subject: inout FilterSubject) -> Bool {
-        switch field.kind {
+        switch kind {
         case .number:
             guard let value = subject.number(field) else { return false }
             if op == .exists { return true }
@@ -163,13 +206,10 @@ extension Test {
             default: return false
             }
         case .text:
-            if field == .op { return opTest(subject) }
+            if isOpcode { return opTest(subject) }
             // `text:word` on a text message: a byte search, without making a String of the payload
             // (UTF-8 is self-synchronising, so a match starts and ends on character boundaries).
-            if field == .text, op == .contains, case .text(let needle) = operand, case .message(let m) = subject.record.body,
-               m.opcode == .text, !m.inflateFailed {
-                return Self.contains(m.payload, Array(needle.utf8))
-            }
+            if let needle = textNeedle, let found = subject.textContains(needle) { return found }
             guard let value = subject.string(field) else { return false }
             return Self.compareText(value, op, operand)
         case .json:
@@ -222,10 +262,20 @@ extension Test {
     static func contains(_ haystack: [UInt8], _ needle: [UInt8]) -> Bool {
         guard !needle.isEmpty else { return true }
         guard haystack.count >= needle.count else { return false }
-        for start in 0...(haystack.count - needle.count) where haystack[start] == needle[0] {
-            if haystack[start..<(start + needle.count)].elementsEqual(needle) { return true }
+        // memchr for the first byte, memcmp for the rest: libc's vectorised scans (glibc's memmem is
+        // not in Swift's Glibc module).
+        return haystack.withUnsafeBytes { h in
+            needle.withUnsafeBytes { n in
+                var from = h.baseAddress!
+                let last = h.baseAddress! + (h.count - n.count)  // the last place a match can start
+                while from <= last {
+                    guard let hit = memchr(from, Int32(n[0]), last - from + 1) else { return false }
+                    if memcmp(hit, n.baseAddress!, n.count) == 0 { return true }
+                    from = UnsafeRawPointer(hit) + 1
+                }
+                return false
+            }
         }
-        return false
     }
 
     static func lookup(_ root: JSONValue, _ path: [JSONPathStep]) -> JSONValue? {
