@@ -1,3 +1,8 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import WSTapDissect
 import WSTapFilter
 import WSTapWire
@@ -35,51 +40,93 @@ public struct RuleOutcome: Sendable {
 
 /// Applies rules to messages (see `Rule` for the order). Probabilities draw from the generator the
 /// caller passes, so tests and `rules test` are reproducible.
-public struct RuleEngine: Sendable {
+public struct RuleEngine: @unchecked Sendable {  // `walk` only refers to what `matchers` owns
     public let rules: [Rule]
-    /// Each `replace` pattern compiled once, not per message; a pattern that is plain text (and a
-    /// replacement without `$`) is replaced as bytes, which is far cheaper than a regex engine.
-    private let patterns: [String: Pattern]
+    /// What each rule's test needs, one reference per rule: a proxy tests every rule on every message,
+    /// and walking `rules` itself would copy each `Rule` (its strings, condition and actions) every time.
+    private let matchers: [Matcher]
+    /// `matchers` unretained: the engine owns them and outlives every `apply`, so testing a rule need
+    /// not retain and release it.
+    private let walk: [Unmanaged<Matcher>]
+    private final class Matcher: Sendable {
+        /// Owns the condition that `test` borrows.
+        let condition: Filter?
+        let test: UnretainedFilter?
+        /// The rule acts on pings, pongs and closes too (its condition names the opcode or a close field).
+        let controlToo: Bool
+        let probability: Double?
+        /// For each of the rule's actions, its `replace` compiled (nil for other actions).
+        let replacements: [Replacement?]
 
-    struct Pattern: @unchecked Sendable {  // Regex is immutable once built
+        init(_ rule: Rule) {
+            condition = rule.condition
+            test = rule.condition?.unretained
+            controlToo = rule.condition?.namesControlFields ?? false
+            probability = rule.probability
+            replacements = rule.actions.map { action in
+                guard case .replace(let pattern, let template) = action else { return nil }
+                return Replacement(pattern: pattern, template: template)
+            }
+        }
+    }
+
+    /// A `replace` compiled once, not per message; a pattern that is plain text with a replacement
+    /// without `$` is replaced as bytes, far cheaper than a regex engine. A class: `Regex` has a
+    /// resilient layout, which would make every copy of a struct holding it a runtime call.
+    final class Replacement: @unchecked Sendable {  // immutable once built; Regex is immutable
         /// Set when the pattern has no regex metacharacters: its UTF-8 bytes.
-        var literal: [UInt8]?
+        let literal: [UInt8]?
+        /// Set with `literal` when the template has no `$`: what replaces each occurrence.
+        let literalTemplate: [UInt8]?
         /// Nil when the pattern does not compile.
-        var regex: Regex<AnyRegexOutput>?
+        let regex: Regex<AnyRegexOutput>?
+
+        init(pattern: String, template: String) {
+            let plain = !pattern.isEmpty && !pattern.contains(where: { "\\^$.|?*+()[]{}".contains($0) })
+            literal = plain ? Array(pattern.utf8) : nil
+            literalTemplate = plain && !template.contains("$") ? Array(template.utf8) : nil
+            regex = try? Regex(pattern)
+        }
     }
 
     public init(rules: [Rule]) {
         self.rules = rules
-        var patterns: [String: Pattern] = [:]
-        for rule in rules {
-            for case .replace(let pattern, _) in rule.actions where patterns[pattern] == nil {
-                let plain = !pattern.isEmpty && !pattern.contains(where: { "\\^$.|?*+()[]{}".contains($0) })
-                patterns[pattern] = Pattern(literal: plain ? Array(pattern.utf8) : nil, regex: try? Regex(pattern))
-            }
-        }
-        self.patterns = patterns
+        matchers = rules.map(Matcher.init)
+        walk = matchers.map { Unmanaged.passUnretained($0) }
     }
 
     public func apply(to record: TapRecord, connection: ConnectionFacts?, random: () -> Double) -> RuleOutcome {
-        guard case .message(var message) = record.body else { return RuleOutcome(payload: []) }
+        guard case .message(let message) = record.body else { return RuleOutcome(payload: []) }
+        return apply(to: message, connectionID: record.connection, connection: connection, random: random)
+    }
+
+    /// The same for a message not wrapped in a record: what a proxy does for every message it relays.
+    public func apply(to message: MessageRecord, connectionID: UInt64, connection: ConnectionFacts?, random: () -> Double) -> RuleOutcome {
+        var message = message
         var outcome = RuleOutcome(payload: message.payload)
-        var current = record
         let control = message.opcode.isControl
         // One subject for every condition while no rule has edited the message: its text and JSON
         // are worked out once, not once per rule.
-        var subject = FilterSubject(record: current, connection: connection)
-        for rule in rules {
+        var subject = FilterSubject(message: message, connectionID: connectionID, connection: connection)
+        for index in matchers.indices {
             // Pings, pongs and closes only for rules that name them (op=ping, code=1000): `from=server`
             // means the server's messages, not its keep-alives.
-            if control && !(rule.condition?.namesControlFields ?? false) { continue }
-            if let condition = rule.condition, !condition.matches(&subject) { continue }
-            if let p = rule.probability, random() >= p { continue }
+            let applies = walk[index]._withUnsafeGuaranteedRef { matcher in
+                if control && !matcher.controlToo { return false }
+                if let test = matcher.test, !test.matches(&subject) { return false }
+                if let p = matcher.probability, random() >= p { return false }
+                return true
+            }
+            guard applies else { continue }
+            let rule = rules[index]
             var appliedActions: [RuleAction] = []
             let before = outcome.payload
             var final = false
-            for action in rule.actions {
+            let replacements = matchers[index].replacements
+            for (position, action) in rule.actions.enumerated() {
                 appliedActions.append(action)
-                switch edit(action, payload: outcome.payload, opcode: message.opcode) {
+                switch edit(action, replacement: replacements[position], payload: outcome.payload, opcode: message.opcode,
+                            validText: !outcome.edited && message.textValidity == .valid) {
                 case .changed(let payload):
                     outcome.payload = payload
                     outcome.edited = true
@@ -99,8 +146,7 @@ public struct RuleEngine: Sendable {
                 message.payload = outcome.payload
                 message.length = UInt64(outcome.payload.count)
                 message.textValidity = .unchecked
-                current.body = .message(message)
-                subject = FilterSubject(record: current, connection: connection)
+                subject = FilterSubject(message: message, connectionID: connectionID, connection: connection)
             }
         }
         return outcome
@@ -113,21 +159,21 @@ public struct RuleEngine: Sendable {
         case notAnEdit
     }
 
-    func edit(_ action: RuleAction, payload: [UInt8], opcode: Opcode) -> Edit {
+    /// - Parameter validText: the payload is known to be UTF-8 (the relay checked it on the way in).
+    /// - Parameter replacement: the action compiled, for `replace`.
+    func edit(_ action: RuleAction, replacement: Replacement?, payload: [UInt8], opcode: Opcode, validText: Bool = false) -> Edit {
         switch action {
         case .replace(let pattern, let template):
-            guard opcode == .text, UTF8Validator.isValid(payload) else { return .skipped("not a text message") }
-            let compiled = patterns[pattern] ?? Pattern(literal: nil, regex: try? Regex(pattern))
-            if let literal = compiled.literal, !template.contains("$") {
+            guard opcode == .text, validText || UTF8Validator.isValid(payload) else { return .skipped("not a text message") }
+            let compiled = replacement ?? Replacement(pattern: pattern, template: template)
+            if let literal = compiled.literal, let with = compiled.literalTemplate {
                 // UTF-8 is self-synchronising: a valid sequence only matches at character boundaries.
-                let replaced = Self.replace(payload, literal, Array(template.utf8))
-                return replaced == payload ? .unchanged : .changed(replaced)
+                return Self.replace(payload, literal, with).map(Edit.changed) ?? .unchanged
             }
             guard let regex = compiled.regex else { return .skipped("bad regular expression") }
             return Self.edit(payload, regex, template)
         case .replaceBytes(let from, let to):
-            let replaced = Self.replace(payload, from, to)
-            return replaced == payload ? .unchanged : .changed(replaced)
+            return Self.replace(payload, from, to).map(Edit.changed) ?? .unchanged
         case .setJSON(let path, let value):
             guard opcode == .text || opcode == .binary, let root = JSONValue.parse(payload) else { return .skipped("not JSON") }
             guard let jsonPath = try? JSONPath(parsing: path), let updated = jsonPath.setting(value, in: root) else {
@@ -181,20 +227,30 @@ public struct RuleEngine: Sendable {
         return out
     }
 
-    static func replace(_ bytes: [UInt8], _ from: [UInt8], _ to: [UInt8]) -> [UInt8] {
-        guard !from.isEmpty, bytes.count >= from.count else { return bytes }
-        var out: [UInt8] = []
-        out.reserveCapacity(bytes.count)
-        var i = 0
-        while i < bytes.count {
-            if i + from.count <= bytes.count, bytes[i] == from[0], bytes[i..<(i + from.count)].elementsEqual(from) {
-                out += to
-                i += from.count
-            } else {
-                out.append(bytes[i])
-                i += 1
+    /// Every occurrence of `from` replaced by `to`; nil when nothing changes (no occurrence, or `to` is `from`).
+    static func replace(_ bytes: [UInt8], _ from: [UInt8], _ to: [UInt8]) -> [UInt8]? {
+        guard !from.isEmpty, bytes.count >= from.count, from != to else { return nil }
+        return bytes.withUnsafeBytes { haystack -> [UInt8]? in
+            from.withUnsafeBytes { needle -> [UInt8]? in
+                // memchr for each candidate's first byte, memcmp for the rest; the output is made at the first match.
+                var out: [UInt8]?
+                var copied = 0  // bytes of `haystack` already in `out`
+                var at = 0
+                let last = haystack.count - needle.count
+                while at <= last {
+                    guard let hit = memchr(haystack.baseAddress! + at, Int32(needle[0]), last - at + 1) else { break }
+                    let position = UnsafeRawPointer(hit) - haystack.baseAddress!
+                    guard memcmp(hit, needle.baseAddress!, needle.count) == 0 else { at = position + 1; continue }
+                    if out == nil { out = []; out!.reserveCapacity(bytes.count + max(0, to.count - from.count) * 4) }
+                    out!.append(contentsOf: haystack[copied..<position])
+                    out!.append(contentsOf: to)
+                    at = position + needle.count
+                    copied = at
+                }
+                guard var result = out else { return nil }
+                result.append(contentsOf: haystack[copied...])
+                return result
             }
         }
-        return out
     }
 }

@@ -36,6 +36,26 @@ func text(_ outcome: RuleOutcome) -> String { String(decoding: outcome.payload, 
         #expect(try outcome([#"* => replace /ab/ "x""#], message("ab", opcode: .binary)).skipped.count == 1)
     }
 
+    /// The byte replacement (memchr and memcmp) against the standard library's `replacing` on every
+    /// string of up to seven a/b letters: non-overlapping, left to right, at both ends.
+    @Test func aPlainPatternIsReplacedAsTheStandardLibraryReplacesIt() throws {
+        let patterns = ["a", "ab", "aa", "bab", "abba"], templates = ["", "x", "aa", "ab"]
+        let inputs = (0...7).flatMap { length in
+            (0..<(1 << length)).map { bits in String((0..<length).map { bits >> $0 & 1 == 0 ? "a" : "b" }) }
+        }
+        for pattern in patterns {
+            for template in templates {
+                let engine = RuleEngine(rules: [try RuleParser.parse("* => replace /\(pattern)/ \"\(template)\"")])
+                for input in inputs {
+                    let o = engine.apply(to: message(input), connection: nil) { 0 }
+                    let expected = input.replacing(pattern, with: template)
+                    #expect(text(o) == expected, "\(input) /\(pattern)/ \(template)")
+                    #expect(o.edited == (expected != input), "\(input) /\(pattern)/ \(template)")
+                }
+            }
+        }
+    }
+
     @Test func replaceBytesWorksOnAnyPayload() throws {
         let o = try outcome(["* => replace-bytes hex:6162 hex:ff"], message("abcab", opcode: .binary))
         #expect(o.payload == [0xFF, 0x63, 0xFF] && o.edited)
