@@ -201,40 +201,95 @@ struct ChangingPipe {
     }
 
     private mutating func parse(_ buffer: ByteBuffer, at now: Timestamp, into out: inout PipeOutput) {
-        buffer.withUnsafeReadableBytes { raw in
-            var index = 0
-            // After an abort nothing more goes anywhere: the connections are being reset.
-            while !stopped && out.abort == nil {
-                if !parser.isInsideFrame { frameStart = offset }
-                let before = index
-                // nil once the read is used up; a frame end still owed comes before that.
-                guard let event = parser.next(raw, index: &index) else {
-                    offset += UInt64(index - before)
-                    // The start of a header the next read completes: kept, in case the sender stops here.
-                    if frame == nil && index > before { partialHeader.append(contentsOf: raw[before..<index]) }
-                    break
-                }
+        // A method, not the closure's body: inside a closure that captures `self` every call of a
+        // non-mutating method would copy the whole pipe.
+        buffer.withUnsafeReadableBytes { raw in parse(raw, of: buffer, at: now, into: &out) }
+    }
+
+    private mutating func parse(_ raw: UnsafeRawBufferPointer, of buffer: ByteBuffer, at now: Timestamp, into out: inout PipeOutput) {
+        var index = 0
+        // Bytes of this read that leave as they came (messages no rule touched), not copied yet:
+        // they go as one slice of the read, before anything else is sent.
+        var untouched: Range<Int>?
+        func sendUntouched() {
+            guard let range = untouched else { return }
+            untouched = nil
+            out.send(buffer.getSlice(at: buffer.readerIndex + range.lowerBound, length: range.count)!)
+        }
+        // After an abort nothing more goes anywhere: the connections are being reset.
+        while !stopped && out.abort == nil {
+            let headerStartsHere = !parser.isInsideFrame
+            if headerStartsHere { frameStart = offset }
+            let before = index
+            // nil once the read is used up; a frame end still owed comes before that.
+            guard let event = parser.next(raw, index: &index) else {
                 offset += UInt64(index - before)
-                switch event {
-                case .header(let header):
-                    partialHeader.removeAll()
-                    if let reason = violation(header) {
-                        stop(reason: reason, at: frameStart, now: now, into: &out)
-                        out.send(header.encoded())
-                    } else {
-                        began(header, at: frameStart, now: now, into: &out)
-                    }
-                case .payload(let range, let offsetInPayload):
-                    payload(UnsafeRawBufferPointer(rebasing: raw[range]), at: offsetInPayload, now: now, into: &out)
-                case .frameEnd:
-                    frameEnded(now: now, into: &out)
-                }
+                // The start of a header the next read completes: kept, in case the sender stops here.
+                if frame == nil && index > before { partialHeader.append(contentsOf: raw[before..<index]) }
+                break
             }
-            if stopped && index < raw.count {
-                out.send(UnsafeRawBufferPointer(rebasing: raw[index...]))
-                offset += UInt64(raw.count - index)
+            offset += UInt64(index - before)
+            if case .header(let header) = event, headerStartsHere, canTakeWhole(header), raw.count - index >= Int(header.payloadLength) {
+                // The usual case: a one-frame message, whole in this read. Decided on in place.
+                let payloadStart = index
+                while let next = parser.next(raw, index: &index), next != .frameEnd {}
+                offset += UInt64(index - payloadStart)
+                let frameBytes = UnsafeRawBufferPointer(rebasing: raw[before..<index])
+                let payloadBytes = UnsafeRawBufferPointer(rebasing: raw[payloadStart..<index])
+                if let decided = decideWhole(header, payload: payloadBytes, now: now) {
+                    sendUntouched()
+                    let message = MessageInProgress(start: frameStart, opcode: header.opcode, compressed: false, masked: header.masked,
+                                                    raw: Array(frameBytes), wirePayload: decided.received.payload, fragmentSizes: [payloadBytes.count])
+                    carryOut(decided.outcome, message: message, received: decided.received, now: now, into: &out)
+                } else {
+                    untouched = (untouched?.lowerBound ?? before)..<index
+                }
+                continue
+            }
+            sendUntouched()
+            switch event {
+            case .header(let header):
+                partialHeader.removeAll()
+                if let reason = violation(header) {
+                    stop(reason: reason, at: frameStart, now: now, into: &out)
+                    out.send(header.encoded())
+                } else {
+                    began(header, at: frameStart, now: now, into: &out)
+                }
+            case .payload(let range, let offsetInPayload):
+                payload(UnsafeRawBufferPointer(rebasing: raw[range]), at: offsetInPayload, now: now, into: &out)
+            case .frameEnd:
+                frameEnded(now: now, into: &out)
             }
         }
+        sendUntouched()
+        if stopped && index < raw.count {
+            out.send(UnsafeRawBufferPointer(rebasing: raw[index...]))
+            offset += UInt64(raw.count - index)
+        }
+    }
+
+    /// Whether a frame whose header was just read can be decided on in place once it is whole in the
+    /// read: an uncompressed one-frame data message, with nothing held or half-read before it (so it
+    /// would be sent at once), within --hold-limit. Everything else goes the long way, frame by frame.
+    private func canTakeWhole(_ header: FrameHeader) -> Bool {
+        header.fin && !header.rsv1 && !header.rsv2 && !header.rsv3 && (header.opcode == .text || header.opcode == .binary)
+            && message == nil && frame == nil && queue.isEmpty && ownClose == nil && pendingOwn.isEmpty
+            && header.payloadLength <= UInt64(settings.holdLimit)
+    }
+
+    /// The rules' decision on a whole one-frame message; nil when no rule applies, so its bytes go as they came.
+    private func decideWhole(_ header: FrameHeader, payload bytes: UnsafeRawBufferPointer, now: Timestamp) -> (outcome: RuleOutcome, received: MessageRecord)? {
+        var payload = Array(bytes)
+        if let key = header.maskKey {
+            payload.withUnsafeMutableBytes { Masking.apply(key: key, offset: 0, to: $0) }
+        }
+        let received = MessageRecord(direction: direction, opcode: header.opcode, frames: 1, wireLength: UInt64(payload.count),
+                                     length: UInt64(payload.count), compressed: false, payload: payload, truncated: false,
+                                     closeCode: nil, closeReason: nil, inflateFailed: false, incomplete: false, offset: frameStart,
+                                     textValidity: header.opcode == .text ? (UTF8Validator.isValid(payload) ? .valid : .invalid) : .unchecked)
+        let outcome = decide(received, now: now)
+        return outcome.applied.isEmpty ? nil : (outcome, received)
     }
 
     /// The sender closed its side: what is held goes now, and what was half-read goes as it came.
@@ -477,9 +532,8 @@ struct ChangingPipe {
     private func decide(_ message: MessageRecord, now: Timestamp) -> RuleOutcome {
         let engine = settings.rules.engine
         guard !engine.rules.isEmpty else { return RuleOutcome(payload: message.payload) }
-        let record = TapRecord(connection: connection, timestamp: now, body: .message(message))
         let random = settings.random
-        return engine.apply(to: record, connection: facts) { Double(random() >> 11) / Double(1 << 53) }
+        return engine.apply(to: message, connectionID: connection, connection: facts) { Double(random() >> 11) / Double(1 << 53) }
     }
 
     /// Sends what the rules made of a message (or queues it), with the record that says so first.
@@ -1139,5 +1193,10 @@ struct PipeOutput {
 
     mutating func send(_ raw: UnsafeRawBufferPointer) { if abort == nil { bytes.writeBytes(raw) } }
     mutating func send(_ raw: [UInt8]) { if abort == nil { bytes.writeBytes(raw) } }
+    /// A slice of a read: becomes the output itself when nothing else was sent (no copy).
+    mutating func send(_ slice: ByteBuffer) {
+        guard abort == nil else { return }
+        if bytes.readableBytes == 0 { bytes = slice } else { bytes.writeImmutableBuffer(slice) }
+    }
     mutating func record(_ record: TapRecord) { records.append(record) }
 }

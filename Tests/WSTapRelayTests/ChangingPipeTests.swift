@@ -114,6 +114,26 @@ import WSTapWire
         #expect(Self.changes(play).isEmpty)
     }
 
+    /// A read of whole messages no rule touches leaves as that read itself (no copy); where a rule
+    /// edits one in the middle, what is before and after it still leaves as it came, in order.
+    @Test func untouchedMessagesOfAReadLeaveAsTheReadItselfAroundAnEditedOne() throws {
+        let play = try Self.open(["[edit] text:edit-me => replace /edit-me/ \"edited\""])
+        let untouched = Wire.text("one", mask: 0x0102_0304) + Wire.frame(.binary, [1, 2, 3], mask: 0x0506_0708) + Wire.text("two", mask: 0x1111_2222)
+        let read = ByteBuffer(bytes: untouched)
+        let sent = play.handle(.clientData(read)).compactMap { if case .send(.upstream, let b) = $0 { b } else { nil } }
+        #expect(sent.count == 1 && Array(sent[0].readableBytesView) == untouched)
+        let same = sent.first?.withUnsafeReadableBytes { $0.baseAddress } == read.withUnsafeReadableBytes { $0.baseAddress }
+        #expect(same, "the untouched read was copied")
+
+        let before = Wire.text("before", mask: 0x0A0B_0C0D), after = Wire.text("after", mask: 0x0E0F_1011)
+        let start = play.sentToUpstream.count
+        play.client(before + Wire.text("please edit-me", mask: 0x1234_5678) + after)
+        let out = Array(play.sentToUpstream[start...])
+        #expect(out.starts(with: before) && out.suffix(after.count).elementsEqual(after))
+        #expect(SeenFrame.parse(out).frames.map { String(decoding: $0.payload, as: UTF8.self) } == ["before", "please edited", "after"])
+        #expect(Self.changes(play).map(\.rules) == [["edit"]])
+    }
+
     // MARK: - Edits
 
     @Test func aReplacedClientMessageArrivesEditedMaskedAfreshAndIsRecordedAsSent() throws {
