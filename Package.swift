@@ -63,6 +63,9 @@ let package = Package(
         ),
         // Built with --sanitize=fuzzer it is a libFuzzer binary; built normally it replays inputs and makes seeds.
         .executableTarget(name: "wstap-fuzz", dependencies: ["WSTapFuzzTargets"]),
+        // The sans-IO relay's own cost per message (no sockets): scripts/bench, docs/performance.md.
+        .executableTarget(name: "wstap-relay-bench", dependencies: ["WSTapRelay", "WSTapRules", "WSTapFormats", "WSTapTestSupport",
+                                                                   .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(name: "WSTapWireTests", dependencies: ["WSTapWire", "WSTapTestSupport", "CZlib"]),
         .testTarget(name: "WSTapDissectTests", dependencies: ["WSTapDissect", "WSTapFormats", "WSTapWire", "WSTapTestSupport"]),
         .testTarget(name: "WSTapRelayTests", dependencies: ["WSTapRelay", "WSTapRules", "WSTapTestSupport"]),
