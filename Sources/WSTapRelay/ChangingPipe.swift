@@ -355,7 +355,7 @@ struct ChangingPipe {
 
     private func notSent(_ outcome: RuleOutcome, at start: UInt64, since: Timestamp, _ note: String, now: Timestamp, into out: inout PipeOutput) {
         out.record(TapRecord(connection: connection, timestamp: now, body: .change(ChangeRecord(
-            direction: direction, offset: start, rules: outcome.applied.map(\.rule), actions: outcome.applied.flatMap { $0.actions.map(\.description) },
+            direction: direction, offset: start, rules: outcome.applied.map(\.rule), actions: outcome.applied.flatMap(\.descriptions),
             result: .dropped, sent: [], heldNanoseconds: now.nanoseconds - since.nanoseconds, notes: [note]))))
     }
 
@@ -617,7 +617,7 @@ struct ChangingPipe {
                 // Nothing of the message goes on: both connections are reset once what went before is written.
                 out.record(TapRecord(connection: connection, timestamp: now, body: .change(ChangeRecord(
                     direction: direction, offset: message.start, rules: outcome.applied.map(\.rule),
-                    actions: outcome.applied.flatMap { $0.actions.map(\.description) }, result: .aborted, sent: [], heldNanoseconds: held, marks: marks, notes: notes))))
+                    actions: outcome.applied.flatMap(\.descriptions), result: .aborted, sent: [], heldNanoseconds: held, marks: marks, notes: notes))))
                 out.abort = outcome.applied.last?.rule ?? "abort"
                 return
             default: break  // edits (already in the payload) and `exec` (asked before this point)
@@ -631,7 +631,7 @@ struct ChangingPipe {
             notes.append("not sent on: wstap sends its own close to the \(to.joined(separator: " and "))")
             out.record(TapRecord(connection: connection, timestamp: now, body: .change(ChangeRecord(
                 direction: direction, offset: message.start, rules: outcome.applied.map(\.rule),
-                actions: outcome.applied.flatMap { $0.actions.map(\.description) }, result: .closed, sent: [], heldNanoseconds: held, marks: marks, notes: notes))))
+                actions: outcome.applied.flatMap(\.descriptions), result: .closed, sent: [], heldNanoseconds: held, marks: marks, notes: notes))))
             dispatch(own, now: now, into: &out)
             return
         }
@@ -687,7 +687,7 @@ struct ChangingPipe {
         let changedBytes = edited || uncompressed || refragment || copies > 1 || !corruptions.isEmpty
         let changed = outcome.applied.isEmpty ? nil : ChangeRecord(
             direction: direction, offset: message.start, rules: outcome.applied.map(\.rule),
-            actions: outcome.applied.flatMap { $0.actions.map(\.description) },
+            actions: outcome.applied.flatMap(\.descriptions),
             result: outcome.dropped ? .dropped : changedBytes ? .edited : .forwarded, sent: sent, heldNanoseconds: held, marks: marks, notes: notes)
         if outcome.dropped {
             if let changed { out.record(TapRecord(connection: connection, timestamp: now, body: .change(changed))) }
@@ -955,7 +955,7 @@ struct ChangingPipe {
             failure = nil
             outcome.notes.append("hook '\(wait.command)' answered \(verdict.summary)")
             let actions = verdict.actions
-            if let index = outcome.applied.firstIndex(where: { $0.rule == wait.rule }) { outcome.applied[index].actions += actions }
+            if let index = outcome.applied.firstIndex(where: { $0.rule == wait.rule }) { outcome.applied[index].append(actions) }
             for action in actions {
                 switch action {
                 case .drop: outcome.dropped = true

@@ -51,11 +51,11 @@ public final class WebSocketRelay {
         self.dissector = dissector
         if let changes {
             let cap = dissector.configuration.payloadCap
-            clientToServer = .changing(ChangingPipe(direction: .clientToServer, start: start, connection: dissector.connection, settings: changes, payloadCap: cap))
-            serverToClient = .changing(ChangingPipe(direction: .serverToClient, start: start, connection: dissector.connection, settings: changes, payloadCap: cap))
+            clientToServer = DirectionPipe(ChangingPipe(direction: .clientToServer, start: start, connection: dissector.connection, settings: changes, payloadCap: cap))
+            serverToClient = DirectionPipe(ChangingPipe(direction: .serverToClient, start: start, connection: dissector.connection, settings: changes, payloadCap: cap))
         } else {
-            clientToServer = .passThrough
-            serverToClient = .passThrough
+            clientToServer = DirectionPipe(nil)
+            serverToClient = DirectionPipe(nil)
         }
     }
 
@@ -127,29 +127,28 @@ extension WebSocketRelay {
 }
 
 /// One direction of a WebSocket relay: what arrives from the sender, what leaves for its peer.
-enum DirectionPipe {
-    /// Every read leaves as it came, as one write, without a copy: the default, and the only mode
-    /// while no rules are loaded.
-    case passThrough
-    /// Rules are loaded: messages are gathered, decided on and sent on (`ChangingPipe`).
-    case changing(ChangingPipe)
+/// Without rules every read leaves as it came, as one write, without a copy (the default, and the
+/// only mode while no rules are loaded); with rules, messages are gathered, decided on and sent on
+/// by its `ChangingPipe`.
+struct DirectionPipe {
+    /// Nil: pass-through. An optional rather than an enum case, so the pipe is changed in place
+    /// (`changing!`) instead of being copied out of the case and back for every read.
+    private var changing: ChangingPipe?
 
-    var nextWake: Timestamp? {
-        if case .changing(let pipe) = self { pipe.nextWake } else { nil }
-    }
+    init(_ changing: ChangingPipe?) { self.changing = changing }
+
+    var nextWake: Timestamp? { changing?.nextWake }
 
     /// `records` are the dissector's for this read: they go out before anything the pipe adds.
     /// Each returns wstap's own messages the rules made for the other direction.
     mutating func received(_ buffer: ByteBuffer, at time: Timestamp, direction: Direction, records: inout [TapRecord],
                            into actions: inout [WebSocketRelay.Action]) -> [OwnMessage] {
-        switch self {
-        case .passThrough:
+        guard changing != nil else {
             if !records.isEmpty { actions.append(.emit(records)) }
             actions.append(.send(direction, buffer))
             return []
-        case .changing:
-            return withChangingPipe(direction: direction, records: &records, into: &actions) { pipe, out in pipe.received(buffer, at: time, into: &out) }
         }
+        return withChangingPipe(direction: direction, records: &records, into: &actions) { pipe, out in pipe.received(buffer, at: time, into: &out) }
     }
 
     mutating func inputEnded(at time: Timestamp, direction: Direction, records: inout [TapRecord], into actions: inout [WebSocketRelay.Action]) -> [OwnMessage] {
@@ -174,20 +173,16 @@ enum DirectionPipe {
     }
 
     mutating func abandon(at time: Timestamp, into out: inout PipeOutput) {
-        guard case .changing(var pipe) = self else { return }
-        self = .passThrough
-        pipe.abandon(at: time, into: &out)
-        self = .changing(pipe)
+        guard changing != nil else { return }
+        changing!.abandon(at: time, into: &out)
     }
 
     /// Runs `body` on the changing pipe (nothing for a pass-through) and turns what it produced into actions.
     private mutating func withChangingPipe(direction: Direction, records: inout [TapRecord], into actions: inout [WebSocketRelay.Action],
                                            _ body: (inout ChangingPipe, inout PipeOutput) -> Void) -> [OwnMessage] {
-        guard case .changing(var pipe) = self else { return [] }
-        self = .passThrough  // let go of the copy in `self`, so the pipe's buffers are not copied
+        guard changing != nil else { return [] }
         var out = PipeOutput()
-        body(&pipe, &out)
-        self = .changing(pipe)
+        body(&changing!, &out)
         Self.flush(&out, direction: direction, records: &records, into: &actions)
         // After an abort nothing more goes anywhere.
         return out.abort == nil ? out.forOtherDirection : []

@@ -21,7 +21,23 @@ public struct RuleOutcome: Sendable {
 
     public struct Applied: Sendable {
         public var rule: String
-        public var actions: [RuleAction]
+        public private(set) var actions: [RuleAction]
+        /// `actions` as the rules language writes them (made once per rule, not per message).
+        public private(set) var descriptions: ArraySlice<String>
+
+        init(rule: String, actions: [RuleAction], descriptions: ArraySlice<String>, before: [UInt8], after: [UInt8]) {
+            self.rule = rule
+            self.actions = actions
+            self.descriptions = descriptions
+            self.before = before
+            self.after = after
+        }
+
+        /// Actions the rule's exec hook answered with, after the rule's own.
+        public mutating func append(_ more: [RuleAction]) {
+            actions += more
+            descriptions += more.map(\.description)
+        }
         public var before: [UInt8]
         public var after: [UInt8]
     }
@@ -57,12 +73,15 @@ public struct RuleEngine: @unchecked Sendable {  // `walk` only refers to what `
         let probability: Double?
         /// For each of the rule's actions, its `replace` compiled (nil for other actions).
         let replacements: [Replacement?]
+        /// Each action as the rules language writes it, for change records.
+        let descriptions: [String]
 
         init(_ rule: Rule) {
             condition = rule.condition
             test = rule.condition?.unretained
             controlToo = rule.condition?.namesControlFields ?? false
             probability = rule.probability
+            descriptions = rule.actions.map(\.description)
             replacements = rule.actions.map { action in
                 guard case .replace(let pattern, let template) = action else { return nil }
                 return Replacement(pattern: pattern, template: template)
@@ -139,7 +158,8 @@ public struct RuleEngine: @unchecked Sendable {  // `walk` only refers to what `
                 }
                 if action.isFinal { final = true; break }
             }
-            outcome.applied.append(RuleOutcome.Applied(rule: rule.name, actions: appliedActions, before: before, after: outcome.payload))
+            outcome.applied.append(RuleOutcome.Applied(rule: rule.name, actions: appliedActions, descriptions: matchers[index].descriptions.prefix(appliedActions.count),
+                                                       before: before, after: outcome.payload))
             if final { break }
             // Later rules see the message as this one left it.
             if outcome.payload != message.payload {
