@@ -667,8 +667,9 @@ struct ChangingPipe {
             let count = isControl ? 1 : fragmentCount(fragments: fragments, size: fragmentSize, wire: wire.count, original: message.fragmentSizes.count)
             let pieces = split(wire, into: count, text: message.opcode == .text && !compressOut,
                                like: wire.count == message.wirePayload.count ? message.fragmentSizes : nil)
-            bytes += frames(opcode: message.opcode, pieces: pieces, wire: wire, compressed: compressOut,
-                            masked: corruptions.contains(.mask) ? !message.masked : message.masked, longLengths: corruptions.contains(.length))
+            let framed = frames(opcode: message.opcode, pieces: pieces, wire: wire, compressed: compressOut,
+                                masked: corruptions.contains(.mask) ? !message.masked : message.masked, longLengths: corruptions.contains(.length))
+            if bytes.isEmpty { bytes = framed } else { bytes += framed }
             sent.append(SentMessage(opcode: message.opcode, frames: pieces.count, length: UInt64(payload.count), wireLength: UInt64(wire.count),
                                     compressed: compressOut, payload: preview(payload, message.opcode), truncated: payload.count > payloadCap))
         }
@@ -1140,10 +1141,12 @@ struct ChangingPipe {
             let header = FrameHeader(fin: i == pieces.count - 1, rsv1: compressed && i == 0, opcode: i == 0 ? opcode : .continuation,
                                      maskKey: masked ? maskKey() : nil, payloadLength: UInt64(piece.count),
                                      lengthEncoding: longLengths ? .sixtyFourBit : nil)
-            bytes += header.encoded()
-            var body = Array(piece)
-            if let key = header.maskKey { Masking.apply(key: key, offset: 0, to: &body) }
-            bytes += body
+            header.encode(into: &bytes)
+            let start = bytes.count
+            bytes += piece
+            if let key = header.maskKey {
+                bytes.withUnsafeMutableBytes { Masking.apply(key: key, offset: 0, to: UnsafeMutableRawBufferPointer(rebasing: $0[start...])) }
+            }
         }
         return bytes
     }

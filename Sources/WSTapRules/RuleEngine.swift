@@ -162,7 +162,7 @@ public struct RuleEngine: @unchecked Sendable {  // `walk` only refers to what `
                                                        before: before, after: outcome.payload))
             if final { break }
             // Later rules see the message as this one left it.
-            if outcome.payload != message.payload {
+            if index < matchers.count - 1 && outcome.payload != message.payload {
                 message.payload = outcome.payload
                 message.length = UInt64(outcome.payload.count)
                 message.textValidity = .unchecked

@@ -54,6 +54,12 @@ public struct FrameHeader: Equatable, Sendable {
     public func encoded() -> [UInt8] {
         var bytes: [UInt8] = []
         bytes.reserveCapacity(headerLength)
+        encode(into: &bytes)
+        return bytes
+    }
+
+    /// Appends the header's wire bytes to `bytes` (no array of its own: frames are built per edited message).
+    public func encode(into bytes: inout [UInt8]) {
         var first = opcode.rawValue
         if fin { first |= 0x80 }
         if rsv1 { first |= 0x40 }
@@ -77,6 +83,5 @@ public struct FrameHeader: Equatable, Sendable {
         if let key = maskKey {
             for shift in stride(from: 24, through: 0, by: -8) { bytes.append(UInt8(truncatingIfNeeded: key >> UInt32(shift))) }
         }
-        return bytes
     }
 }
