@@ -72,12 +72,20 @@ public struct JSONWriter {
     public mutating func endArray() { append(UInt8(ascii: "]")); needsComma = true }
     public mutating func newline() { append(0x0A); needsComma = false }
 
+    /// `,"name":` in one go: records have a dozen keys each, and byte-by-byte appends (each with its
+    /// capacity check) were the writer's largest cost.
     public mutating func key(_ name: StaticString) {
-        separator()
-        append(UInt8(ascii: "\""))
-        name.withUTF8Buffer { append($0) }
-        append(UInt8(ascii: "\""))
-        append(UInt8(ascii: ":"))
+        name.withUTF8Buffer { utf8 in
+            storage.reserve(utf8.count + 4)
+            var at = storage.base + storage.count
+            if needsComma { at.pointee = UInt8(ascii: ","); at += 1 }
+            at.pointee = UInt8(ascii: "\"")
+            if let start = utf8.baseAddress { (at + 1).update(from: start, count: utf8.count) }
+            at += 1 + utf8.count
+            at[0] = UInt8(ascii: "\"")
+            at[1] = UInt8(ascii: ":")
+            storage.count = at + 2 - storage.base
+        }
         needsComma = false
     }
 
