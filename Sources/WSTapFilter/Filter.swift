@@ -287,13 +287,15 @@ enum Operand: Sendable {
 
 /// One comparison of a filter. A class, so that evaluating a tree of them copies a reference, not
 /// each test's field, operand and strings (a proxy tests every rule's condition on every message).
-final class Test: Sendable {
+final class Test: @unchecked Sendable {  // immutable once built; `textNeedle` is memory it owns and never writes after init
     let field: Field
     let kind: Field.Kind
     let op: Operator
     let operand: Operand
     /// `text:word`: the word's UTF-8, searched for in a text message's bytes (made once, not per message).
-    let textNeedle: [UInt8]?
+    /// Raw memory this test owns, not an array: proxy threads test the same rules at once, and
+    /// retaining a shared array for each message made the threads fight over its reference count.
+    let textNeedle: UnsafeRawBufferPointer?
     /// `op=…`: compared as the opcode number.
     let isOpcode: Bool
 
@@ -303,8 +305,16 @@ final class Test: Sendable {
         self.op = op
         self.operand = operand
         isOpcode = field == .op
-        if field == .text, op == .contains, case .text(let word) = operand { textNeedle = Array(word.utf8) } else { textNeedle = nil }
+        if field == .text, op == .contains, case .text(let word) = operand {
+            let bytes = UnsafeMutableRawBufferPointer.allocate(byteCount: word.utf8.count, alignment: 1)
+            bytes.copyBytes(from: word.utf8)
+            textNeedle = UnsafeRawBufferPointer(bytes)
+        } else {
+            textNeedle = nil
+        }
     }
+
+    deinit { textNeedle?.deallocate() }
 
     var cost: Int {
         switch (field, operand) {

@@ -133,7 +133,7 @@ public struct FilterSubject {
     }
 
     /// Whether a text message's bytes hold `needle`; nil for anything else (the caller decodes).
-    func textContains(_ needle: [UInt8]) -> Bool? {
+    func textContains(_ needle: UnsafeRawBufferPointer) -> Bool? {
         guard let message, message.opcode == .text, !message.inflateFailed else { return nil }
         return Test.contains(message.payload, needle)
     }
@@ -260,21 +260,23 @@ extension Test {
     }
 
     static func contains(_ haystack: [UInt8], _ needle: [UInt8]) -> Bool {
-        guard !needle.isEmpty else { return true }
-        guard haystack.count >= needle.count else { return false }
+        needle.withUnsafeBytes { contains(haystack, $0) }
+    }
+
+    static func contains(_ haystack: [UInt8], _ n: UnsafeRawBufferPointer) -> Bool {
+        guard !n.isEmpty else { return true }
+        guard haystack.count >= n.count else { return false }
         // memchr for the first byte, memcmp for the rest: libc's vectorised scans (glibc's memmem is
         // not in Swift's Glibc module).
         return haystack.withUnsafeBytes { h in
-            needle.withUnsafeBytes { n in
-                var from = h.baseAddress!
-                let last = h.baseAddress! + (h.count - n.count)  // the last place a match can start
-                while from <= last {
-                    guard let hit = memchr(from, Int32(n[0]), last - from + 1) else { return false }
-                    if memcmp(hit, n.baseAddress!, n.count) == 0 { return true }
-                    from = UnsafeRawPointer(hit) + 1
-                }
-                return false
+            var from = h.baseAddress!
+            let last = h.baseAddress! + (h.count - n.count)  // the last place a match can start
+            while from <= last {
+                guard let hit = memchr(from, Int32(n[0]), last - from + 1) else { return false }
+                if memcmp(hit, n.baseAddress!, n.count) == 0 { return true }
+                from = UnsafeRawPointer(hit) + 1
             }
+            return false
         }
     }
 

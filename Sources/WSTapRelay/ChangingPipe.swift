@@ -100,6 +100,9 @@ struct ChangingPipe {
     private var pendingOwn: [OwnMessage] = []
     /// Tickets of the messages this pipe handed to exec hooks (the low bit says the direction).
     private var hookTickets: UInt64 = 0
+    /// This pipe's copy of the rules in force, and the book's generation it was read at (`RuleBook.refresh`).
+    private var engine: RuleEngine
+    private var engineGeneration = UInt64.max  // never a generation: the first refresh reads the book
 
     private struct FrameInProgress {
         var header: FrameHeader
@@ -176,6 +179,8 @@ struct ChangingPipe {
         self.connection = connection
         self.payloadCap = payloadCap
         facts = ConnectionFacts(url: start.url, subprotocol: start.subprotocol)
+        engine = RuleEngine(rules: [])
+        settings.rules.refresh(&engine, seen: &engineGeneration)
         offset = direction == .clientToServer ? start.clientOffset : start.serverOffset
         deflate = start.deflate
         resetsContext = start.deflate?.resetsContext(fromClient: direction == .clientToServer) ?? false
@@ -279,7 +284,7 @@ struct ChangingPipe {
     }
 
     /// The rules' decision on a whole one-frame message; nil when no rule applies, so its bytes go as they came.
-    private func decideWhole(_ header: FrameHeader, payload bytes: UnsafeRawBufferPointer, now: Timestamp) -> (outcome: RuleOutcome, received: MessageRecord)? {
+    private mutating func decideWhole(_ header: FrameHeader, payload bytes: UnsafeRawBufferPointer, now: Timestamp) -> (outcome: RuleOutcome, received: MessageRecord)? {
         var payload = Array(bytes)
         if let key = header.maskKey {
             payload.withUnsafeMutableBytes { Masking.apply(key: key, offset: 0, to: $0) }
@@ -529,8 +534,8 @@ struct ChangingPipe {
         carryOut(outcome, message: asReceived, received: record, now: now, into: &out)
     }
 
-    private func decide(_ message: MessageRecord, now: Timestamp) -> RuleOutcome {
-        let engine = settings.rules.engine
+    private mutating func decide(_ message: MessageRecord, now: Timestamp) -> RuleOutcome {
+        settings.rules.refresh(&engine, seen: &engineGeneration)
         guard !engine.rules.isEmpty else { return RuleOutcome(payload: message.payload) }
         let random = settings.random
         return engine.apply(to: message, connectionID: connection, connection: facts) { Double(random() >> 11) / Double(1 << 53) }

@@ -177,3 +177,20 @@ func text(_ outcome: RuleOutcome) -> String { String(decoding: outcome.payload, 
         }
     }
 }
+
+@Suite struct RuleBookTests {
+    /// A connection's copy of the engine follows every reload, and only a reload.
+    @Test func aCopyOfTheEngineIsRefreshedAfterEachReplace() throws {
+        let book = RuleBook(RuleEngine(rules: [try RuleParser.parse("[a] * => drop")]))
+        var engine = RuleEngine(rules: [])
+        var seen = UInt64.max
+        book.refresh(&engine, seen: &seen)
+        #expect(engine.rules.map(\.name) == ["a"])
+        let afterFirst = seen
+        book.refresh(&engine, seen: &seen)
+        #expect(seen == afterFirst && engine.rules.map(\.name) == ["a"])
+        book.replace(with: RuleEngine(rules: [try RuleParser.parse("[b] * => drop"), try RuleParser.parse("[c] * => drop")]))
+        book.refresh(&engine, seen: &seen)
+        #expect(engine.rules.map(\.name) == ["b", "c"] && seen != afterFirst)
+    }
+}
