@@ -16,7 +16,14 @@ enum ShutdownSignals {
                 cleanup()
                 exit(0)
             }
+            // The source is armed asynchronously, on dispatch's manager thread; until then the signal
+            // is only ignored. Waiting for the registration closes that window, the likely way a Ctrl-C
+            // sent right after the banner (printed after this returns) was lost once in CI, leaving a
+            // capture on a quiet interface running (test_count_stops_by_itself_and_ctrl_c_...).
+            let registered = DispatchSemaphore(value: 0)
+            source.setRegistrationHandler { registered.signal() }
             source.resume()
+            _ = registered.wait(timeout: .now() + .seconds(5))
             sources.append(source)
         }
     }
