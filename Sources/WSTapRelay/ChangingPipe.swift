@@ -289,10 +289,7 @@ struct ChangingPipe {
         if let key = header.maskKey {
             payload.withUnsafeMutableBytes { Masking.apply(key: key, offset: 0, to: $0) }
         }
-        let received = MessageRecord(direction: direction, opcode: header.opcode, frames: 1, wireLength: UInt64(payload.count),
-                                     length: UInt64(payload.count), compressed: false, payload: payload, truncated: false,
-                                     closeCode: nil, closeReason: nil, inflateFailed: false, incomplete: false, offset: frameStart,
-                                     textValidity: header.opcode == .text ? (UTF8Validator.isValid(payload) ? .valid : .invalid) : .unchecked)
+        let received = receivedRecord(header.opcode, frames: 1, wireLength: payload.count, compressed: false, plain: payload, at: frameStart)
         let outcome = decide(received, now: now)
         return outcome.applied.isEmpty ? nil : (outcome, received)
     }
@@ -497,17 +494,22 @@ struct ChangingPipe {
                 return
             }
         }
-        let received = MessageRecord(direction: direction, opcode: message.opcode, frames: message.fragmentSizes.count,
-                                     wireLength: UInt64(message.wirePayload.count), length: UInt64(plain.count), compressed: message.compressed,
-                                     payload: plain, truncated: false, closeCode: nil, closeReason: nil, inflateFailed: false,
-                                     incomplete: false, offset: message.start,
-                                     textValidity: message.opcode == .text ? (UTF8Validator.isValid(plain) ? .valid : .invalid) : .unchecked)
+        let received = receivedRecord(message.opcode, frames: message.fragmentSizes.count, wireLength: message.wirePayload.count,
+                                      compressed: message.compressed, plain: plain, at: message.start)
         let outcome = decide(received, now: now)
         guard !outcome.applied.isEmpty || reencoding && message.compressed || decisionPending else {
             sendInOrder(message.raw, isClose: false, now: now, into: &out)
             return
         }
         carryOut(outcome, message: message, received: received, now: now, into: &out)
+    }
+
+    /// A whole data message as the rules see it: its payload inflated, the whole of it, text checked.
+    private func receivedRecord(_ opcode: Opcode, frames: Int, wireLength: Int, compressed: Bool, plain: [UInt8], at start: UInt64) -> MessageRecord {
+        MessageRecord(direction: direction, opcode: opcode, frames: frames, wireLength: UInt64(wireLength), length: UInt64(plain.count),
+                      compressed: compressed, payload: plain, truncated: false, closeCode: nil, closeReason: nil, inflateFailed: false,
+                      incomplete: false, offset: start,
+                      textValidity: opcode == .text ? (UTF8Validator.isValid(plain) ? .valid : .invalid) : .unchecked)
     }
 
     private mutating func control(_ frame: FrameInProgress, now: Timestamp, into out: inout PipeOutput) {
