@@ -34,52 +34,26 @@ public struct FilterSubject {
     private let direction: Direction?
     /// The record's own connection facts (`open`, `http`), else the connection's.
     private let facts: ConnectionFacts?
-    /// A message's fields (nil for other records), copied out of the record once.
-    private let message: MessageFields?
+    /// Set for message records: the fields most conditions read.
+    private let message: MessageRecord?
     /// Set for frame records.
     private let frame: FrameHeader?
     private let diagnostic: String?
     private var decodedText: String??
     private var parsedJSON: JSONValue??
 
-    private struct MessageFields {
-        let opcode: Opcode
-        let length: UInt64
-        let wireLength: UInt64
-        let frames: Int
-        let compressed: Bool
-        let inflateFailed: Bool
-        let truncated: Bool
-        let closeCode: UInt16?
-        let closeReason: String?
-        let payload: [UInt8]
-
-        init(_ m: MessageRecord) {
-            opcode = m.opcode
-            length = m.length
-            wireLength = m.wireLength
-            frames = m.frames
-            compressed = m.compressed
-            inflateFailed = m.inflateFailed
-            truncated = m.truncated
-            closeCode = m.closeCode
-            closeReason = m.closeReason
-            payload = m.payload
-        }
-    }
-
     public init(record: TapRecord, connection: ConnectionFacts?) {
         connectionID = record.connection
         var facts = connection
         var direction: Direction?
-        var message: MessageFields?
+        var message: MessageRecord?
         var frame: FrameHeader?
         var diagnostic: String?
         switch record.body {
         case .open(let open): type = "open"; facts = ConnectionFacts(open)
         case .http(let exchange): type = "http"; facts = exchange.url.map { ConnectionFacts(url: $0, subprotocol: nil) }
         case .frame(let f): type = "frame"; direction = f.direction; frame = f.header
-        case .message(let m): type = "message"; direction = m.direction; message = MessageFields(m)
+        case .message(let m): type = "message"; direction = m.direction; message = m
         case .diagnostic(let d): type = "diagnostic"; direction = d.direction; diagnostic = d.code.rawValue
         case .end: type = "end"
         case .gap(let g): type = "gap"; direction = g.direction
@@ -98,7 +72,7 @@ public struct FilterSubject {
         type = "message"
         direction = message.direction
         facts = connection
-        self.message = MessageFields(message)
+        self.message = message
         frame = nil
         diagnostic = nil
     }
