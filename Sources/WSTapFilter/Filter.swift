@@ -36,14 +36,9 @@ public struct Filter: Sendable, CustomStringConvertible {
         return root.evaluate(&subject)
     }
 
-    /// The same, for several filters over one record: its text and JSON are worked out once for all
-    /// of them (the rule engine tests every rule's condition on each message).
-    public func matches(_ subject: inout FilterSubject) -> Bool {
-        root.evaluate(&subject)
-    }
-
     /// The filter without its reference counts, for a caller that keeps the filter itself alive
-    /// for as long as it uses this (the rule engine, which tests every rule on every message).
+    /// for as long as it uses this and tests several filters over one subject, whose text and JSON are
+    /// then worked out once for all of them (the rule engine, which tests every rule on every message).
     public var unretained: UnretainedFilter { UnretainedFilter(root: Unmanaged.passUnretained(root)) }
 }
 
