@@ -29,6 +29,8 @@ let package = Package(
         // Rules: WHEN => ACTION, parsed and evaluated to an outcome per message (sans-IO).
         .target(name: "WSTapRules", dependencies: ["WSTapFilter", "WSTapDissect", "WSTapWire"]),
         .target(name: "WSTapFormats", dependencies: ["WSTapDissect", "WSTapWire", "WSTapFilter", "WSTapRules"]),
+        // Recordings for replay and mock, read alike from JSON Lines, HAR and captures.
+        .target(name: "WSTapRecording", dependencies: ["WSTapCapture", "WSTapFormats", "WSTapDissect", "WSTapWire"]),
         .target(
             name: "WSTapProxy",
             dependencies: [
@@ -47,7 +49,7 @@ let package = Package(
         .executableTarget(
             name: "wstap",
             dependencies: [
-                "WSTapProxy", "WSTapFormats", "WSTapCapture", "WSTapFilter", "WSTapRules",
+                "WSTapProxy", "WSTapFormats", "WSTapCapture", "WSTapFilter", "WSTapRules", "WSTapRecording",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -71,6 +73,8 @@ let package = Package(
         .testTarget(name: "WSTapRelayTests", dependencies: ["WSTapRelay", "WSTapRules", "WSTapTestSupport"]),
         .testTarget(name: "WSTapProxyTests", dependencies: ["WSTapProxy"]),
         .testTarget(name: "WSTapCaptureTests", dependencies: ["WSTapCapture", "WSTapFormats"]),
+        .testTarget(name: "WSTapRecordingTests", dependencies: ["WSTapRecording", "WSTapCapture", "WSTapFormats", "WSTapDissect"],
+                    exclude: ["Fixtures"]),
         .testTarget(name: "WSTapFuzzTargetsTests", dependencies: ["WSTapFuzzTargets"]),
         .testTarget(name: "WSTapFilterTests", dependencies: ["WSTapFilter", "WSTapTestSupport"]),
         .testTarget(name: "WSTapRulesTests", dependencies: ["WSTapRules", "WSTapFilter", "WSTapTestSupport"]),

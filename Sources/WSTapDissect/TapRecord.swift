@@ -98,6 +98,17 @@ public struct HTTPExchangeRecord: Sendable {
     public var responseBodyBytes: UInt64
     /// From the request head to the end of the response body.
     public var durationNanoseconds: Int64
+
+    public init(url: String?, request: HTTPHead?, response: HTTPHead, wasUpgradeAttempt: Bool, requestBodyBytes: UInt64,
+                responseBodyBytes: UInt64, durationNanoseconds: Int64) {
+        self.url = url
+        self.request = request
+        self.response = response
+        self.wasUpgradeAttempt = wasUpgradeAttempt
+        self.requestBodyBytes = requestBodyBytes
+        self.responseBodyBytes = responseBodyBytes
+        self.durationNanoseconds = durationNanoseconds
+    }
 }
 
 public struct FrameRecord: Sendable {
@@ -187,6 +198,12 @@ public struct GapRecord: Sendable {
     public var bytes: UInt64
     /// Stream offset where the missing bytes start.
     public var offset: UInt64
+
+    public init(direction: Direction, bytes: UInt64, offset: UInt64) {
+        self.direction = direction
+        self.bytes = bytes
+        self.offset = offset
+    }
 }
 
 /// What wstap did on purpose to one message (rules, docs/rules.md). The message as it was received is

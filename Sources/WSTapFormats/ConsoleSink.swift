@@ -45,7 +45,11 @@ public final class ConsoleSink: RecordSink {
             var line = "\(prefix) \(paint("open", 32)) \(open.url)  \(open.client) ⇄ \(open.server)"
             if let proto = open.subprotocol { line += "  protocol=\(proto)" }
             if let ext = open.extensions { line += "  extensions=\(ext)" }
-            if open.discovery != "handshake" { line += "  (mid-stream, found by \(open.discovery))" }
+            switch open.discovery {
+            case "handshake": break
+            case "har": line += "  (from a HAR log: messages only, no frames)"
+            default: line += "  (mid-stream, found by \(open.discovery))"
+            }
             return line
         case .http(let exchange):
             let request = exchange.request.map { "\($0.method ?? "?") \($0.target ?? "?")" } ?? "(no request)"

@@ -64,6 +64,7 @@ public final class HARSink: RecordSink {
             writeEntryStart(&writer, started: record.timestamp, request: open.request, url: open.url, response: response,
                             responseCaptured: open.response != nil,
                             websocket: true, sizes: (0, 0), durationNanoseconds: 0)
+            if let address = Self.ipAddress(open.server) { writer.key("serverIPAddress"); writer.string(address) }
             writer.key("_webSocketMessages")
             var prefix = writer.bytes
             prefix.append(UInt8(ascii: "["))
@@ -147,6 +148,14 @@ public final class HARSink: RecordSink {
         w.key("cache"); w.beginObject(); w.endObject()
         w.key("timings"); w.beginObject(); w.key("send"); w.integer(0); w.key("wait"); w.number(milliseconds: durationNanoseconds); w.key("receive"); w.integer(0); w.endObject()
         if websocket { w.key("_resourceType"); w.string("websocket") }
+    }
+
+    /// "127.0.0.1" of "127.0.0.1:8080", "::1" of "[::1]:8080" (HAR's serverIPAddress has no port).
+    static func ipAddress(_ hostPort: String) -> String? {
+        guard let colon = hostPort.lastIndex(of: ":"), colon != hostPort.startIndex else { return nil }
+        var host = hostPort[..<colon]
+        if host.hasPrefix("["), host.hasSuffix("]") { host = host.dropFirst().dropLast() }
+        return host.isEmpty ? nil : String(host)
     }
 
     private static func headers(_ headers: [(name: String, value: String)], _ w: inout JSONWriter) {

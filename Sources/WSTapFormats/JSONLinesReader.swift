@@ -2,67 +2,234 @@ import WSTapDissect
 import WSTapFilter
 import WSTapWire
 
-/// Reads wstap's JSON Lines (schema v1) back into records: `open`, `message` and `end`, which is what
-/// rules, replay and mocks work from. Lines of other types are skipped; a line that is not a record
-/// is an error that names it.
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Reads wstap's JSON Lines (schema v1, docs/record-schema.md) back into records, every type of them,
+/// so that a recording converts to HAR or back to JSONL, and replay, mocks and rules work from it.
+/// What it reads encodes to the same line again (a test holds every shared capture to that).
+///
+/// A line that is not a record is an error that names it; the records before it have been handed
+/// over already, so a caller keeps what was read up to the damage.
 public enum JSONLinesReader {
     public struct Failure: Error, CustomStringConvertible {
         public let line: Int
         public let message: String
-        public var description: String { "line \(line): \(message)" }
+        public var description: String { line > 0 ? "line \(line): \(message)" : message }
     }
+
+    /// A line longer than this is refused rather than held: a file without newlines must not be read
+    /// into memory whole. Payloads of 256 MiB still fit in base64.
+    public static let maximumLineBytes = 384 << 20
 
     /// The records of `text`, in order.
     public static func records(_ text: String) throws(Failure) -> [TapRecord] {
         var out: [TapRecord] = []
-        for (index, line) in text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" }).enumerated()
-            where !line.isEmpty {
-            if let record = try record(Array(line.utf8), line: index + 1) { out.append(record) }
+        var number = 0
+        for line in text.utf8.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false) {
+            number += 1
+            var bytes = Array(line)
+            if bytes.last == UInt8(ascii: "\r") { bytes.removeLast() }
+            guard !bytes.isEmpty else { continue }
+            if let record = try record(bytes, line: number) { out.append(record) }
         }
         return out
     }
 
-    static func record(_ bytes: [UInt8], line: Int) throws(Failure) -> TapRecord? {
+    /// Reads the file at `path` line by line (a recording can be larger than memory) and hands each
+    /// record to `body` as it is read.
+    public static func read(path: String, _ body: (TapRecord) throws -> Void) throws {
+        let fd = path == "-" ? STDIN_FILENO : Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw Failure(line: 0, message: "cannot open: \(String(cString: strerror(errno)))") }
+        defer { if fd != STDIN_FILENO { Glibc.close(fd) } }
+        var pending: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 1 << 16)
+        var number = 0
+        func take(_ line: ArraySlice<UInt8>) throws {
+            number += 1
+            var bytes = Array(line)
+            if bytes.last == UInt8(ascii: "\r") { bytes.removeLast() }
+            guard !bytes.isEmpty else { return }
+            if let record = try record(bytes, line: number) { try body(record) }
+        }
+        while true {
+            let count = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress!, $0.count) }
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw Failure(line: number + 1, message: "cannot read: \(String(cString: strerror(errno)))")
+            }
+            if count == 0 { break }
+            var start = 0
+            let got = chunk[..<count]
+            while let newline = got[start...].firstIndex(of: UInt8(ascii: "\n")) {
+                if pending.isEmpty {
+                    try take(got[start..<newline])
+                } else {
+                    pending += got[start..<newline]
+                    try take(pending[...])
+                    pending.removeAll(keepingCapacity: false)
+                }
+                start = newline + 1
+            }
+            pending += got[start...]
+            if pending.count > maximumLineBytes {
+                throw Failure(line: number + 1, message: "longer than \(maximumLineBytes >> 20) MiB without a line end: not JSON Lines")
+            }
+        }
+        if !pending.isEmpty { try take(pending[...]) }
+    }
+
+    /// One line's record; nil for a line of a type this version does not know (a later schema's).
+    public static func record(_ bytes: [UInt8], line: Int) throws(Failure) -> TapRecord? {
         guard let json = JSONValue.parse(bytes), case .object = json else { throw Failure(line: line, message: "not a JSON object") }
+        let fields = Fields(json: json, line: line)
         guard case .string(let type)? = json[member: "type"], let conn = json.int("conn"), conn >= 0 else {
             throw Failure(line: line, message: "not a wstap record (no type, or no conn number)")
         }
+        if let version = json.int("v"), version != JSONLinesEncoder.schemaVersion {
+            throw Failure(line: line, message: "schema version \(version); this wstap reads version \(JSONLinesEncoder.schemaVersion)")
+        }
         let time = Timestamp(nanoseconds: json.timestamp ?? 0)
+        let body: TapRecord.Body
         switch type {
         case "open":
             var open = OpenRecord(client: json.string("client") ?? "", server: json.string("server") ?? "", url: json.string("url") ?? "",
-                                  request: nil, response: nil, subprotocol: json.string("subprotocol"), extensions: json.string("extensions"),
-                                  clientTLS: nil, upstreamTLS: nil)
+                                  request: try fields.head("request", request: true), response: try fields.head("response", request: false),
+                                  subprotocol: json.string("subprotocol"), extensions: json.string("extensions"),
+                                  clientTLS: fields.tls("client_tls"), upstreamTLS: fields.tls("upstream_tls"))
             open.discovery = json.string("discovery") ?? "handshake"
-            return TapRecord(connection: UInt64(conn), timestamp: time, body: .open(open))
-        case "message":
-            guard let from = json.string("from"), from == "client" || from == "server", let opcode = json.int("opcode"), (0..<16).contains(opcode) else {
-                throw Failure(line: line, message: "a message record needs from and opcode")
+            body = .open(open)
+        case "http":
+            guard let response = try fields.head("response", request: false) else {
+                throw Failure(line: line, message: "an http record needs a response")
             }
+            body = .http(HTTPExchangeRecord(
+                url: json.string("url"), request: try fields.head("request", request: true), response: response,
+                wasUpgradeAttempt: json.bool("upgrade") ?? false, requestBodyBytes: fields.count("request_body_bytes"),
+                responseBodyBytes: fields.count("response_body_bytes"), durationNanoseconds: json.fixedPoint("duration_ms", unit: 1_000_000) ?? 0))
+        case "frame":
+            let direction = try fields.direction()
+            guard let opcode = json.int("opcode"), (0..<16).contains(opcode) else { throw Failure(line: line, message: "a frame record needs an opcode") }
+            let length = fields.count("length")
+            let bits = json.int("length_bits").flatMap { LengthEncoding(rawValue: UInt8(clamping: $0)) }
+            // A length that does not fit the recorded encoding could not have been on the wire.
+            if let bits, bits == .sevenBit && length > 125 || bits == .sixteenBit && length > 0xFFFF {
+                throw Failure(line: line, message: "a frame of \(length) bytes cannot have a \(bits.rawValue)-bit length")
+            }
+            var maskKey: UInt32?
+            if let key = json.string("mask_key") {
+                guard key.utf8.count == 8, let value = UInt32(key, radix: 16) else { throw Failure(line: line, message: "mask_key is not 8 hex digits") }
+                maskKey = value
+            }
+            let header = FrameHeader(fin: json.bool("fin") ?? true, rsv1: json.bool("rsv1") ?? false, rsv2: json.bool("rsv2") ?? false,
+                                     rsv3: json.bool("rsv3") ?? false, opcode: Opcode(rawValue: UInt8(opcode)), maskKey: maskKey,
+                                     payloadLength: length, lengthEncoding: bits)
+            body = .frame(FrameRecord(direction: direction, header: header, offset: fields.count("offset")))
+        case "message":
+            body = .message(try fields.message())
+        case "diagnostic":
+            guard let name = json.string("code"), let code = DiagnosticCode(rawValue: name) else {
+                throw Failure(line: line, message: "a diagnostic record needs a code this wstap knows (docs/diagnostics.md)")
+            }
+            let direction: Direction? = json.string("from") == nil ? nil : try fields.direction()
+            body = .diagnostic(Diagnostic(code: code, direction: direction, offset: fields.count("offset"), detail: json.string("detail") ?? ""))
+        case "gap":
+            body = .gap(GapRecord(direction: try fields.direction(), bytes: fields.count("bytes"), offset: fields.count("offset")))
+        case "change":
+            guard let name = json.string("result"), let result = ChangeRecord.Result(rawValue: name) else {
+                throw Failure(line: line, message: "a change record needs a result (forwarded, edited, dropped, aborted, closed or injected)")
+            }
+            var sent: [SentMessage] = []
+            if case .array(let copies)? = json[member: "sent"] {
+                for copy in copies {
+                    let inner = Fields(json: copy, line: line)
+                    let message = try inner.message(requireDirection: false)
+                    sent.append(SentMessage(opcode: message.opcode, frames: message.frames, length: message.length, wireLength: message.wireLength,
+                                            compressed: message.compressed, payload: message.payload, truncated: message.truncated))
+                }
+            }
+            body = .change(ChangeRecord(direction: try fields.direction(), offset: fields.count("offset"), rules: json.strings("rules"),
+                                        actions: json.strings("actions"), result: result, sent: sent,
+                                        heldNanoseconds: json.fixedPoint("held_ms", unit: 1_000_000), marks: json.strings("marks"),
+                                        notes: json.strings("notes")))
+        case "end":
+            body = .end(EndRecord(reason: json.string("reason") ?? "", closedBy: json.string("closed_by"),
+                                  clientBytes: fields.count("client_bytes"), serverBytes: fields.count("server_bytes")))
+        default:
+            return nil
+        }
+        return TapRecord(connection: UInt64(conn), timestamp: time, body: body)
+    }
+
+    /// One record's members, read with the line number at hand for errors.
+    private struct Fields {
+        let json: JSONValue
+        let line: Int
+
+        func count(_ name: String) -> UInt64 { UInt64(max(0, json.int(name) ?? 0)) }
+
+        func direction() throws(Failure) -> Direction {
+            switch json.string("from") {
+            case "client": .clientToServer
+            case "server": .serverToClient
+            default: throw Failure(line: line, message: "from must be client or server")
+            }
+        }
+
+        func tls(_ name: String) -> TLSLegInfo? {
+            guard let leg = json[member: name], case .object = leg else { return nil }
+            return TLSLegInfo(serverName: leg.string("sni"), verified: leg.bool("verified"))
+        }
+
+        /// A head as the encoder writes it: start line parts and `[[name, value], …]`.
+        func head(_ name: String, request: Bool) throws(Failure) -> HTTPHead? {
+            guard let head = json[member: name], case .object = head else { return nil }
+            var headers: [(name: String, value: String)] = []
+            if case .array(let pairs)? = head[member: "headers"] {
+                for pair in pairs {
+                    guard case .array(let parts) = pair, parts.count == 2, case .string(let field) = parts[0], case .string(let value) = parts[1] else {
+                        throw Failure(line: line, message: "\(name) headers must be [name, value] pairs")
+                    }
+                    headers.append((field, value))
+                }
+            }
+            let version = head.string("version") ?? "HTTP/1.1"
+            if request {
+                return HTTPHead(startLine: .request(method: head.string("method") ?? "GET", target: head.string("target") ?? "/", version: version),
+                                headers: headers)
+            }
+            return HTTPHead(startLine: .response(version: version, status: head.int("status") ?? 0, reason: head.string("reason") ?? ""),
+                            headers: headers)
+        }
+
+        /// A `message` record, or (without `from`) one copy of a change record's `sent`.
+        func message(requireDirection: Bool = true) throws(Failure) -> MessageRecord {
+            guard let opcode = json.int("opcode"), (0..<16).contains(opcode) else {
+                throw Failure(line: line, message: "a message needs an opcode")
+            }
+            let direction: Direction = requireDirection ? try self.direction() : .clientToServer
             var payload: [UInt8] = []
+            var validity = MessageRecord.TextValidity.unchecked
             if let text = json.string("text") {
                 payload = Array(text.utf8)
+                validity = .valid
             } else if let encoded = json.string("base64") {
                 guard let decoded = Base64Decoding.decode(encoded) else { throw Failure(line: line, message: "base64 does not decode") }
                 payload = decoded
+                // The encoder writes text as base64 only when it is not UTF-8 (or did not inflate).
+                if opcode == 1 && json.bool("inflate_failed") != true { validity = .invalid }
             } else if let code = json.int("code"), (0...0xFFFF).contains(code) {
                 payload = [UInt8(code >> 8), UInt8(code & 0xFF)] + Array((json.string("reason") ?? "").utf8)
             }
             let code = json.int("code").flatMap { (0...0xFFFF).contains($0) ? UInt16($0) : nil }
-            let message = MessageRecord(
-                direction: from == "client" ? .clientToServer : .serverToClient, opcode: Opcode(rawValue: UInt8(opcode)),
-                frames: json.int("frames") ?? 1, wireLength: UInt64(max(0, json.int("wire_length") ?? payload.count)),
+            return MessageRecord(
+                direction: direction, opcode: Opcode(rawValue: UInt8(opcode)),
+                frames: max(0, json.int("frames") ?? 1), wireLength: UInt64(max(0, json.int("wire_length") ?? payload.count)),
                 length: UInt64(max(0, json.int("length") ?? payload.count)), compressed: json.bool("compressed") ?? false, payload: payload,
                 truncated: json.bool("truncated") ?? false, closeCode: opcode == 8 ? code : nil, closeReason: opcode == 8 ? json.string("reason") : nil,
                 inflateFailed: json.bool("inflate_failed") ?? false, incomplete: json.bool("incomplete") ?? false,
-                offset: UInt64(max(0, json.int("offset") ?? 0)))
-            return TapRecord(connection: UInt64(conn), timestamp: time, body: .message(message))
-        case "end":
-            let end = EndRecord(reason: json.string("reason") ?? "", closedBy: json.string("closed_by"),
-                                clientBytes: UInt64(max(0, json.int("client_bytes") ?? 0)), serverBytes: UInt64(max(0, json.int("server_bytes") ?? 0)))
-            return TapRecord(connection: UInt64(conn), timestamp: time, body: .end(end))
-        default:
-            return nil
+                offset: count("offset"), textValidity: validity)
         }
     }
 }
@@ -74,28 +241,44 @@ extension JSONValue {
         guard case .number(let n, _)? = self[member: name], n.rounded() == n, abs(n) < 9e15 else { return nil }
         return Int(n)
     }
+    func strings(_ name: String) -> [String] {
+        guard case .array(let items)? = self[member: name] else { return [] }
+        return items.compactMap { if case .string(let s) = $0 { s } else { nil } }
+    }
     /// `ts` is seconds with a fraction, as the encoder writes it.
-    var timestamp: Int64? {
-        guard case .number(_, let text)? = self[member: "ts"] else { return nil }
-        let parts = text.split(separator: ".", maxSplits: 1)
-        guard let seconds = Int64(parts[0]), seconds.magnitude < 9_000_000_000 else { return nil }
+    var timestamp: Int64? { fixedPoint("ts", unit: 1_000_000_000) }
+
+    /// A decimal number read exactly (no binary floating point in between) and scaled to an integer
+    /// of `unit`ths: seconds with 6 decimals to nanoseconds, milliseconds with 3 to nanoseconds.
+    func fixedPoint(_ name: String, unit: Int64) -> Int64? {
+        guard case .number(_, let text)? = self[member: name] else { return nil }
+        return Self.fixedPoint(text, unit: unit)
+    }
+
+    static func fixedPoint(_ text: String, unit: Int64) -> Int64? {
+        guard !text.contains(where: { $0 == "e" || $0 == "E" }) else {
+            guard let value = Double(text), (value * Double(unit)).magnitude < 9e18 else { return nil }
+            return Int64(value * Double(unit))
+        }
+        let negative = text.hasPrefix("-")
+        let parts = text.dropFirst(negative ? 1 : 0).split(separator: ".", maxSplits: 1, omittingEmptySubsequences: false)
+        let digits = String(unit).count - 1
+        guard let whole = Int64(parts[0]), whole <= Int64.max / unit - 1 else { return nil }
         var fraction: Int64 = 0
         if parts.count == 2 {
-            let digits = String(parts[1].prefix(9)).padding(toLength: 9)
-            fraction = Int64(digits) ?? 0
+            let kept = String(parts[1].prefix(digits))
+            fraction = Int64(kept + String(repeating: "0", count: digits - kept.count)) ?? 0
         }
-        return seconds * 1_000_000_000 + (seconds < 0 ? -fraction : fraction)
+        let value = whole * unit + fraction
+        return negative ? -value : value
     }
-}
-
-private extension String {
-    func padding(toLength length: Int) -> String { count >= length ? self : self + String(repeating: "0", count: length - count) }
 }
 
 /// Standard base64 (RFC 4648 §4) with padding, as the encoder writes it.
 enum Base64Decoding {
     static func decode(_ text: String) -> [UInt8]? {
         var out: [UInt8] = []
+        out.reserveCapacity(text.utf8.count / 4 * 3)
         var buffer: UInt32 = 0
         var bits = 0
         var padding = 0

@@ -206,6 +206,7 @@ public enum FuzzSeeds {
                                  (c2s, Wire.text(#"{"op":"hi"}"#, mask: 7)), (s2c, Wire.frame(.binary, [0, 1, 0xFF])),
                                  (c2s, Wire.frame(.close, [0x03, 0xE8] + Array("bye".utf8), mask: 9)), (s2c, Wire.frame(.text, [0x61, 0xFF]))])
         seeds["jsonl-reader", default: []].append(Array(recording.joined().utf8))
+        seeds["har-reader", default: []].append(Array(RecordingTargets.seed.utf8))
         seeds["rules", default: []] += [Array(rulesFile.utf8) + [0] + Array(#"{"type":"t","id":1,"data":[0]} abc"#.utf8)]
         seeds["hook-verdict", default: []] += [
             #"{"id":1,"verdict":"forward"}"#, #"{"id":2,"verdict":"replace","base64":"AAH/","inject":[{"to":"client","text":"hi"}]}"#,

@@ -2,6 +2,7 @@ import ArgumentParser
 import WSTapCapture
 import WSTapDissect
 import WSTapFormats
+import WSTapRecording
 
 #if canImport(Glibc)
 import Glibc
@@ -10,7 +11,7 @@ import Glibc
 struct ReadCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "read",
-        abstract: "Read pcap/pcapng files and write the same records as the live proxy.",
+        abstract: "Read captures (pcap, pcapng), wstap's JSON Lines or HAR logs and write the same records as the live proxy.",
         discussion: """
             TCP streams are rebuilt (out-of-order segments, retransmissions, gaps) and every connection that \
             starts with an HTTP request is dissected: upgrades, frames, messages, diagnostics. Captures that \
@@ -19,15 +20,21 @@ struct ReadCommand: ParsableCommand {
             addresses and the capture time of the packet that completed them. TLS connections are decrypted \
             (TLS 1.2 and 1.3, AES-GCM and ChaCha20-Poly1305) with --keylog or with secrets embedded in a pcapng.
 
+            JSON Lines (--jsonl of any wstap command) and HAR logs (Chrome DevTools, mitmproxy, HTTP Toolkit, \
+            wstap --har) are read too, told apart by their first bytes, so recordings convert between the \
+            formats. HAR keeps messages but not frames: its messages read as one uncompressed frame each.
+
             Examples:
               wstap read session.pcapng
               wstap read capture.pcap --jsonl records.jsonl -q
               wstap read late-start.pcap --decode-as 9123
               wstap read wss-traffic.pcap --keylog $SSLKEYLOGFILE
+              wstap read capture.pcap --har session.har -q
+              wstap read session.har --jsonl session.jsonl -q
             """
     )
 
-    @Argument(help: ArgumentHelp("Capture files (pcap or pcapng), read in order.", valueName: "file"))
+    @Argument(help: ArgumentHelp("Captures (pcap, pcapng), JSON Lines recordings or HAR logs, read in order.", valueName: "file"))
     var files: [String]
 
     @OptionGroup var output: OutputOptions
@@ -46,6 +53,15 @@ struct ReadCommand: ParsableCommand {
         // records are not going to that same terminal.
         let showProgress = isatty(STDERR_FILENO) == 1 && (output.quiet || output.jsonl == "-" || isatty(STDOUT_FILENO) == 0)
         for file in files {
+            let kind: RecordingFile.Kind
+            do { kind = try RecordingFile.kind(of: file) } catch {
+                sinks.finish()
+                fail("\(error)")
+            }
+            if kind != .capture {
+                readRecording(file, kind: kind, into: sinks)
+                continue
+            }
             // One session per file: connection ids restart, as each file is its own capture.
             let sessions = discovery.makeSessions(output.dissectorConfiguration, count: dissectingThreads, file: file)
             let progress = showProgress ? ProgressLine(file: file) : nil
@@ -82,6 +98,33 @@ struct ReadCommand: ParsableCommand {
 }
 
 extension ReadCommand {
+    /// A JSON Lines or HAR file: its records go to the sinks as they are read; on damage, what was read
+    /// before it is written, then one line says where, and the exit status is 1.
+    func readRecording(_ file: String, kind: RecordingFile.Kind, into sinks: OutputOptions.Sinks) {
+        var batch: [TapRecord] = []
+        batch.reserveCapacity(256)
+        var count = 0
+        do {
+            try RecordingFile.readRecords(path: file, kind: kind) { record in
+                batch.append(record)
+                count += 1
+                if batch.count == 256 {
+                    sinks.all.write(batch)
+                    batch.removeAll(keepingCapacity: true)
+                }
+            }
+            sinks.all.write(batch)
+            sinks.drain()
+        } catch {
+            sinks.all.write(batch)
+            sinks.finish()
+            let kept = count > 0 ? "; the \(counted(count, "record")) before it were written" : ""
+            let hint = count == 0 && kind == .jsonLines ? " (wstap reads its own JSON Lines, HAR logs and pcap/pcapng captures)" : ""
+            fail("\(file): \(error)\(kept)\(hint)")
+        }
+    }
+
+
     /// One per core by default: reading and writing records take threads of their own too, but they
     /// mostly wait, and connections are what there is most of to do.
     var dissectingThreads: Int {

@@ -3,11 +3,12 @@ import asyncio
 import json
 import signal
 import socket
+import subprocess
 import time
 
 from websockets.asyncio.client import connect
 
-from conftest import DEADLINE, PEERS, PYTHON, messages
+from conftest import DEADLINE, PEERS, PYTHON, WSTAP, messages
 from rawpeers import RawServer, frame, raw_client
 
 REQUIRED_ENTRY = {"startedDateTime", "time", "request", "response", "cache", "timings"}
@@ -96,3 +97,76 @@ def test_plain_http_exchanges_are_entries_too(wstap, tmp_path):
     assert entries[0]["response"]["status"] == 404 and "_resourceType" not in entries[0]
     client.close()
     conn.close()
+
+
+def run_read(*args):
+    return subprocess.run([WSTAP, "read", *map(str, args)], capture_output=True, text=True, timeout=60)
+
+
+def test_read_converts_a_live_sessions_har_and_jsonl_both_ways(wstap, peer, tmp_path):
+    """A websockets session through the proxy (compression on), recorded as JSONL and HAR at once:
+    `wstap read` turns the HAR into JSONL with the same messages, and the JSONL into a HAR with the
+    same entries; reading the proxy's JSONL back writes it again line for line."""
+    port = peer(PYTHON, str(PEERS / "websockets_echo_server.py"))
+    har = tmp_path / "live.har"
+    proxy = wstap(f"ws://127.0.0.1:{port}", ["--har", str(har)])
+
+    async def run():
+        async with connect(proxy.url + "/convert", compression="deflate") as ws:
+            for text in ["one ✓", "two " * 50]:
+                await ws.send(text)
+                await ws.recv()
+            await ws.send(b"\x00\x01\xfe\xff")
+            await ws.recv()
+
+    asyncio.run(run())
+    records = proxy.wait_ended()
+    assert any(m["compressed"] for m in messages(records))
+    wait_har_entries(har, 1)
+
+    from_har = tmp_path / "from-har.jsonl"
+    done = run_read(har, "--jsonl", from_har, "-q")
+    assert done.returncode == 0, done.stderr
+    converted = [json.loads(line) for line in from_har.read_text().splitlines()]
+    assert [r["type"] for r in converted][0] == "open" and converted[-1]["type"] == "end"
+    assert converted[0]["discovery"] == "har" and converted[0]["url"] == f"ws://127.0.0.1:{port}/convert"
+    assert converted[0]["request"]["headers"] == [h for h in records[0]["request"]["headers"]]
+    same = lambda m: (m["from"], m["opcode"], m.get("text", m.get("base64")))
+    assert [same(m) for m in messages(converted)] == [same(m) for m in messages(records)]
+
+    # Back again, the proxy's own JSONL: line for line the same.
+    again = tmp_path / "again.jsonl"
+    done = run_read(proxy.jsonl, "--jsonl", again, "-q")
+    assert done.returncode == 0, done.stderr
+    assert again.read_text() == proxy.jsonl.read_text()
+
+    to_har = tmp_path / "from-jsonl.har"
+    done = run_read(proxy.jsonl, "--har", to_har, "-q")
+    assert done.returncode == 0, done.stderr
+    assert [e["_webSocketMessages"] for e in check_har(to_har)] == [e["_webSocketMessages"] for e in check_har(har)]
+
+
+def test_read_stops_at_damage_with_one_line_and_keeps_what_came_before(wstap, peer, tmp_path):
+    port = peer(PYTHON, str(PEERS / "websockets_echo_server.py"))
+    proxy = wstap(f"ws://127.0.0.1:{port}")
+
+    async def run():
+        async with connect(proxy.url) as ws:
+            await ws.send("before the damage")
+            await ws.recv()
+
+    asyncio.run(run())
+    proxy.wait_ended()
+    lines = proxy.jsonl.read_text().splitlines()
+    damaged = tmp_path / "damaged.jsonl"
+    damaged.write_text("\n".join(lines[:3]) + "\n" + lines[3][: len(lines[3]) // 2] + "\n")
+    out = tmp_path / "out.jsonl"
+    done = run_read(damaged, "--jsonl", out, "-q")
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"wstap: {damaged}: line 4: not a JSON object; the 3 records before it were written"
+    assert out.read_text().splitlines() == lines[:3]
+
+    not_har = tmp_path / "not.har"
+    not_har.write_text('{"log": {"version": "1.2"}}')
+    done = run_read(not_har)
+    assert done.returncode == 1 and done.stderr.strip() == f"wstap: {not_har}: not a HAR file: no log.entries array"
