@@ -18,8 +18,8 @@ struct OutputOptions: ParsableArguments {
     @Flag(name: .shortAndLong, help: "Print nothing on the console (records still go to --jsonl).")
     var quiet = false
 
-    @Option(name: .long, help: ArgumentHelp("Bytes of each message payload kept in records; longer ones are marked truncated.", valueName: "bytes"))
-    var maxPayload: Int = 64 * 1024
+    @Option(name: .long, help: ArgumentHelp("Bytes of each message payload kept in records (64K, 1M, …); longer ones are marked truncated. 'unlimited' keeps whole payloads, as replay needs, up to --max-inflate bytes each.", valueName: "bytes|unlimited"))
+    var maxPayload: PayloadLimit = .bytes(64 * 1024)
 
     @Option(name: .long, help: ArgumentHelp("Stop inflating a compressed message after this many bytes (decompression bomb guard).", valueName: "bytes"))
     var maxInflate: UInt64 = 64 * 1024 * 1024
@@ -32,13 +32,13 @@ struct OutputOptions: ParsableArguments {
 
     var dissectorConfiguration: StreamDissector.Configuration {
         var configuration = StreamDissector.Configuration()
-        configuration.payloadCap = maxPayload
+        // Whole payloads are still bounded: one message is held while it is recorded.
+        configuration.payloadCap = maxPayload.bytes ?? Int(clamping: maxInflate)
         configuration.maxInflatedMessage = maxInflate
         return configuration
     }
 
     func validate() throws {
-        if maxPayload < 0 { throw ValidationError("--max-payload must be 0 or more bytes.") }
         if verbose && quiet { throw ValidationError("-v and -q contradict each other: choose one.") }
         _ = makeFilter()  // a bad filter stops wstap here, before anything is opened
     }
@@ -107,3 +107,33 @@ struct OutputOptions: ParsableArguments {
         }
     }
 }
+
+/// `--max-payload`: a byte count (with K, M or G for KiB, MiB, GiB) or `unlimited`.
+enum PayloadLimit: ExpressibleByArgument, Equatable {
+    case bytes(Int)
+    case unlimited
+
+    init?(argument: String) {
+        if argument == "unlimited" {
+            self = .unlimited
+            return
+        }
+        let units: [Character: Int] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30]
+        var digits = Substring(argument)
+        var unit = 1
+        if let last = digits.last?.uppercased().first, let scale = units[last] {
+            unit = scale
+            digits = digits.dropLast()
+        }
+        guard let value = Int(digits), value >= 0, value <= Int.max / unit else { return nil }
+        self = .bytes(value * unit)
+    }
+
+    var bytes: Int? { if case .bytes(let count) = self { count } else { nil } }
+
+    var defaultValueDescription: String {
+        guard let bytes else { return "unlimited" }
+        return bytes > 0 && bytes % 1024 == 0 ? "\(bytes / 1024)K" : "\(bytes)"
+    }
+}
+

@@ -64,3 +64,30 @@ def test_one_gib_message_with_bounded_memory(wstap, opcode):
     print(f"peak RSS {rss / 2**20:.1f} MiB")
     assert rss < 64 * 1024 * 1024, f"peak RSS {rss / 2**20:.1f} MiB"
     sock.close()
+
+
+def test_max_payload_unlimited_keeps_whole_payloads_up_to_max_inflate(wstap, peer):
+    """Recordings for replay need whole payloads: `--max-payload unlimited` keeps a 200 KB message
+    whole (the default cuts it at 64 KiB), and is still bounded per message by --max-inflate."""
+    import asyncio
+    import base64
+    from websockets.asyncio.client import connect
+    from conftest import PEERS, PYTHON
+
+    port = peer(PYTHON, str(PEERS / "websockets_echo_server.py"))
+    big = bytes(range(256)) * 800  # 204,800 bytes
+    results = {}
+    for name, extra in {"default": [], "unlimited": ["--max-payload", "unlimited"],
+                        "bounded": ["--max-payload", "unlimited", "--max-inflate", "100000"]}.items():
+        proxy = wstap(f"ws://127.0.0.1:{port}", extra)
+
+        async def run():
+            async with connect(proxy.url, compression="deflate", max_size=None) as ws:
+                await ws.send(big)
+                assert await ws.recv() == big
+
+        asyncio.run(run())
+        results[name] = [m for m in messages(proxy.wait_ended()) if m["opcode"] == 2]
+    assert all(m["truncated"] and m["length"] == len(big) for m in results["default"])
+    assert all(not m.get("truncated") and base64.b64decode(m["base64"]) == big for m in results["unlimited"])
+    assert all(m["truncated"] and len(base64.b64decode(m["base64"])) == 100000 for m in results["bounded"])

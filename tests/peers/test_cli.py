@@ -66,7 +66,8 @@ def test_a_timestamp_after_2262_is_clamped_and_said_once():
 
 
 def test_bad_limits_say_how_to_fix_them():
-    for args in (["--head-timeout", "-1"], ["--upstream-timeout", "nan"], ["--max-head-size", "10"]):
+    for args in (["--head-timeout", "-1"], ["--upstream-timeout", "nan"], ["--max-head-size", "10"],
+                 ["--max-payload", "lots"], ["--max-payload", "99999999999G"]):
         result = run("proxy", "--upstream", "ws://127.0.0.1:9", *args)
         assert result.returncode != 0
         assert args[0] in result.stderr, result.stderr
