@@ -20,8 +20,9 @@ public enum JSONLinesReader {
     }
 
     /// A line longer than this is refused rather than held: a file without newlines must not be read
-    /// into memory whole. Payloads of 256 MiB still fit in base64.
-    public static let maximumLineBytes = 384 << 20
+    /// into memory whole. A whole 64 MiB payload (--max-payload unlimited at the default
+    /// --max-inflate) still fits in base64.
+    public static let maximumLineBytes = 96 << 20
 
     /// The records of `text`, in order.
     public static func records(_ text: String) throws(Failure) -> [TapRecord] {

@@ -26,13 +26,16 @@ public enum RecordingFile {
         defer { Glibc.close(fd) }
         var head = [UInt8](repeating: 0, count: 4096)
         let count = head.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress!, $0.count) }
-        guard count > 0 else { throw Failure(description: count == 0 ? "'\(path)' is empty" : "cannot read '\(path)': \(String(cString: strerror(errno)))") }
+        guard count >= 0 else { throw Failure(description: "cannot read '\(path)': \(String(cString: strerror(errno)))") }
+        // An empty file is left to the capture reader, which says so in its own words.
+        guard count > 0 else { return .capture }
         return kind(ofFirstBytes: Array(head[..<count]))
     }
 
     /// pcap (either byte order, micro- or nanosecond) and pcapng by their magic numbers; a JSON object
-    /// whose first member is `log` is HAR; anything else is taken for JSON Lines (whose reader then
-    /// says which line is not a record).
+    /// whose first member is `log` is HAR; another JSON object is taken for JSON Lines (whose reader
+    /// then says which line is not a record). Anything else goes to the capture reader, which says
+    /// what it is not (and never reads a file of zeros as one endless line).
     public static func kind(ofFirstBytes bytes: [UInt8]) -> Kind {
         let magics: [[UInt8]] = [[0xD4, 0xC3, 0xB2, 0xA1], [0xA1, 0xB2, 0xC3, 0xD4], [0x4D, 0x3C, 0xB2, 0xA1], [0xA1, 0xB2, 0x3C, 0x4D],
                                  [0x0A, 0x0D, 0x0D, 0x0A]]
@@ -40,7 +43,7 @@ public enum RecordingFile {
         var i = bytes.starts(with: [0xEF, 0xBB, 0xBF]) ? 3 : 0
         func skipSpace() { while i < bytes.count, [0x20, 0x09, 0x0A, 0x0D].contains(bytes[i]) { i += 1 } }
         skipSpace()
-        guard i < bytes.count, bytes[i] == UInt8(ascii: "{") else { return .jsonLines }
+        guard i < bytes.count, bytes[i] == UInt8(ascii: "{") else { return .capture }
         i += 1
         skipSpace()
         return bytes[i...].starts(with: Array("\"log\"".utf8)) ? .har : .jsonLines

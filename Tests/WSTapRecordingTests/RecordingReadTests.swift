@@ -114,6 +114,8 @@ struct JSONLinesRoundTripTests {
         }
         #expect(RecordingFile.kind(ofFirstBytes: Array(#"{"v":1,"type":"open","conn":1}"#.utf8)) == .jsonLines)
         #expect(RecordingFile.kind(ofFirstBytes: [0xEF, 0xBB, 0xBF] + Array("\r\n {  \"log\": {".utf8)) == .har)
+        // Neither: the capture reader says what it is not (a file of zeros is no endless JSON line).
+        #expect(RecordingFile.kind(ofFirstBytes: [0, 0, 0, 0, 0]) == .capture)
         #expect(throws: RecordingFile.Failure.self) { _ = try RecordingFile.kind(of: "/nonexistent/file.jsonl") }
     }
 }
