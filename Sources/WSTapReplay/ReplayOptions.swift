@@ -1,0 +1,94 @@
+import WSTapFilter
+import WSTapRecording
+import WSTapWire
+
+/// Where a replay goes: `ws(s)://host[:port][/path]` from `--to`.
+public struct ReplayTarget: Sendable, CustomStringConvertible {
+    public var secure: Bool
+    public var host: String
+    public var port: Int
+    /// The request target to use instead of the recorded one; nil keeps the recording's.
+    public var path: String?
+
+    public init(secure: Bool, host: String, port: Int, path: String?) {
+        self.secure = secure
+        self.host = host
+        self.port = port
+        self.path = path
+    }
+
+    /// `host:port`, the port left out when it is the scheme's own; IPv6 in brackets.
+    public var hostHeader: String {
+        let name = host.contains(":") ? "[\(host)]" : host
+        return port == (secure ? 443 : 80) ? name : "\(name):\(port)"
+    }
+
+    public var description: String { "\(secure ? "wss" : "ws")://\(hostHeader)\(path ?? "")" }
+}
+
+public struct ReplayOptions: Sendable {
+    public enum Pace: Sendable, Equatable {
+        /// Send client message i once the server messages recorded before it have arrived.
+        case reply
+        /// Send the next client message after the server has been quiet this long.
+        case idle(Duration)
+        /// The recorded gaps, scaled by `speed` and capped by `maxGap`.
+        case timing
+        /// Everything at once.
+        case asap
+    }
+
+    public enum Compression: String, Sendable { case keep, strip }
+    public enum Reframe: String, Sendable { case keep, single }
+
+    public struct Capture: Sendable {
+        public var name: String
+        public var path: JSONPath
+        public init(name: String, path: JSONPath) {
+            self.name = name
+            self.path = path
+        }
+    }
+
+    public var pace: Pace = .reply
+    /// How long one step may wait for the server (pacing `reply`), and for the handshake and close.
+    public var stepTimeout: Duration = .seconds(10)
+    public var speed: Double = 1
+    public var maxGapNanoseconds: Int64?
+    /// Replies are matched by this value instead of counted (pacing, and the diff).
+    public var correlate: JSONPath?
+    public var captures: [Capture] = []
+    public var keepKey = false
+    public var addHeaders: [(name: String, value: String)] = []
+    public var dropHeaders: [String] = []
+    public var compression = Compression.keep
+    public var reframe = Reframe.keep
+    /// Bytes of each payload kept in the new session's records.
+    public var payloadCap = 64 * 1024
+    /// The new session's connection id in its records.
+    public var connectionID: UInt64 = 1
+
+    public init() {}
+}
+
+/// How a replay went: what was sent and received, what the handshake said, what timed out.
+public struct ReplayResult: Sendable {
+    public var recordedConnection: UInt64
+    public var target: String
+    public var sent = 0
+    /// Set when the replay could not run to its end (no connection, upgrade refused).
+    public var failure: String?
+    /// Differences of the server's 101 from the recorded one.
+    public var handshake: [String] = []
+    /// The subprotocol differs: counted as a difference by the diff.
+    public var handshakeDiffers = false
+    public var subprotocol: String?
+    public var extensions: String?
+    public var timeouts: [String] = []
+    public var notes: [String] = []
+
+    public init(recordedConnection: UInt64, target: String) {
+        self.recordedConnection = recordedConnection
+        self.target = target
+    }
+}
