@@ -36,7 +36,7 @@ let package = Package(
         .target(
             name: "WSTapProxy",
             dependencies: [
-                "WSTapRelay", "WSTapFormats",
+                "WSTapRelay", "WSTapFormats", "WSTapRecording", "WSTapReplay",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOTLS", package: "swift-nio"),
@@ -51,7 +51,7 @@ let package = Package(
         .executableTarget(
             name: "wstap",
             dependencies: [
-                "WSTapProxy", "WSTapFormats", "WSTapCapture", "WSTapFilter", "WSTapRules", "WSTapRecording",
+                "WSTapProxy", "WSTapFormats", "WSTapCapture", "WSTapFilter", "WSTapRules", "WSTapRecording", "WSTapReplay",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
