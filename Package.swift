@@ -32,7 +32,7 @@ let package = Package(
         // Recordings for replay and mock, read alike from JSON Lines, HAR and captures.
         .target(name: "WSTapRecording", dependencies: ["WSTapCapture", "WSTapFormats", "WSTapDissect", "WSTapWire"]),
         // wstap replay's sans-IO core: a recorded client side against a server, and the diff.
-        .target(name: "WSTapReplay", dependencies: ["WSTapRecording", "WSTapDissect", "WSTapWire", "WSTapFilter"]),
+        .target(name: "WSTapReplay", dependencies: ["WSTapRecording", "WSTapDissect", "WSTapWire", "WSTapFilter", "WSTapRules"]),
         .target(
             name: "WSTapProxy",
             dependencies: [
@@ -77,7 +77,7 @@ let package = Package(
         .testTarget(name: "WSTapCaptureTests", dependencies: ["WSTapCapture", "WSTapFormats"]),
         .testTarget(name: "WSTapRecordingTests", dependencies: ["WSTapRecording", "WSTapCapture", "WSTapFormats", "WSTapDissect"],
                     exclude: ["Fixtures"]),
-        .testTarget(name: "WSTapReplayTests", dependencies: ["WSTapReplay", "WSTapRecording", "WSTapDissect", "WSTapWire", "WSTapFilter", "WSTapTestSupport"]),
+        .testTarget(name: "WSTapReplayTests", dependencies: ["WSTapReplay", "WSTapRecording", "WSTapDissect", "WSTapWire", "WSTapFilter", "WSTapRules", "WSTapTestSupport"]),
         .testTarget(name: "WSTapFuzzTargetsTests", dependencies: ["WSTapFuzzTargets"]),
         .testTarget(name: "WSTapFilterTests", dependencies: ["WSTapFilter", "WSTapTestSupport"]),
         .testTarget(name: "WSTapRulesTests", dependencies: ["WSTapRules", "WSTapFilter", "WSTapTestSupport"]),

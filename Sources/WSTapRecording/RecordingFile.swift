@@ -60,16 +60,22 @@ public enum RecordingFile {
     }
 
     /// The recording in `path`, whatever its kind; captures are read with `session` (a default one
-    /// when nil).
-    public static func recording(path: String, session: CaptureSession? = nil) throws -> Recording {
+    /// when nil). `observe` sees every record on the way (replay's --filter chooses by them).
+    public static func recording(path: String, session: CaptureSession? = nil, observe: (TapRecord) -> Void = { _ in }) throws -> Recording {
         var builder = RecordingBuilder()
         let kind = try kind(of: path)
         if kind == .capture {
             _ = try PcapFile.read(path: path, session: session ?? CaptureSession()) { records in
-                for record in records { builder.add(record) }
+                for record in records {
+                    observe(record)
+                    builder.add(record)
+                }
             }
         } else {
-            try readRecords(path: path, kind: kind) { builder.add($0) }
+            try readRecords(path: path, kind: kind) { record in
+                observe(record)
+                builder.add(record)
+            }
         }
         return builder.recording
     }

@@ -1,5 +1,6 @@
 import WSTapFilter
 import WSTapRecording
+import WSTapRules
 import WSTapWire
 
 /// Where a replay goes: `ws(s)://host[:port][/path]` from `--to`.
@@ -67,6 +68,10 @@ public struct ReplayOptions: Sendable {
     public var payloadCap = 64 * 1024
     /// The new session's connection id in its records.
     public var connectionID: UInt64 = 1
+    /// Rules applied to each client message before it is sent ("replay with this message changed").
+    /// Payload edits, drop, duplicate, fragment and uncompressed act; the others mean nothing to a
+    /// replay and are reported once each.
+    public var rules: RuleEngine?
 
     public init() {}
 }
@@ -86,6 +91,9 @@ public struct ReplayResult: Sendable {
     public var extensions: String?
     public var timeouts: [String] = []
     public var notes: [String] = []
+    /// Per rule name: client messages it changed, and dropped.
+    public var changedByRule: [String: Int] = [:]
+    public var droppedByRule: [String: Int] = [:]
 
     public init(recordedConnection: UInt64, target: String) {
         self.recordedConnection = recordedConnection

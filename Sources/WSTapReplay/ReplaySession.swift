@@ -1,6 +1,7 @@
 import WSTapDissect
 import WSTapFilter
 import WSTapRecording
+import WSTapRules
 import WSTapWire
 
 /// Replays the client side of one recorded connection against a server: events in (connected, bytes
@@ -392,15 +393,61 @@ public final class ReplaySession {
     }
 
     private func send(_ step: Step, now: Timestamp, into out: inout [Action], records: inout [TapRecord]) {
-        var payload = step.message.payload
-        if !options.captures.isEmpty, step.message.opcode == .text { payload = substitute(payload) }
-        let compress = deflater != nil && (step.message.compressed || step.message.frameLengths == nil)
-        let bytes = frames(step.message.opcode, payload, compressed: compress, shape: options.reframe == .keep ? step.message.frameLengths : nil)
-        dissector.feed(bytes, from: .clientToServer, at: now, into: &records)
-        out.append(.send(bytes))
-        result.sent += 1
         next += 1
         waitingSince = now
+        var payload = step.message.payload
+        if !options.captures.isEmpty, step.message.opcode == .text { payload = substitute(payload) }
+        var compress = deflater != nil && (step.message.compressed || step.message.frameLengths == nil)
+        var shape = options.reframe == .keep ? step.message.frameLengths : nil
+        var copies = 1
+        if let engine = options.rules, !engine.rules.isEmpty {
+            let outcome = applyRules(engine, to: step.message, payload: payload, compressed: compress)
+            if outcome.dropped { return }
+            payload = outcome.payload
+            for effect in outcome.effects {
+                switch effect {
+                case .duplicate: copies += 1
+                case .uncompressed: compress = false
+                case .fragment(let count, let size):
+                    let total = UInt64(payload.count)
+                    let pieces = max(1, count ?? Int((total + UInt64(max(size ?? 1, 1)) - 1) / UInt64(max(size ?? 1, 1))))
+                    shape = Array(repeating: total / UInt64(pieces), count: pieces - 1) + [total - total / UInt64(pieces) * UInt64(pieces - 1)]
+                default: break
+                }
+            }
+        }
+        for _ in 0..<copies {
+            let bytes = frames(step.message.opcode, payload, compressed: compress, shape: shape)
+            dissector.feed(bytes, from: .clientToServer, at: now, into: &records)
+            out.append(.send(bytes))
+        }
+        result.sent += 1
+    }
+
+    /// The rules' outcome for a client message about to be sent, tallied per rule; actions that mean
+    /// nothing to a replay (hold, delay, inject, close, exec, …) are reported once each.
+    private func applyRules(_ engine: RuleEngine, to message: Recording.Message, payload: [UInt8], compressed: Bool) -> RuleOutcome {
+        let record = MessageRecord(direction: .clientToServer, opcode: message.opcode, frames: message.frameLengths?.count ?? 1,
+                                   wireLength: message.length, length: UInt64(payload.count), compressed: compressed, payload: payload,
+                                   truncated: false, closeCode: nil, closeReason: nil, inflateFailed: false, incomplete: false, offset: 0)
+        let random = self.random
+        let outcome = engine.apply(to: record, connectionID: options.connectionID, connection: ConnectionFacts(recorded.open)) {
+            Double(random() >> 11) / Double(1 << 53)
+        }
+        for applied in outcome.applied {
+            if outcome.dropped { result.droppedByRule[applied.rule, default: 0] += 1 } else if applied.before != applied.after {
+                result.changedByRule[applied.rule, default: 0] += 1
+            }
+            for action in applied.actions {
+                switch action {
+                case .replace, .replaceBytes, .setJSON, .deleteJSON, .drop, .duplicate, .fragment, .uncompressed, .mark: continue
+                default:
+                    let note = "rule '\(applied.rule)': '\(action)' does nothing in a replay (it acts on live traffic); its edits still apply"
+                    if !result.notes.contains(note) { result.notes.append(note) }
+                }
+            }
+        }
+        return outcome
     }
 
     /// `{{NAME}}` replaced by the value captured from a reply, and each recorded captured value by

@@ -63,8 +63,10 @@ struct OutputOptions: ParsableArguments {
     /// The JSON Lines sink (if asked for), the HAR log (if asked for) and the console (unless -q);
     /// exits with one line on failure. `background` puts encoding and writing on a thread of their own
     /// (for `read` and `capture`; the proxy writes each batch before forwarding the bytes it describes).
-    func makeSinks(background: Bool = false) -> Sinks {
-        let selection = makeFilter()
+    /// - Parameter filtering: false when the command gives --filter another meaning (replay selects
+    ///   what to replay with it and records the whole new session).
+    func makeSinks(background: Bool = false, filtering: Bool = true) -> Sinks {
+        let selection = filtering ? makeFilter() : nil
         var sinks: [any RecordSink] = []
         var harSink: HARSink?
         if let jsonl {

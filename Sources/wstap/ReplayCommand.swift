@@ -7,6 +7,7 @@ import WSTapProxy
 import WSTapRecording
 import WSTapRelay
 import WSTapReplay
+import WSTapRules
 
 #if canImport(Glibc)
 import Glibc
@@ -26,11 +27,16 @@ struct ReplayCommand: ParsableCommand {
             proxy's (--jsonl, the console); --diff compares the server's messages with the recording and \
             exits 1 when they differ.
 
+            In a replay --filter chooses the connection to replay (the one a record of which matches, \
+            instead of --conn) and the new session is recorded whole; --rule and --rules change client \
+            messages before they are sent (edits, drop, duplicate, fragment, uncompressed).
+
             Examples:
               wstap replay session.jsonl --to ws://127.0.0.1:9000 --diff
               wstap replay capture.pcap --conn 2 --to ws://staging:9000/chat --pace timing --speed 4
               wstap replay session.har --to wss://api.example.test --correlate json.id --diff --ignore json.ts
               wstap replay login.jsonl --to ws://127.0.0.1:9000 --capture token=json.session.token
+              wstap replay capture.pcap --filter 'url~/chat/' --rule 'json.op=buy => set json.qty 0' --to ws://127.0.0.1:9000
             """
     )
 
@@ -97,6 +103,8 @@ struct ReplayCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Decrypt a captured wss:// recording with the secrets in this NSS key log.", valueName: "file"))
     var readKeylog: String?
 
+    @OptionGroup var ruleOptions: RuleOptions
+
     @OptionGroup var output: OutputOptions
 
     func validate() throws {
@@ -108,6 +116,8 @@ struct ReplayCommand: ParsableCommand {
         guard ReplayOptions.Reframe(rawValue: reframe) != nil else { throw ValidationError("--reframe must be keep or single.") }
         for value in header where !value.contains(":") { throw ValidationError("--header '\(value)': write it as 'Name: value'.") }
         _ = try parsedTarget()
+        if !ruleOptions.exec.isEmpty { throw ValidationError("--exec hooks act on live traffic; a replay takes --rule and --rules.") }
+        if conn != nil && output.filter != nil { throw ValidationError("--conn and --filter both choose the connection: give one.") }
     }
 
     func parsedPace() throws -> ReplayOptions.Pace {
@@ -140,7 +150,7 @@ struct ReplayCommand: ParsableCommand {
     func run() throws {
         let target = try parsedTarget()
         let recording = load()
-        let connection = select(from: recording)
+        let connection = select(from: recording.recording, matching: recording.matching)
         refuseTruncated(connection)
         var options = ReplayOptions()
         options.pace = try parsedPace()
@@ -161,6 +171,7 @@ struct ReplayCommand: ParsableCommand {
         options.compression = ReplayOptions.Compression(rawValue: compression)!
         options.reframe = ReplayOptions.Reframe(rawValue: reframe)!
         options.payloadCap = output.maxPayload.bytes ?? Int(clamping: output.maxInflate)
+        if !ruleOptions.isEmpty { options.rules = RuleEngine(rules: ruleOptions.load()) }
         let ignored = ignore.map { path(for: "--ignore", $0) }
 
         var tls: ReplayClient.TLS?
@@ -174,7 +185,7 @@ struct ReplayCommand: ParsableCommand {
             tls = ReplayClient.TLS(upstreamCAFile: upstreamCA, insecure: insecure, keyLog: keyLogFile,
                                    serverName: UpstreamTLS.forHost(target.host).serverName)
         }
-        let sinks = output.makeSinks()
+        let sinks = output.makeSinks(filtering: false)
         let session: ReplaySession
         do {
             session = try ReplayClient.run(connection, target: target, options: options, tls: tls, sink: sinks.all)
@@ -200,6 +211,12 @@ struct ReplayCommand: ParsableCommand {
                      + "received \(session.receivedReplies.count) server messages (\(recordedReplies) recorded)")
         lines += result.handshake.map { "  handshake: \($0)" }
         lines += result.timeouts.map { "  timeout: \($0)" }
+        for rule in Set(result.changedByRule.keys).union(result.droppedByRule.keys).sorted() {
+            var parts: [String] = []
+            if let changed = result.changedByRule[rule] { parts.append("changed \(counted(changed, "client message"))") }
+            if let dropped = result.droppedByRule[rule] { parts.append("dropped \(counted(dropped, "client message"))") }
+            lines.append("  rule '\(rule)': \(parts.joined(separator: ", "))")
+        }
         lines += result.notes.map { "  note: \($0)" }
         var status: Int32 = 0
         if diff {
@@ -215,7 +232,17 @@ struct ReplayCommand: ParsableCommand {
         Glibc.exit(status)
     }
 
-    private func load() -> Recording {
+    /// The recording, and with --filter the connections a record of which matches it.
+    private func load() -> (recording: Recording, matching: Set<UInt64>?) {
+        var selection = output.makeFilter().map(FilterSelection.init)
+        var matching: Set<UInt64>? = selection == nil ? nil : []
+        var kept: [TapRecord] = []
+        let observe: (TapRecord) -> Void = { record in
+            guard selection != nil else { return }
+            kept.removeAll(keepingCapacity: true)
+            selection!.select(record, into: &kept)
+            for record in kept { matching!.insert(record.connection) }
+        }
         do {
             let kind = try RecordingFile.kind(of: source)
             if kind == .capture {
@@ -225,9 +252,9 @@ struct ReplayCommand: ParsableCommand {
                     session.keyLog = session.keyLog ?? TLSKeyLog()
                     session.keyLog!.add(text: embedded)
                 }
-                return try RecordingFile.recording(path: source, session: session)
+                return (try RecordingFile.recording(path: source, session: session, observe: observe), matching)
             }
-            return try RecordingFile.recording(path: source)
+            return (try RecordingFile.recording(path: source, observe: observe), matching)
         } catch {
             fail("\(source): \(error)")
         }
@@ -241,8 +268,16 @@ struct ReplayCommand: ParsableCommand {
         return configuration
     }
 
-    private func select(from recording: Recording) -> Recording.Connection {
+    private func select(from recording: Recording, matching: Set<UInt64>?) -> Recording.Connection {
         let ids = recording.connections.map(\.id)
+        if let matching, let filter = output.filter {
+            let chosen = recording.connections.filter { matching.contains($0.id) }
+            switch chosen.count {
+            case 1: return chosen[0]
+            case 0: fail("no WebSocket connection of \(source) matches --filter '\(filter)'; it has \(ids.isEmpty ? "none" : ids.map(String.init).joined(separator: ", "))")
+            default: fail("\(chosen.count) WebSocket connections of \(source) match --filter '\(filter)' (\(chosen.map { String($0.id) }.joined(separator: ", "))): narrow it, or choose one with --conn N")
+            }
+        }
         if let conn {
             guard let found = recording.connection(conn) else {
                 fail("\(source) has no WebSocket connection \(conn); it has \(ids.isEmpty ? "none" : ids.map(String.init).joined(separator: ", "))")

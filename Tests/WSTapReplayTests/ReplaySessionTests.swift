@@ -3,6 +3,7 @@ import WSTapDissect
 import WSTapFilter
 import WSTapRecording
 import WSTapReplay
+import WSTapRules
 import WSTapTestSupport
 import WSTapWire
 
@@ -187,6 +188,26 @@ func recorded(_ messages: [Recording.Message], request: HTTPHead? = nil, subprot
         // The new session's records show them as sent, inflated.
         let recordedTexts = play.records.compactMap { if case .message(let m) = $0.body, m.direction == .clientToServer, m.opcode == .text { String(decoding: m.payload, as: UTF8.self) } else { nil } }
         #expect(recordedTexts == texts)
+    }
+
+    /// "Replay with this message changed": rules act on what is sent, and are tallied per rule.
+    @Test func rulesChangeDropAndDuplicateWhatIsSent() throws {
+        var options = ReplayOptions()
+        options.rules = RuleEngine(rules: try [
+            "[price] json.op=buy => set json.qty 0",
+            "[quiet] text=noise => drop",
+            "[twice] text=again => duplicate",
+            "[later] text=again => hold",
+        ].map { try RuleParser.parse($0) })
+        let play = ReplayPlay(recorded([message(.clientToServer, #"{"op":"buy","qty":5}"#), message(.clientToServer, "noise"),
+                                        message(.clientToServer, "again")]), options: options)
+        #expect(play.sentTexts == [#"{"op":"buy","qty":0}"#, "again", "again"])
+        let result = play.session.result
+        #expect(result.changedByRule == ["price": 1] && result.droppedByRule == ["quiet": 1])
+        #expect(result.notes.count == 1 && result.notes[0].contains("'later'") && result.notes[0].contains("hold"))
+        // The new session's records show what was sent, not what was recorded.
+        let recordedTexts = play.records.compactMap { if case .message(let m) = $0.body, m.direction == .clientToServer, m.opcode == .text { String(decoding: m.payload, as: UTF8.self) } else { nil } }
+        #expect(recordedTexts == play.sentTexts)
     }
 
     @Test func pingsAreAnsweredAndAnUnansweredUpgradeFails() {

@@ -217,3 +217,34 @@ async def app_session_echo(url):
     async with connect(url) as ws:
         await ws.send("a message longer than ten bytes")
         await ws.recv()
+
+
+def test_filter_chooses_the_connection_and_rules_change_what_is_sent(wstap, peer, tmp_path):
+    port = app_server(peer)
+    proxy = wstap(f"ws://127.0.0.1:{port}", ["--max-payload", "unlimited"])
+
+    async def two_sessions():
+        await app_session(proxy.url + "/app?v=2")
+        await app_session(proxy.url + "/other")
+    asyncio.run(two_sessions())
+    proxy.wait_ended(count=2)
+    common = ["--to", f"ws://127.0.0.1:{app_server(peer)}", "--capture", "token=json.session.token", "--ignore", "json.ts",
+              "--ignore", "json.session.token", "--diff"]
+    both = replay(proxy.jsonl, *common, "-q")
+    assert both.returncode == 1 and "has 2 WebSocket connections (1, 2): choose one with --conn N" in both.stderr
+    out = tmp_path / "other.jsonl"
+    chosen = replay(proxy.jsonl, *common, "--filter", "path=/other", "--jsonl", out, "-q",
+                    "--rule", "[renumber] json.op=get json.id=2 => set json.id 7")
+    # The second request went with id 7: the server's answer differs where the rule said, and only there.
+    assert chosen.returncode == 1, chosen.stderr
+    assert "rule 'renumber': changed 1 client message" in chosen.stderr
+    assert "server message 3: json.id: recorded 2, replayed 7; json.price: recorded 102, replayed 107" in chosen.stderr
+    assert "wstap: diff: 1 difference from the recording" in chosen.stderr
+    replayed = [json.loads(line) for line in out.read_text().splitlines()]
+    assert replayed[0]["request"]["target"] == "/other"
+    sent = [json.loads(m["text"]) for m in messages(replayed, sender="client") if m["opcode"] == 1 and m["text"].startswith("{")]
+    assert [m.get("id") for m in sent] == [None, 1, 7]
+    none = replay(proxy.jsonl, *common, "--filter", "path=/nowhere")
+    assert none.returncode == 1 and "no WebSocket connection of" in none.stderr and "matches --filter 'path=/nowhere'" in none.stderr
+    dropped = replay(proxy.jsonl, *common, "--conn", "1", "-q", "--rule", "[skip] json.op=get json.id=1 => drop")
+    assert "sent 4 of 5 client messages" in dropped.stderr and "rule 'skip': dropped 1 client message" in dropped.stderr
