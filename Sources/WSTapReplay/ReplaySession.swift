@@ -500,33 +500,10 @@ public final class ReplaySession {
         frames(opcode, payload, compressed: compressed, shape: nil)
     }
 
-    /// A message as masked frames: compressed if asked, split like the recording when its shape is
-    /// kept (the same count of frames, the recorded sizes when they still add up).
+    /// A message as masked frames, with a fresh key each (RFC 6455 §5.3).
     private func frames(_ opcode: Opcode, _ payload: [UInt8], compressed: Bool, shape: [UInt64]?) -> [UInt8] {
-        let wire = compressed ? deflater!.compressMessage(payload) : payload
-        var sizes: [Int] = [wire.count]
-        if let shape, shape.count > 1, !opcode.isControl {
-            if shape.reduce(0, +) == UInt64(wire.count) {
-                sizes = shape.map { Int($0) }
-            } else {
-                let count = shape.count, base = wire.count / count
-                sizes = (0..<count).map { $0 < count - 1 ? base : wire.count - base * (count - 1) }
-            }
-        }
-        var out: [UInt8] = []
-        out.reserveCapacity(wire.count + 14 * sizes.count)
-        var start = 0
-        for (index, size) in sizes.enumerated() {
-            let key = UInt32(truncatingIfNeeded: random())
-            let header = FrameHeader(fin: index == sizes.count - 1, rsv1: compressed && index == 0, opcode: index == 0 ? opcode : .continuation,
-                                     maskKey: key, payloadLength: UInt64(size))
-            header.encode(into: &out)
-            let from = out.count
-            out += wire[start..<(start + size)]
-            out.withUnsafeMutableBytes { Masking.apply(key: key, offset: 0, to: UnsafeMutableRawBufferPointer(rebasing: $0[from...])) }
-            start += size
-        }
-        return out
+        let random = self.random
+        return MessageFrames.encode(opcode, payload, deflater: compressed ? deflater : nil, shape: shape) { UInt32(truncatingIfNeeded: random()) }
     }
 
     // MARK: - Helpers
