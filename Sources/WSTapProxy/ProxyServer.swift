@@ -100,15 +100,19 @@ public final class ProxyServer: Sendable {
             let channel = try await bootstrap.bind(host: configuration.listenHost, port: configuration.listenPort).get()
             return ProxyServer(channel: channel)
         } catch {
-            let listen = "\(configuration.listenHost):\(configuration.listenPort)"
-            if let io = error as? IOError, io.errnoCode == EADDRINUSE {
-                throw ProxyError(description: "cannot listen on \(listen): the address is already in use. Stop the other program or choose another port with --listen HOST:PORT.")
-            }
-            if let io = error as? IOError, io.errnoCode == EACCES {
-                throw ProxyError(description: "cannot listen on \(listen): permission denied (ports below 1024 need root). Choose a port above 1024 with --listen HOST:PORT.")
-            }
-            throw ProxyError(description: "cannot listen on \(listen): \(describe(error)). Check the address given to --listen.")
+            throw listenError(error, listen: "\(configuration.listenHost):\(configuration.listenPort)")
         }
+    }
+
+    /// A bind that failed, said so that the user knows what to change.
+    static func listenError(_ error: Error, listen: String) -> ProxyError {
+        if let io = error as? IOError, io.errnoCode == EADDRINUSE {
+            return ProxyError(description: "cannot listen on \(listen): the address is already in use. Stop the other program or choose another port with --listen HOST:PORT.")
+        }
+        if let io = error as? IOError, io.errnoCode == EACCES {
+            return ProxyError(description: "cannot listen on \(listen): permission denied (ports below 1024 need root). Choose a port above 1024 with --listen HOST:PORT.")
+        }
+        return ProxyError(description: "cannot listen on \(listen): \(describe(error)). Check the address given to --listen.")
     }
 
     /// Runs until the listening channel closes.

@@ -232,40 +232,8 @@ struct ReplayCommand: ParsableCommand {
         Glibc.exit(status)
     }
 
-    /// The recording, and with --filter the connections a record of which matches it.
     private func load() -> (recording: Recording, matching: Set<UInt64>?) {
-        var selection = output.makeFilter().map(FilterSelection.init)
-        var matching: Set<UInt64>? = selection == nil ? nil : []
-        var kept: [TapRecord] = []
-        let observe: (TapRecord) -> Void = { record in
-            guard selection != nil else { return }
-            kept.removeAll(keepingCapacity: true)
-            selection!.select(record, into: &kept)
-            for record in kept { matching!.insert(record.connection) }
-        }
-        do {
-            let kind = try RecordingFile.kind(of: source)
-            if kind == .capture {
-                let session = CaptureSession(configuration: fullPayloads)
-                if let readKeylog { session.keyLog = try TLSKeyLog(path: readKeylog) }
-                if let embedded = PcapngSecrets.keyLogText(path: source) {
-                    session.keyLog = session.keyLog ?? TLSKeyLog()
-                    session.keyLog!.add(text: embedded)
-                }
-                return (try RecordingFile.recording(path: source, session: session, observe: observe), matching)
-            }
-            return (try RecordingFile.recording(path: source, observe: observe), matching)
-        } catch {
-            fail("\(source): \(error)")
-        }
-    }
-
-    /// A capture is dissected again for the replay: whole payloads, whatever --max-payload says.
-    private var fullPayloads: StreamDissector.Configuration {
-        var configuration = StreamDissector.Configuration()
-        configuration.payloadCap = Int(clamping: output.maxInflate)
-        configuration.maxInflatedMessage = output.maxInflate
-        return configuration
+        RecordingSource.load(source, readKeylog: readKeylog, filter: output.makeFilter(), maxInflate: output.maxInflate)
     }
 
     private func select(from recording: Recording, matching: Set<UInt64>?) -> Recording.Connection {
