@@ -109,7 +109,11 @@ public enum HARReader {
         var payload: [UInt8]
         var closeCode: UInt16?
         var closeReason: String?
+        let inflateFailed = item.bool("_inflateFailed") == true && !opcode.isControl
         switch opcode {
+        case .text where inflateFailed:
+            guard let decoded = Base64Decoding.decode(data) else { throw Failure(message: "\(place): the data of a message that did not inflate is not base64") }
+            payload = decoded
         case .text:
             payload = Array(data.utf8)
         default:
@@ -128,10 +132,14 @@ public enum HARReader {
             closeCode = UInt16(payload[0]) << 8 | UInt16(payload[1])
             closeReason = String(validating: payload[2...], as: UTF8.self)
         }
-        return MessageRecord(direction: direction, opcode: opcode, frames: 1, wireLength: UInt64(payload.count), length: UInt64(payload.count),
-                             compressed: false, payload: payload, truncated: false, closeCode: closeCode, closeReason: closeReason,
-                             inflateFailed: false, incomplete: false, offset: 0,
-                             textValidity: opcode == .text ? .valid : .unchecked)
+        // wstap's --har marks payloads cut at --max-payload (with their whole length) and ones that
+        // did not inflate (their data is then the compressed bytes, as base64).
+        let truncated = item.bool("_truncated") == true
+        let length = truncated ? UInt64(max(item.int("_length") ?? payload.count, payload.count)) : UInt64(payload.count)
+        return MessageRecord(direction: direction, opcode: opcode, frames: 1, wireLength: inflateFailed ? UInt64(payload.count) : length, length: length,
+                             compressed: inflateFailed, payload: payload, truncated: truncated, closeCode: closeCode, closeReason: closeReason,
+                             inflateFailed: inflateFailed, incomplete: false, offset: 0,
+                             textValidity: opcode == .text && !inflateFailed ? .valid : .unchecked)
     }
 
     /// A request or response head from HAR's `method`/`url`/`status`, `httpVersion` and `headers`.

@@ -81,6 +81,13 @@ public final class HARSink: RecordSink {
             writer.key("opcode"); writer.integer(message.opcode.rawValue)
             writer.key("data")
             if message.opcode == .text && !message.inflateFailed { writer.string(utf8: message.payload) } else { writer.base64(message.payload) }
+            // HAR has no word for a payload cut at --max-payload or one that did not inflate: wstap's
+            // own members say so, so a HAR read back (for replay) does not pass them off as whole.
+            if message.truncated {
+                writer.key("_truncated"); writer.bool(true)
+                writer.key("_length"); writer.integer(message.length)
+            }
+            if message.inflateFailed { writer.key("_inflateFailed"); writer.bool(true) }
             writer.endObject()
             writer.withBytes { Self.append(entry.spool, $0) }
             entry.messageCount += 1

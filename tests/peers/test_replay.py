@@ -204,11 +204,16 @@ def test_bad_input_gets_one_clear_line_and_a_non_zero_exit(wstap, peer, tmp_path
         assert len([l for l in done.stderr.splitlines() if l.startswith(("wstap:", "Error:"))]) == 1, done.stderr
 
     # A recording whose payloads were cut refuses, and says how to re-record.
-    short = wstap(f"ws://127.0.0.1:{echo}", ["--max-payload", "10"])
+    short_har = tmp_path / "short.har"
+    short = wstap(f"ws://127.0.0.1:{echo}", ["--max-payload", "10", "--har", str(short_har)])
     asyncio.run(app_session_echo(short.url))
     short.wait_ended()
     refused = replay(short.jsonl, "--to", to)
     assert refused.returncode == 1 and "Record again with --max-payload unlimited" in refused.stderr
+    # The HAR of the same session says so too (wstap's own _truncated member), once it is complete.
+    short.stop()
+    refused = replay(short_har, "--to", to)
+    assert refused.returncode == 1 and "Record again with --max-payload unlimited" in refused.stderr, refused.stderr
     allowed = replay(short.jsonl, "--to", to, "--allow-truncated", "-q")
     assert allowed.returncode == 0, allowed.stderr
 
