@@ -62,7 +62,8 @@ let package = Package(
         // One libFuzzer target per parser that sees untrusted bytes (docs/reliability.md, scripts/fuzz.sh).
         .target(
             name: "WSTapFuzzTargets",
-            dependencies: ["WSTapWire", "WSTapDissect", "WSTapRelay", "WSTapCapture", "WSTapFormats", "WSTapFilter", "WSTapRules", "WSTapTestSupport", "CZlib", "CPcap",
+            dependencies: ["WSTapWire", "WSTapDissect", "WSTapRelay", "WSTapCapture", "WSTapFormats", "WSTapFilter", "WSTapRules", "WSTapRecording", "WSTapReplay",
+                           "WSTapTestSupport", "CZlib", "CPcap",
                            .product(name: "NIOCore", package: "swift-nio")]
         ),
         // Built with --sanitize=fuzzer it is a libFuzzer binary; built normally it replays inputs and makes seeds.

@@ -207,6 +207,13 @@ public enum FuzzSeeds {
                                  (c2s, Wire.frame(.close, [0x03, 0xE8] + Array("bye".utf8), mask: 9)), (s2c, Wire.frame(.text, [0x61, 0xFF]))])
         seeds["jsonl-reader", default: []].append(Array(recording.joined().utf8))
         seeds["har-reader", default: []].append(Array(RecordingTargets.seed.utf8))
+        // Pieces as the replay and mock targets read them: a kind byte, a two-byte length, the bytes.
+        func piece(_ kind: UInt8, _ bytes: [UInt8]) -> [UInt8] { [kind, UInt8(bytes.count >> 8), UInt8(bytes.count & 0xFF)] + bytes }
+        let server = [Wire.text("hello"), Wire.text(#"{"id":1,"r":"x"}"#), Wire.text(#"{"id":2,"t":"tok"}"#), Wire.frame(.ping, [1]), Wire.frame(.close, [0x03, 0xE8])]
+        seeds["replay-session", default: []] += [0x00, 0x0C, 0x45].map { choice in [choice] + server.flatMap { piece(1, $0) } + [0, 60] }
+        let client = [Wire.text(#"{"id":1,"op":"a"}"#, mask: 5), Wire.text("nobody", mask: 6), Wire.text(#"{"id":2,"op":"{{t}}"}"#, mask: 7),
+                      Wire.frame(.ping, [2], mask: 8), Wire.frame(.close, [0x03, 0xE8], mask: 9)]
+        seeds["mock-session", default: []] += [0x00, 0x09, 0x1A, 0x1D, 0x04].map { choice in [choice] + client.flatMap { piece(3, $0) } + [0, 60] }
         seeds["rules", default: []] += [Array(rulesFile.utf8) + [0] + Array(#"{"type":"t","id":1,"data":[0]} abc"#.utf8)]
         seeds["hook-verdict", default: []] += [
             #"{"id":1,"verdict":"forward"}"#, #"{"id":2,"verdict":"replace","base64":"AAH/","inject":[{"to":"client","text":"hi"}]}"#,

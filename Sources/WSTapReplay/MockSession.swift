@@ -82,6 +82,17 @@ public final class MockSession {
     public func start() -> [Action] { [.wake(at: deadline)] }
 
     public func handle(_ event: Event) -> [Action] {
+        // Once finished, nothing more: the shell may still deliver what was in flight.
+        guard !over else { return [] }
+        let out = respond(to: event)
+        if out.contains(where: { if case .finished = $0 { true } else { false } }) { over = true }
+        return out
+    }
+
+    /// `.finished` was returned.
+    private var over = false
+
+    private func respond(to event: Event) -> [Action] {
         var out: [Action] = []
         var records: [TapRecord] = []
         let now: Timestamp

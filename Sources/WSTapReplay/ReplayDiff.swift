@@ -24,10 +24,20 @@ public enum ReplayDiff {
                 if let id = ReplaySession.jsonValue(message.payload, at: correlate) { pool[id, default: []].append(index) } else { unkeyed.append(index) }
             }
             var used = Set<Int>()
+            // How many of each pool are taken: the next one is at that index (no removeFirst, which
+            // is quadratic over a long session).
+            var taken: [String: Int] = [:]
+            var unkeyedTaken = 0
             for (index, message) in recorded.enumerated() {
                 let id = ReplaySession.jsonValue(message.payload, at: correlate)
-                let match: Int? = id.flatMap { pool[$0]?.isEmpty == false ? pool[$0]!.removeFirst() : nil }
-                    ?? (id == nil && !unkeyed.isEmpty ? unkeyed.removeFirst() : nil)
+                var match: Int?
+                if let id, let candidates = pool[id], taken[id, default: 0] < candidates.count {
+                    match = candidates[taken[id, default: 0]]
+                    taken[id, default: 0] += 1
+                } else if id == nil, unkeyedTaken < unkeyed.count {
+                    match = unkeyed[unkeyedTaken]
+                    unkeyedTaken += 1
+                }
                 guard let match else {
                     out.append(Difference(message: index + 1, detail: "missing: no replayed message with \(correlate) \(id ?? "(none)") (recorded \(preview(message)))"))
                     continue

@@ -52,6 +52,8 @@ public final class ReplaySession {
 
     /// The client's recorded data messages, in order, each with what pacing waits for before it.
     private let script: [Step]
+    /// How many server data messages the recording has (checked on every event of the last step).
+    private let recordedReplyCount: Int
     private var next = 0
     private var phase = Phase.connecting
     private var key = ""
@@ -59,7 +61,12 @@ public final class ReplaySession {
     private var deflater: Deflater?
     /// Server data messages of the new session, in order.
     private var replies: [Recording.Message] = []
-    private var repliesSeenIDs: [String: Int] = [:]
+    /// With --correlate: the recorded replies' ids in order; the replayed ids not yet paired with
+    /// one of them; how many of them (from the start) are paired. Pacing waits until the ids
+    /// recorded before a step are paired, so each reply is looked at once however long the session.
+    private let recordedIDs: [String]
+    private var unpairedIDs: [String: Int] = [:]
+    private var pairedIDs = 0
     private var unkeyedReplies = 0
     private var captured: [String: String] = [:]
     /// Values captured from the recorded replies, by reply position: a later client message that
@@ -99,7 +106,7 @@ public final class ReplaySession {
         var repliesBefore: Int
         /// Their correlation values (pacing `reply` with `--correlate`), and how many had none (they
         /// are counted, as without --correlate: a login reply before the first request with an id).
-        var idsBefore: [String]
+        var idsBefore: Int
         var unkeyedBefore: Int
         /// When it goes with pacing `timing`, from the start of the session.
         var due: Int64
@@ -117,7 +124,8 @@ public final class ReplaySession {
         var info = ConnectionInfo(client: "replay", server: target.hostHeader, scheme: target.secure ? "wss" : "ws")
         info.authority = target.hostHeader
         dissector = StreamDissector(connection: options.connectionID, info: info, configuration: configuration)
-        script = Self.makeScript(recorded, options: options)
+        (script, recordedIDs) = Self.makeScript(recorded, options: options)
+        recordedReplyCount = recorded.messages.count { $0.direction == .serverToClient && !$0.opcode.isControl }
         var found: [Int: [String: String]] = [:]
         if !options.captures.isEmpty {
             let replies = recorded.messages.filter { $0.direction == .serverToClient && !$0.opcode.isControl }
@@ -132,7 +140,7 @@ public final class ReplaySession {
         result = ReplayResult(recordedConnection: recorded.id, target: target.description)
     }
 
-    static func makeScript(_ recorded: Recording.Connection, options: ReplayOptions) -> [Step] {
+    static func makeScript(_ recorded: Recording.Connection, options: ReplayOptions) -> (steps: [Step], ids: [String]) {
         var steps: [Step] = []
         var replies = 0
         var ids: [String] = []
@@ -152,9 +160,9 @@ public final class ReplaySession {
             var wait = Int64(Double(gap) / max(options.speed, 0.000_001))
             if let cap = options.maxGapNanoseconds { wait = min(wait, cap) }
             due += wait
-            steps.append(Step(message: message, repliesBefore: replies, idsBefore: ids, unkeyedBefore: unkeyed, due: due))
+            steps.append(Step(message: message, repliesBefore: replies, idsBefore: ids.count, unkeyedBefore: unkeyed, due: due))
         }
-        return steps
+        return (steps, ids)
     }
 
     /// The recorded server data messages, in order: what the diff compares the new ones with.
@@ -163,6 +171,17 @@ public final class ReplaySession {
     // MARK: - Events
 
     public func handle(_ event: Event) -> [Action] {
+        // Once finished, nothing more: the shell may still deliver what was in flight.
+        guard !over else { return [] }
+        let out = respond(to: event)
+        if out.contains(where: { if case .finished = $0 { true } else { false } }) { over = true }
+        return out
+    }
+
+    /// `.finished` was returned.
+    private var over = false
+
+    private func respond(to event: Event) -> [Action] {
         var out: [Action] = []
         var records: [TapRecord] = []
         switch event {
@@ -293,7 +312,7 @@ public final class ReplaySession {
                                           frameLengths: nil, time: time)
             replies.append(reply)
             if let path = options.correlate {
-                if let id = Self.jsonValue(message.payload, at: path) { repliesSeenIDs[id, default: 0] += 1 } else { unkeyedReplies += 1 }
+                if let id = Self.jsonValue(message.payload, at: path) { unpairedIDs[id, default: 0] += 1 } else { unkeyedReplies += 1 }
             }
             if !options.captures.isEmpty, let json = JSONValue.parse(message.payload) {
                 for capture in options.captures {
@@ -328,7 +347,7 @@ public final class ReplaySession {
         guard phase == .running || phase == .closing, next >= script.count else { return }
         // Every client message is out: wait for the server's recorded answers, then close.
         if !closeSent {
-            let expected = recordedReplies.count
+            let expected = recordedReplyCount
             if replies.count < expected && now < waitingSince.adding(options.stepTimeout) && options.pace != .asap {
                 out.append(.wake(at: waitingSince.adding(options.stepTimeout)))
                 return
@@ -376,11 +395,11 @@ public final class ReplaySession {
             return now >= due ? .ready : .wait(until: due)
         case .reply:
             if options.correlate != nil {
-                var seen = repliesSeenIDs
-                var missing: [String] = []
-                for id in step.idsBefore {
-                    if let count = seen[id], count > 0 { seen[id] = count - 1 } else { missing.append(id) }
+                while pairedIDs < step.idsBefore, let count = unpairedIDs[recordedIDs[pairedIDs]], count > 0 {
+                    unpairedIDs[recordedIDs[pairedIDs]] = count - 1
+                    pairedIDs += 1
                 }
+                var missing = pairedIDs < step.idsBefore ? [recordedIDs[pairedIDs]] : []
                 if missing.isEmpty && unkeyedReplies >= step.unkeyedBefore { return .ready }
                 if missing.isEmpty { missing.append("(\(step.unkeyedBefore - unkeyedReplies) without one)") }
                 return now >= deadline ? .timedOut(waitedFor: "the replies with \(options.correlate!) \(missing.prefix(3).joined(separator: ", "))") : .wait(until: deadline)
