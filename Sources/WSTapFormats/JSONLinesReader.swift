@@ -1,3 +1,4 @@
+import Dispatch
 import WSTapDissect
 import WSTapFilter
 import WSTapWire
@@ -39,7 +40,9 @@ public enum JSONLinesReader {
     }
 
     /// Reads the file at `path` line by line (a recording can be larger than memory) and hands each
-    /// record to `body` as it is read.
+    /// record to `body` in order. Lines are parsed in batches of about a megabyte, spread over the
+    /// cores (parsing is nearly all of the time; replay of a 92 MB recording waited on it), and
+    /// handed over in file order; a damaged line stops the read after the records before it.
     public static func read(path: String, _ body: (TapRecord) throws -> Void) throws {
         let fd = path == "-" ? STDIN_FILENO : Glibc.open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw Failure(line: 0, message: "cannot open: \(String(cString: strerror(errno)))") }
@@ -47,17 +50,20 @@ public enum JSONLinesReader {
         var pending: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 1 << 16)
         var number = 0
+        var batch = LineBatch()
         func take(_ line: ArraySlice<UInt8>) throws {
             number += 1
             var bytes = Array(line)
             if bytes.last == UInt8(ascii: "\r") { bytes.removeLast() }
             guard !bytes.isEmpty else { return }
-            if let record = try record(bytes, line: number) { try body(record) }
+            batch.add(bytes, line: number)
+            if batch.bytes >= LineBatch.size { try batch.flush(body) }
         }
         while true {
             let count = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress!, $0.count) }
             if count < 0 {
                 if errno == EINTR { continue }
+                try batch.flush(body)
                 throw Failure(line: number + 1, message: "cannot read: \(String(cString: strerror(errno)))")
             }
             if count == 0 { break }
@@ -75,10 +81,51 @@ public enum JSONLinesReader {
             }
             pending += got[start...]
             if pending.count > maximumLineBytes {
+                try batch.flush(body)
                 throw Failure(line: number + 1, message: "longer than \(maximumLineBytes >> 20) MiB without a line end: not JSON Lines")
             }
         }
         if !pending.isEmpty { try take(pending[...]) }
+        try batch.flush(body)
+    }
+
+    /// Lines waiting to be parsed, with their numbers.
+    private struct LineBatch {
+        static let size = 1 << 20
+        static let workers = max(1, min(4, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))))
+        var lines: [(bytes: [UInt8], line: Int)] = []
+        var bytes = 0
+
+        mutating func add(_ line: [UInt8], line number: Int) {
+            lines.append((line, number))
+            bytes += line.count
+        }
+
+        /// Parses the lines (on `workers` threads when there are enough of them) and hands the
+        /// records over in order, up to the first damaged line.
+        mutating func flush(_ body: (TapRecord) throws -> Void) throws {
+            defer {
+                lines.removeAll(keepingCapacity: true)
+                bytes = 0
+            }
+            guard !lines.isEmpty else { return }
+            var results = [Result<TapRecord?, Failure>](repeating: .success(nil), count: lines.count)
+            let workers = lines.count >= 64 ? Self.workers : 1
+            let input = lines
+            results.withUnsafeMutableBufferPointer { out in
+                // Each worker writes only its own indices of `out`.
+                nonisolated(unsafe) let out = out
+                DispatchQueue.concurrentPerform(iterations: workers) { worker in
+                    for index in stride(from: worker, to: input.count, by: workers) {
+                        let (bytes, line) = input[index]
+                        do throws(Failure) { out[index] = .success(try JSONLinesReader.record(bytes, line: line)) } catch { out[index] = .failure(error) }
+                    }
+                }
+            }
+            for result in results {
+                if let record = try result.get() { try body(record) }
+            }
+        }
     }
 
     /// One line's record; nil for a line of a type this version does not know (a later schema's).
@@ -257,19 +304,37 @@ extension JSONValue {
     }
 
     static func fixedPoint(_ text: String, unit: Int64) -> Int64? {
-        guard !text.contains(where: { $0 == "e" || $0 == "E" }) else {
+        guard !text.utf8.contains(where: { $0 == UInt8(ascii: "e") || $0 == UInt8(ascii: "E") }) else {
             guard let value = Double(text), (value * Double(unit)).magnitude < 9e18 else { return nil }
             return Int64(value * Double(unit))
         }
-        let negative = text.hasPrefix("-")
-        let parts = text.dropFirst(negative ? 1 : 0).split(separator: ".", maxSplits: 1, omittingEmptySubsequences: false)
-        let digits = String(unit).count - 1
-        guard let whole = Int64(parts[0]), whole <= Int64.max / unit - 1 else { return nil }
-        var fraction: Int64 = 0
-        if parts.count == 2 {
-            let kept = String(parts[1].prefix(digits))
-            fraction = Int64(kept + String(repeating: "0", count: digits - kept.count)) ?? 0
+        // Digit by digit over the UTF-8 (every record has a timestamp: this runs once a line).
+        var utf8 = text.utf8[...]
+        let negative = utf8.first == UInt8(ascii: "-")
+        if negative { utf8 = utf8.dropFirst() }
+        var whole: Int64 = 0
+        var sawDigit = false
+        while let byte = utf8.first, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) {
+            guard whole <= (Int64.max / unit - 1) / 10 else { return nil }
+            whole = whole * 10 + Int64(byte - UInt8(ascii: "0"))
+            sawDigit = true
+            utf8 = utf8.dropFirst()
         }
+        guard sawDigit, whole <= Int64.max / unit - 1 else { return nil }
+        var fraction: Int64 = 0
+        var scale = unit
+        if utf8.first == UInt8(ascii: ".") {
+            utf8 = utf8.dropFirst()
+            // Digits past the unit's precision are dropped, not rounded.
+            while let byte = utf8.first, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) {
+                if scale > 1 {
+                    scale /= 10
+                    fraction += Int64(byte - UInt8(ascii: "0")) * scale
+                }
+                utf8 = utf8.dropFirst()
+            }
+        }
+        guard utf8.isEmpty else { return nil }
         let value = whole * unit + fraction
         return negative ? -value : value
     }

@@ -109,14 +109,24 @@ final class MockDriver: @unchecked Sendable {
     }
 
     private func perform(_ actions: [MockSession.Action]) {
+        // The sends of one event (a reply of several messages) go as one write.
+        var outgoing: ByteBuffer?
+        func flush() {
+            if let buffer = outgoing { channel.writeAndFlush(buffer, promise: nil) }
+            outgoing = nil
+        }
+        defer { flush() }
         for action in actions {
             switch action {
             case .emit(let records): configuration.sink.write(records)
-            case .send(let bytes): channel.writeAndFlush(ByteBuffer(bytes: bytes), promise: nil)
+            case .send(let bytes):
+                if outgoing == nil { outgoing = channel.allocator.buffer(capacity: bytes.count) }
+                outgoing!.writeBytes(bytes)
             case .wake(let at):
                 let delay = max(0, at.nanoseconds - Timestamp.now().nanoseconds)
                 channel.eventLoop.scheduleTask(in: .nanoseconds(delay)) { [self] in handle(.timer(at: max(at, Timestamp.now()))) }
             case .close:
+                flush()
                 channel.writeAndFlush(ByteBuffer(), promise: nil)
                 channel.close(promise: nil)
             case .connectUpstream(let target): connect(target)

@@ -90,14 +90,24 @@ public enum ReplayClient {
         func handle(_ event: ReplaySession.Event) {
             loop.preconditionInEventLoop()
             guard !finished else { return }
+            // The sends of one event go as one write (with --pace asap, every message at once).
+            var outgoing: ByteBuffer?
+            func flush() {
+                if let buffer = outgoing { channel?.writeAndFlush(buffer, promise: nil) }
+                outgoing = nil
+            }
+            defer { flush() }
             for action in session.handle(event) {
                 switch action {
                 case .emit(let records): sink.write(records)
-                case .send(let bytes): channel?.writeAndFlush(ByteBuffer(bytes: bytes), promise: nil)
+                case .send(let bytes):
+                    if outgoing == nil { outgoing = channel?.allocator.buffer(capacity: bytes.count) }
+                    outgoing?.writeBytes(bytes)
                 case .wake(let at):
                     let delay = max(0, at.nanoseconds - Timestamp.wallClock().nanoseconds)
                     loop.scheduleTask(in: .nanoseconds(delay)) { [self] in handle(.timer(at: max(at, Timestamp.wallClock()))) }
                 case .close:
+                    flush()
                     if let channel {
                         // What was written goes first; the close follows it on the same channel.
                         channel.writeAndFlush(ByteBuffer(), promise: nil)

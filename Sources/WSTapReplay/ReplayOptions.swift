@@ -91,6 +91,8 @@ public struct ReplayResult: Sendable {
     public var extensions: String?
     public var timeouts: [String] = []
     public var notes: [String] = []
+    /// From connected to the end of the session.
+    public var elapsedNanoseconds: Int64?
     /// Per rule name: client messages it changed, and dropped.
     public var changedByRule: [String: Int] = [:]
     public var droppedByRule: [String: Int] = [:]

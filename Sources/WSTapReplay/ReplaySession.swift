@@ -228,6 +228,7 @@ public final class ReplaySession {
         for action in out { if case .send(let bytes) = action { bytesSent += UInt64(bytes.count) } }
         if phase == .done && connected && !ended {
             ended = true
+            result.elapsedNanoseconds = Self.time(of: event).nanoseconds - startedAt.nanoseconds
             records.append(endRecord(at: Self.time(of: event), serverEndedFirst: serverEnded))
         }
         // Records first: what the actions send is already in them.

@@ -131,6 +131,14 @@ struct ReplayCommand: ParsableCommand {
         }
     }
 
+    /// `0.42 s`, `12.3 s`.
+    static func seconds(_ nanoseconds: Int64) -> String {
+        let value = Double(nanoseconds) / 1e9
+        let hundredths = (value * 100).rounded()
+        let cents = Int(hundredths) % 100
+        return value < 10 ? "\(Int(hundredths) / 100).\(cents < 10 ? "0" : "")\(cents) s" : "\(Int(value.rounded())) s"
+    }
+
     /// `300ms`, `2s`, `1.5s`, or plain seconds.
     static func duration(_ text: String) -> Duration? {
         let (number, scale): (Substring, Double) = text.hasSuffix("ms") ? (text.dropLast(2), 0.001) : text.hasSuffix("s") ? (text.dropLast(), 1) : (Substring(text), 1)
@@ -208,7 +216,8 @@ struct ReplayCommand: ParsableCommand {
         }
         let recordedReplies = session.recordedReplies.count, clientMessages = connection.messages(from: .clientToServer).count { !$0.opcode.isControl }
         lines.append("wstap: replayed conn \(connection.id) of \(source) to \(result.target): sent \(result.sent) of \(clientMessages) client messages, "
-                     + "received \(session.receivedReplies.count) server messages (\(recordedReplies) recorded)")
+                     + "received \(session.receivedReplies.count) server messages (\(recordedReplies) recorded)"
+                     + (result.elapsedNanoseconds.map { " in \(Self.seconds($0))" } ?? ""))
         lines += result.handshake.map { "  handshake: \($0)" }
         lines += result.timeouts.map { "  timeout: \($0)" }
         for rule in Set(result.changedByRule.keys).union(result.droppedByRule.keys).sorted() {
