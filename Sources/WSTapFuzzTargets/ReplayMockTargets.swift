@@ -98,8 +98,7 @@ enum ReplayMockTargets {
         options.match = MockOptions.Match.allCases[Int(choice % 3)]
         options.ignore = [try! JSONPath(parsing: "json.id")]
         options.pace = choice & 4 != 0 ? .timing : .reply
-        options.unmatched = [.ignore, .echo, .close(code: 4001), .passthrough(to: "ws://127.0.0.1:9")][Int(choice >> 3) % 4]
-        options.passthroughTarget = ReplayTarget(secure: false, host: "127.0.0.1", port: 9, path: nil)
+        options.unmatched = [.ignore, .echo, .close(code: 4001), .passthrough(to: ReplayTarget(secure: false, host: "127.0.0.1", port: 9, path: nil))][Int(choice >> 3) % 4]
         options.payloadCap = 256
         options.timeout = .milliseconds(50)
         var generator = SplitMix(seed: UInt64(choice))

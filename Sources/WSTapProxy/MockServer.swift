@@ -67,7 +67,7 @@ public final class MockServer: Sendable {
                     if let listenContext { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: listenContext)) }
                     let id = ids.add(1, ordering: .relaxed).newValue
                     let driver = MockDriver(id: id, channel: channel, configuration: configuration, secure: listenContext != nil)
-                    try channel.pipeline.syncOperations.addHandler(MockClientHandler(driver: driver, tls: listenContext != nil))
+                    try channel.pipeline.syncOperations.addHandler(MockClientHandler(driver: driver))
                 }
             }
         do {
@@ -88,7 +88,6 @@ final class MockDriver: @unchecked Sendable {
     private let configuration: MockServer.Configuration
     private let session: MockSession
     private var upstream: Channel?
-    private var finished = false
 
     init(id: UInt64, channel: Channel, configuration: MockServer.Configuration, secure: Bool) {
         self.id = id
@@ -104,7 +103,6 @@ final class MockDriver: @unchecked Sendable {
 
     func handle(_ event: MockSession.Event) {
         channel.eventLoop.preconditionInEventLoop()
-        guard !finished else { return }
         perform(session.handle(event))
     }
 
@@ -136,7 +134,6 @@ final class MockDriver: @unchecked Sendable {
                 closeUpstreamWhenConnected = true
             case .notice(let text): configuration.notice("wstap mock: conn \(id): \(text)")
             case .finished:
-                finished = true
                 configuration.summary(session.summary, id, channel.remoteAddress?.wstapText ?? "?")
             }
         }
@@ -174,12 +171,8 @@ final class MockDriver: @unchecked Sendable {
 final class MockClientHandler: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
     private let driver: MockDriver
-    private let tls: Bool
 
-    init(driver: MockDriver, tls: Bool) {
-        self.driver = driver
-        self.tls = tls
-    }
+    init(driver: MockDriver) { self.driver = driver }
 
     func channelActive(context: ChannelHandlerContext) {
         driver.start()

@@ -98,7 +98,7 @@ public struct MockOptions: Sendable {
         case close(code: UInt16)
         case echo
         /// Unmatched messages go to a real server, whose messages come back to the client.
-        case passthrough(to: String)
+        case passthrough(to: ReplayTarget)
     }
 
     public var match = Match.exact
@@ -106,8 +106,6 @@ public struct MockOptions: Sendable {
     public var pace = Pace.reply
     public var speed: Double = 1
     public var unmatched = Unmatched.ignore
-    /// Where `passthrough` goes, parsed.
-    public var passthroughTarget: ReplayTarget?
     /// Bytes of each payload kept in records; matching sees whole messages up to the longest recorded one.
     public var payloadCap = 64 * 1024
     public var maxInflate: UInt64 = 64 * 1024 * 1024

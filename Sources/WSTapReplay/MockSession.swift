@@ -82,17 +82,9 @@ public final class MockSession {
     public func start() -> [Action] { [.wake(at: deadline)] }
 
     public func handle(_ event: Event) -> [Action] {
-        // Once finished, nothing more: the shell may still deliver what was in flight.
-        guard !over else { return [] }
-        let out = respond(to: event)
-        if out.contains(where: { if case .finished = $0 { true } else { false } }) { over = true }
-        return out
-    }
-
-    /// `.finished` was returned.
-    private var over = false
-
-    private func respond(to event: Event) -> [Action] {
+        // Once the end is written (`.finished` was returned), nothing more: the shell may still
+        // deliver what was in flight.
+        guard !endWritten else { return [] }
         var out: [Action] = []
         var records: [TapRecord] = []
         let now: Timestamp
@@ -322,8 +314,7 @@ public final class MockSession {
             phase = .closing
             deadline = now.adding(options.timeout)
             out.append(.wake(at: deadline))
-        case .passthrough:
-            guard let target = options.passthroughTarget else { return }
+        case .passthrough(let target):
             if upstream == nil {
                 let leg = Upstream(target: target, request: request, connectionID: connectionID, random: random)
                 upstream = leg

@@ -4,7 +4,7 @@ import WSTapRules
 import WSTapWire
 
 /// Where a replay goes: `ws(s)://host[:port][/path]` from `--to`.
-public struct ReplayTarget: Sendable, CustomStringConvertible {
+public struct ReplayTarget: Sendable, Equatable, CustomStringConvertible {
     public var secure: Bool
     public var host: String
     public var port: Int

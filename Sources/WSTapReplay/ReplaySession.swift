@@ -171,17 +171,8 @@ public final class ReplaySession {
     // MARK: - Events
 
     public func handle(_ event: Event) -> [Action] {
-        // Once finished, nothing more: the shell may still deliver what was in flight.
-        guard !over else { return [] }
-        let out = respond(to: event)
-        if out.contains(where: { if case .finished = $0 { true } else { false } }) { over = true }
-        return out
-    }
-
-    /// `.finished` was returned.
-    private var over = false
-
-    private func respond(to event: Event) -> [Action] {
+        // Once done (`.finished` was returned), nothing more: the shell may still deliver what was in flight.
+        guard phase != .done else { return [] }
         var out: [Action] = []
         var records: [TapRecord] = []
         switch event {

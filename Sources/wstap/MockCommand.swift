@@ -99,16 +99,16 @@ struct MockCommand: AsyncParsableCommand {
         }
     }
 
-    func parsedUnmatched() throws -> (MockOptions.Unmatched, ReplayTarget?) {
+    func parsedUnmatched() throws -> MockOptions.Unmatched {
         switch unmatched {
-        case "ignore": return (.ignore, nil)
-        case "echo": return (.echo, nil)
+        case "ignore": return .ignore
+        case "echo": return .echo
         default:
             if unmatched.hasPrefix("close=") {
                 guard let code = UInt16(unmatched.dropFirst(6)), (1000...4999).contains(code), ![1004, 1005, 1006, 1015].contains(code) else {
                     throw ValidationError("--unmatched close=CODE takes a close code a peer may send (1000-4999, not 1004-1006 or 1015), e.g. close=1008.")
                 }
-                return (.close(code: code), nil)
+                return .close(code: code)
             }
             if unmatched.hasPrefix("passthrough=") {
                 let url = String(unmatched.dropFirst(12))
@@ -117,7 +117,7 @@ struct MockCommand: AsyncParsableCommand {
                 }
                 let parsed: UpstreamURL
                 do { parsed = try UpstreamURL.parse(url) } catch { throw ValidationError("--unmatched passthrough=\(url): \(error)") }
-                return (.passthrough(to: url), ReplayTarget(secure: parsed.scheme == "wss", host: parsed.host, port: parsed.port, path: parsed.path))
+                return .passthrough(to: ReplayTarget(secure: parsed.scheme == "wss", host: parsed.host, port: parsed.port, path: parsed.path))
             }
             throw ValidationError("--unmatched must be ignore, close=CODE, echo or passthrough=ws(s)://host[:port]; not '\(unmatched)'.")
         }
@@ -147,7 +147,7 @@ struct MockCommand: AsyncParsableCommand {
         }
         options.pace = MockOptions.Pace(rawValue: pace)!
         options.speed = speed
-        (options.unmatched, options.passthroughTarget) = try parsedUnmatched()
+        options.unmatched = try parsedUnmatched()
         options.payloadCap = output.maxPayload.bytes ?? Int(clamping: output.maxInflate)
         options.maxInflate = output.maxInflate
         options.timeout = .nanoseconds(Int64(timeout * 1e9))
@@ -218,7 +218,7 @@ struct MockCommand: AsyncParsableCommand {
             case .ignore: policy = "ignored"
             case .echo: policy = "echoed"
             case .close(let code): policy = "closed with \(code)"
-            case .passthrough(let url): policy = "\(summary.passedThrough) passed through to \(url)"
+            case .passthrough(let target): policy = "\(summary.passedThrough) passed through to \(target)"
             }
             line += ", \(summary.unmatched) unmatched (\(policy))"
         }

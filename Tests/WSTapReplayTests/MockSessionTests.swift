@@ -144,8 +144,7 @@ private func chat(_ messages: [Recording.Message], extensions: String? = nil) ->
     /// the upgrade is answered, and the real server's messages come back to the client.
     @Test func unmatchedMessagesPassThroughToARealServer() {
         var options = MockOptions()
-        options.unmatched = .passthrough(to: "ws://127.0.0.1:9100/real")
-        options.passthroughTarget = ReplayTarget(secure: false, host: "127.0.0.1", port: 9100, path: "/real")
+        options.unmatched = .passthrough(to: ReplayTarget(secure: false, host: "127.0.0.1", port: 9100, path: "/real"))
         let play = MockPlay(chat([message(.clientToServer, "a"), message(.serverToClient, "A")]), options: options)
         play.clientText("zzz")
         #expect(play.connectedUpstream?.port == 9100 && play.upstreamSent.isEmpty)
