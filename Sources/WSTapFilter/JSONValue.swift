@@ -4,7 +4,9 @@ import WSTapWire
 ///
 /// Payloads are untrusted: nesting is bounded (deeper documents are rejected, not recursed into), and
 /// anything that is not exactly one JSON value with optional whitespace around it is rejected.
-public indirect enum JSONValue: Equatable, Sendable {
+// Not `indirect`: the recursion goes through arrays, which are references already, and boxing every
+// value cost an allocation per number and string of each JSON Lines record read back.
+public enum JSONValue: Equatable, Sendable {
     case null
     case bool(Bool)
     /// The number's value and its text as written (`1e3` and `1000` are equal numbers, different text).
@@ -91,7 +93,11 @@ public indirect enum JSONValue: Equatable, Sendable {
         var index = 0
 
         mutating func skipWhitespace() {
-            while index < bytes.count, [0x20, 0x09, 0x0A, 0x0D].contains(bytes[index]) { index += 1 }
+            while index < bytes.count {
+                let byte = bytes[index]
+                guard byte == 0x20 || byte == 0x0A || byte == 0x09 || byte == 0x0D else { return }
+                index += 1
+            }
         }
 
         mutating func value(depth: Int) -> JSONValue? {
@@ -241,30 +247,49 @@ public indirect enum JSONValue: Equatable, Sendable {
         /// RFC 8259 §6: -? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?
         mutating func number() -> JSONValue? {
             let start = index
+            // The digits as one integer while it is exact in a Double (below 2^53), for the fast path.
+            var mantissa: UInt64 = 0
+            var exact = true
             func digits() -> Int {
                 let from = index
-                while index < bytes.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[index]) { index += 1 }
+                while index < bytes.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[index]) {
+                    if mantissa < 1 << 49 { mantissa = mantissa * 10 + UInt64(bytes[index] - UInt8(ascii: "0")) } else { exact = false }
+                    index += 1
+                }
                 return index - from
             }
-            if index < bytes.count, bytes[index] == UInt8(ascii: "-") { index += 1 }
+            let negative = index < bytes.count && bytes[index] == UInt8(ascii: "-")
+            if negative { index += 1 }
             guard index < bytes.count else { return nil }
             if bytes[index] == UInt8(ascii: "0") {
                 index += 1
             } else {
                 guard digits() > 0 else { return nil }
             }
+            var fractionDigits = 0
             if index < bytes.count, bytes[index] == UInt8(ascii: ".") {
                 index += 1
-                guard digits() > 0 else { return nil }
+                fractionDigits = digits()
+                guard fractionDigits > 0 else { return nil }
             }
             if index < bytes.count, bytes[index] == UInt8(ascii: "e") || bytes[index] == UInt8(ascii: "E") {
                 index += 1
                 if index < bytes.count, bytes[index] == UInt8(ascii: "+") || bytes[index] == UInt8(ascii: "-") { index += 1 }
                 guard digits() > 0 else { return nil }
+                exact = false
             }
             let text = String(decoding: bytes[start..<index], as: UTF8.self)
+            // Every record has a timestamp and several counts. An integer below 2^53 divided by an
+            // exact power of ten is correctly rounded (IEEE division), so it equals what strtod gives.
+            if exact && fractionDigits < Self.powersOfTen.count {
+                let value = Double(mantissa) / Self.powersOfTen[fractionDigits]
+                return .number(negative ? -value : value, text: text)
+            }
             guard let value = Double(text) else { return nil }
             return .number(value, text: text)
         }
+
+        /// 10^0 … 10^22, each exact in a Double.
+        static let powersOfTen: [Double] = (0...22).map { (0..<$0).reduce(1.0) { value, _ in value * 10 } }
     }
 }

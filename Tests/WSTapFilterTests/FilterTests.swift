@@ -200,6 +200,27 @@ enum Sample {
         #expect(JSONValue.parse(Array(fine.utf8)) != nil)
     }
 
+    /// The parser computes short decimals itself; every one must be the Double that strtod gives,
+    /// to the bit, long ones and exponents included (they take strtod's way).
+    @Test func numbersAreTheDoublesStrtodGives() throws {
+        var random = SplitMix(seed: 7)
+        var texts = ["0", "-0", "0.5", "1764837951.123456", "9007199254740993", "123456789012345678901234", "1e22", "0.1", "-2.5e-3",
+                     "4503599627370495.5", "0.0000000000000000000001", "0.00000000000000000000001", "12.000123", "1733.000001"]
+        for _ in 0..<20_000 {
+            let whole = String(random.next() >> UInt64(random.below(64)))
+            let fraction = String(random.next() >> UInt64(random.below(64)))
+            texts.append(random.below(2) == 0 ? whole : "\(random.below(2) == 0 ? "-" : "")\(whole).\(fraction)")
+        }
+        for text in texts {
+            guard case .number(let value, let written)? = JSONValue.parse(Array(text.utf8)) else {
+                Issue.record("\(text) did not parse")
+                continue
+            }
+            #expect(written == text)
+            #expect(value.bitPattern == Double(text)!.bitPattern, "\(text)")
+        }
+    }
+
     @Test func lookupsTakeTheLastOfDuplicateNames() {
         let value = JSONValue.parse(Array(#"{"k":1,"k":2}"#.utf8))
         #expect(value?[member: "k"] == .number(2, text: "2"))
