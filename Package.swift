@@ -33,10 +33,13 @@ let package = Package(
         .target(name: "WSTapRecording", dependencies: ["WSTapCapture", "WSTapFormats", "WSTapDissect", "WSTapWire"]),
         // wstap replay's sans-IO core: a recorded client side against a server, and the diff.
         .target(name: "WSTapReplay", dependencies: ["WSTapRecording", "WSTapDissect", "WSTapWire", "WSTapFilter", "WSTapRules"]),
+        // The control API's core: the record store, access checks, routes and the push stream's cursor.
+        .target(name: "WSTapControl", dependencies: ["WSTapDissect", "WSTapFilter", "WSTapFormats"]),
         .target(
             name: "WSTapProxy",
             dependencies: [
-                "WSTapRelay", "WSTapFormats", "WSTapRecording", "WSTapReplay",
+                "WSTapRelay", "WSTapFormats", "WSTapRecording", "WSTapReplay", "WSTapControl",
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOTLS", package: "swift-nio"),
@@ -51,7 +54,7 @@ let package = Package(
         .executableTarget(
             name: "wstap",
             dependencies: [
-                "WSTapProxy", "WSTapFormats", "WSTapCapture", "WSTapFilter", "WSTapRules", "WSTapRecording", "WSTapReplay",
+                "WSTapProxy", "WSTapFormats", "WSTapCapture", "WSTapFilter", "WSTapRules", "WSTapRecording", "WSTapReplay", "WSTapControl",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -63,6 +66,7 @@ let package = Package(
         .target(
             name: "WSTapFuzzTargets",
             dependencies: ["WSTapWire", "WSTapDissect", "WSTapRelay", "WSTapCapture", "WSTapFormats", "WSTapFilter", "WSTapRules", "WSTapRecording", "WSTapReplay",
+                           "WSTapControl",
                            "WSTapTestSupport", "CZlib", "CPcap",
                            .product(name: "NIOCore", package: "swift-nio")]
         ),
@@ -81,6 +85,7 @@ let package = Package(
         .testTarget(name: "WSTapReplayTests", dependencies: ["WSTapReplay", "WSTapRecording", "WSTapDissect", "WSTapWire", "WSTapFilter", "WSTapRules", "WSTapTestSupport"]),
         .testTarget(name: "WSTapFuzzTargetsTests", dependencies: ["WSTapFuzzTargets"]),
         .testTarget(name: "WSTapFilterTests", dependencies: ["WSTapFilter", "WSTapTestSupport"]),
+        .testTarget(name: "WSTapControlTests", dependencies: ["WSTapControl", "WSTapDissect", "WSTapFilter", "WSTapTestSupport"]),
         .testTarget(name: "WSTapRulesTests", dependencies: ["WSTapRules", "WSTapFilter", "WSTapTestSupport"]),
     ]
 )

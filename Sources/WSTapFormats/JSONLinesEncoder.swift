@@ -10,10 +10,12 @@ public enum JSONLinesEncoder {
         writer.newline()
     }
 
-    /// The record as one JSON object, without the newline that ends its line.
-    public static func encodeObject(_ record: TapRecord, into writer: inout JSONWriter) {
+    /// The record as one JSON object, without the newline that ends its line; `seq` is the control
+    /// API's process-wide number of the record (docs/control-api.md), not in files.
+    public static func encodeObject(_ record: TapRecord, seq: UInt64? = nil, into writer: inout JSONWriter) {
         writer.beginObject()
         writer.key("v"); writer.integer(schemaVersion)
+        if let seq { writer.key("seq"); writer.integer(seq) }
         writer.key("type")
         switch record.body {
         case .open: writer.string("open")

@@ -66,6 +66,13 @@ public struct JSONWriter {
     /// One byte written as is, outside the value/comma bookkeeping.
     mutating func appendRaw(_ byte: UInt8) { append(byte) }
 
+    /// A value that is JSON text already (a record encoded before), as the next value.
+    public mutating func raw(_ json: [UInt8]) {
+        separator()
+        append(json)
+        needsComma = true
+    }
+
     public mutating func beginObject() { separator(); append(UInt8(ascii: "{")); needsComma = false }
     public mutating func endObject() { append(UInt8(ascii: "}")); needsComma = true }
     public mutating func beginArray() { separator(); append(UInt8(ascii: "[")); needsComma = false }

@@ -206,6 +206,14 @@ public enum FuzzSeeds {
                                  (c2s, Wire.text(#"{"op":"hi"}"#, mask: 7)), (s2c, Wire.frame(.binary, [0, 1, 0xFF])),
                                  (c2s, Wire.frame(.close, [0x03, 0xE8] + Array("bye".utf8), mask: 9)), (s2c, Wire.frame(.text, [0x61, 0xFF]))])
         seeds["jsonl-reader", default: []].append(Array(recording.joined().utf8))
+        seeds["control-request", default: []] += [
+            "\u{0}/api/records?after=2&limit=3&filter=type%3Dmessage%20from%3Dserver&conn=1",
+            "\u{0}/api/events?filter=op%3Dtext\nlast-event-id: 3",
+            "\u{0}/api/connections?state=open&filter=path%3D%22%2Fchat%22\norigin: http://127.0.0.1:1",
+            "\u{0}/?token=t&x=%zz\nauthorization:\ncookie: a=b; wstap_token=t",
+            "\u{1}/api/connections/1\nhost: evil.test:1",
+            "\u{0}/api/records/4",
+        ].map { Array($0.utf8) }
         seeds["har-reader", default: []].append(Array(RecordingTargets.seed.utf8))
         // Pieces as the replay and mock targets read them: a kind byte, a two-byte length, the bytes.
         func piece(_ kind: UInt8, _ bytes: [UInt8]) -> [UInt8] { [kind, UInt8(bytes.count >> 8), UInt8(bytes.count & 0xFF)] + bytes }

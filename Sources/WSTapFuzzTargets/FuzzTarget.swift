@@ -19,7 +19,7 @@ public struct FuzzTarget: Sendable {
     }
 
     public static let all: [FuzzTarget] = WireTargets.all + DissectTargets.all + CaptureTargets.all + RelayTargets.all + FilterTargets.all + RulesTargets.all
-        + RecordingTargets.all + ReplayMockTargets.all
+        + RecordingTargets.all + ReplayMockTargets.all + ControlTargets.all
 
     public static func named(_ name: String) -> FuzzTarget? { all.first { $0.name == name } }
 }

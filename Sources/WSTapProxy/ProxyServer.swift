@@ -105,14 +105,14 @@ public final class ProxyServer: Sendable {
     }
 
     /// A bind that failed, said so that the user knows what to change.
-    static func listenError(_ error: Error, listen: String) -> ProxyError {
+    static func listenError(_ error: Error, listen: String, flag: String = "--listen") -> ProxyError {
         if let io = error as? IOError, io.errnoCode == EADDRINUSE {
-            return ProxyError(description: "cannot listen on \(listen): the address is already in use. Stop the other program or choose another port with --listen HOST:PORT.")
+            return ProxyError(description: "cannot listen on \(listen): the address is already in use. Stop the other program or choose another port with \(flag) HOST:PORT.")
         }
         if let io = error as? IOError, io.errnoCode == EACCES {
-            return ProxyError(description: "cannot listen on \(listen): permission denied (ports below 1024 need root). Choose a port above 1024 with --listen HOST:PORT.")
+            return ProxyError(description: "cannot listen on \(listen): permission denied (ports below 1024 need root). Choose a port above 1024 with \(flag) HOST:PORT.")
         }
-        return ProxyError(description: "cannot listen on \(listen): \(describe(error)). Check the address given to --listen.")
+        return ProxyError(description: "cannot listen on \(listen): \(describe(error)). Check the address given to \(flag).")
     }
 
     /// Runs until the listening channel closes.

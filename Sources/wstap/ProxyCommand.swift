@@ -1,4 +1,5 @@
 import ArgumentParser
+import WSTapControl
 import WSTapDissect
 import WSTapFormats
 import WSTapProxy
@@ -28,6 +29,7 @@ struct ProxyCommand: AsyncParsableCommand {
               wstap proxy --upstream ws://127.0.0.1:9000 --rule 'from=server json.price? => set json.price 0'
               wstap proxy --upstream ws://127.0.0.1:9000 --rules rules.txt --compression keep
               wstap proxy --upstream ws://127.0.0.1:9000 --exec 'python3 docs/examples/hook.py'
+              wstap proxy --upstream ws://127.0.0.1:9000 --ui 8081
             """
     )
 
@@ -69,6 +71,8 @@ struct ProxyCommand: AsyncParsableCommand {
     var maxHeadSize: Int = 64 * 1024
 
     @OptionGroup(title: "Rules (docs/rules.md has the grammar)") var ruleOptions: RuleOptions
+
+    @OptionGroup(title: "Control API and web UI (docs/control-api.md)") var control: ControlOptions
 
     @Option(name: .long, help: ArgumentHelp("With rules: keep (byte-exact until a change of a compressed message, then wstap compresses that direction itself), strip (take permessage-deflate out of the client's offer), reencode (compress every message anew).", valueName: "keep|strip|reencode"))
     var compression: String = "keep"
@@ -164,7 +168,11 @@ struct ProxyCommand: AsyncParsableCommand {
         let harSink = sinks.har
         let upstreamURL = try parsedUpstream
         let mode: RelaySession.Mode = upstreamURL.map { .reverse($0) } ?? .forward
-        var configuration = ProxyConfiguration(listenHost: host, listenPort: port, mode: mode, dissector: dissector, sink: sinks.all)
+        // The UI's store sees every record, whatever --filter keeps for the file and the console:
+        // the UI has a filter of its own. It comes after the files, which stay first to be written.
+        let store = control.makeStore()
+        let sink: any RecordSink = store.map { FanoutSink([sinks.all, StoreSink($0)]) } ?? sinks.all
+        var configuration = ProxyConfiguration(listenHost: host, listenPort: port, mode: mode, dissector: dissector, sink: sink)
         let intercepting = upstreamURL == nil
         configuration.limits = limits
         configuration.changes = changes
@@ -224,6 +232,10 @@ struct ProxyCommand: AsyncParsableCommand {
                 reloader = RuleReloader(options: ruleOptions, book: changes.rules, path: path, hooks: hooks)
                 reloader?.start()
             }
+        }
+        if let store {
+            let server = await control.start(store: store)
+            banner += "wstap: control API and web UI at \(server.url)\n"
         }
         OutputFile.standardError.write(Array(banner.utf8))
         // Ctrl-C and SIGTERM close files that need a clean end (the pcap); records are already on disk.

@@ -1,0 +1,177 @@
+import WSTapDissect
+import WSTapFilter
+import WSTapFormats
+
+/// The control API's routes (docs/control-api.md): a request in, a response out. The server shell
+/// moves bytes and streams events; what each route means is decided here, where tests reach it
+/// without a socket.
+public final class ControlAPI: Sendable {
+    public let store: RecordStore
+    public let access: ControlAccess
+
+    public init(store: RecordStore, access: ControlAccess) {
+        self.store = store
+        self.access = access
+    }
+
+    /// Largest page of records one request gets.
+    public static let maximumLimit = 10_000
+
+    public func respond(to request: ControlRequest) -> ControlResponse {
+        switch access.check(target: request.target, header: { request.headers[$0] }) {
+        case .refused(let status, let reason):
+            return .error(status, reason)
+        case .setCookieAndRedirect(let location):
+            return .complete(status: 303, contentType: "text/plain", body: Array("see \(location)\n".utf8),
+                             headers: [("Set-Cookie", access.cookie), ("Location", location)])
+        case .allowed:
+            break
+        }
+        let parts = request.path.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
+        guard parts.first == "api", parts.count >= 2, parts.count <= 3 else {
+            return .error(404, "no such route: \(request.path) (docs/control-api.md lists them)")
+        }
+        let resource = parts[1], item = parts.count == 3 ? parts[2] : nil
+        switch (request.method, resource, item) {
+        case ("GET", "status", nil):
+            return status()
+        case ("GET", "connections", nil):
+            return connections(request)
+        case ("GET", "connections", let id?):
+            guard let id = UInt64(id) else { return .error(400, "a connection number is a whole number: /api/connections/7") }
+            guard let summary = store.connection(id) else { return .error(404, "no connection \(id) is known (it may have been forgotten)") }
+            return .json { summary.encode(into: &$0) }
+        case ("GET", "records", nil):
+            return records(request)
+        case ("GET", "records", let seq?):
+            guard let seq = UInt64(seq) else { return .error(400, "a record's seq is a whole number: /api/records/42") }
+            guard let entry = store.entry(seq: seq) else {
+                return .error(404, seq > store.extent.lastSeq ? "no record \(seq) yet" : "record \(seq) is no longer held (the store keeps the newest \(store.limitBytes >> 20) MiB)")
+            }
+            return .complete(status: 200, contentType: "application/json", body: entry.json)
+        case ("GET", "events", nil):
+            return events(request)
+        case (_, let known, _) where Self.knownRoutes.contains(known):
+            return .error(405, "\(request.method) is not allowed on \(request.path)")
+        default:
+            return .error(404, "no such route: \(request.path) (docs/control-api.md lists them)")
+        }
+    }
+
+    private static let knownRoutes: Set<String> = ["status", "connections", "records", "events"]
+
+    private func status() -> ControlResponse {
+        let extent = store.extent
+        return .json { writer in
+            writer.beginObject()
+            writer.key("first_seq"); writer.integer(extent.firstSeq)
+            writer.key("last_seq"); writer.integer(extent.lastSeq)
+            writer.key("dropped_through"); writer.integer(extent.droppedThrough)
+            writer.key("dropped_records"); writer.integer(extent.droppedRecords)
+            writer.key("store_bytes"); writer.integer(extent.bytes)
+            writer.key("store_limit_bytes"); writer.integer(store.limitBytes)
+            writer.endObject()
+        }
+    }
+
+    private func connections(_ request: ControlRequest) -> ControlResponse {
+        let wanted = request.query["state"] ?? "all"
+        guard ["open", "ended", "all"].contains(wanted) else { return .error(400, "state is open, ended or all") }
+        let filter: Filter?
+        do throws(ControlResponseError) { filter = try parseFilter(request) } catch { return error.response }
+        var list = store.connections().filter { wanted == "all" || ($0.isOpen == (wanted == "open")) }
+        if let filter {
+            // A connection matches when one of its records held does.
+            var matching: Set<UInt64> = []
+            var after: UInt64 = 0
+            while true {
+                let page = store.entries(after: after, limit: Self.maximumLimit, filter: filter)
+                for entry in page.entries { matching.insert(entry.record.connection) }
+                guard page.scannedThrough > after, page.scannedThrough < page.extent.lastSeq else { break }
+                after = page.scannedThrough
+            }
+            list = list.filter { matching.contains($0.id) }
+        }
+        return .json { writer in
+            writer.beginObject()
+            writer.key("connections")
+            writer.beginArray()
+            for summary in list { summary.encode(into: &writer) }
+            writer.endArray()
+            writer.endObject()
+        }
+    }
+
+    private func records(_ request: ControlRequest) -> ControlResponse {
+        let after: UInt64, limit: Int, connection: UInt64?, filter: Filter?
+        do throws(ControlResponseError) {
+            after = try number(request, "after") ?? 0
+            limit = Int(min(try number(request, "limit") ?? 1000, UInt64(Self.maximumLimit)))
+            connection = try number(request, "conn")
+            filter = try parseFilter(request)
+        } catch {
+            return error.response
+        }
+        let page = store.entries(after: after, limit: limit, filter: filter, connection: connection)
+        return .json { writer in
+            writer.beginObject()
+            writer.key("records")
+            writer.beginArray()
+            for entry in page.entries { writer.raw(entry.json) }
+            writer.endArray()
+            // Where to go on from (`after=` of the next request), and whether some asked for is gone.
+            writer.key("next_after"); writer.integer(page.scannedThrough)
+            writer.key("more"); writer.bool(page.scannedThrough < page.extent.lastSeq)
+            writer.key("first_seq"); writer.integer(page.extent.firstSeq)
+            writer.key("last_seq"); writer.integer(page.extent.lastSeq)
+            writer.key("missed"); writer.bool(after + 1 < page.extent.firstSeq && page.extent.droppedThrough > after)
+            writer.endObject()
+        }
+    }
+
+    private func events(_ request: ControlRequest) -> ControlResponse {
+        let connection: UInt64?, filter: Filter?, given: UInt64?
+        do throws(ControlResponseError) {
+            connection = try number(request, "conn")
+            filter = try parseFilter(request)
+            given = try number(request, "after")
+        } catch {
+            return error.response
+        }
+        // Resume after the last event seen; else from `after=`; else from now on.
+        let resume = request.headers["last-event-id"].flatMap { UInt64($0.trimmingSpaces) }
+        let after = resume ?? given ?? store.extent.lastSeq
+        return .eventStream(EventStreamCursor(after: after, filter: filter, connection: connection))
+    }
+
+    // MARK: - Parameters
+
+    private func parseFilter(_ request: ControlRequest) throws(ControlResponseError) -> Filter? {
+        guard let text = request.query["filter"], !text.allSatisfy({ $0 == " " }) else { return nil }
+        do {
+            return try Filter(parsing: text)
+        } catch {
+            throw ControlResponseError(.error(400, "filter: \(error.message) at column \(error.column)", column: error.column))
+        }
+    }
+
+    private func number(_ request: ControlRequest, _ name: String) throws(ControlResponseError) -> UInt64? {
+        guard let text = request.query[name] else { return nil }
+        guard let value = UInt64(text) else { throw ControlResponseError(.error(400, "\(name) must be a whole number, not '\(text)'")) }
+        return value
+    }
+}
+
+/// A response that ends a route early, thrown so that parameter checks compose.
+struct ControlResponseError: Error {
+    let response: ControlResponse
+    init(_ response: ControlResponse) { self.response = response }
+}
+
+extension String {
+    var trimmingSpaces: Substring {
+        let start = firstIndex { $0 != " " } ?? endIndex
+        let end = lastIndex { $0 != " " }.map(index(after:)) ?? start
+        return self[start..<end]
+    }
+}

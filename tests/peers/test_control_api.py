@@ -1,0 +1,232 @@
+"""The control API over real HTTP (`wstap proxy --ui`): the token, Host and Origin checks, connections
+and records of a live session between real peers, the push stream resuming after a disconnect, and a
+reader that stops reading getting a gap notice while the relay goes on at full speed."""
+import http.client
+import json
+import re
+import socket
+import urllib.parse
+
+from websockets.sync.client import connect
+
+from conftest import DEADLINE, PEERS, PYTHON
+
+
+def start_ui(wstap, upstream, extra=()):
+    proxy = wstap(upstream, extra=["--ui", "0", *extra])
+    m = proxy.wait_for(r"control API and web UI at (http://127\.0\.0\.1:(\d+)/\?token=([0-9a-f]{32}))")
+    proxy.ui_port = int(m.group(2))
+    proxy.token = m.group(3)
+    return proxy
+
+
+def request(proxy, path, headers=None, method="GET", token=True):
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.ui_port, timeout=DEADLINE)
+    sent = {"Authorization": f"Bearer {proxy.token}"} if token else {}
+    sent.update(headers or {})
+    conn.request(method, path, headers=sent)
+    response = conn.getresponse()
+    body = response.read()
+    conn.close()
+    return response.status, dict(response.getheaders()), body
+
+
+def api(proxy, path):
+    status, _, body = request(proxy, path)
+    assert status == 200, body
+    return json.loads(body)
+
+
+def records(proxy, **query):
+    return api(proxy, "/api/records?" + urllib.parse.urlencode(query))["records"]
+
+
+def wait_api(proxy, path, condition, what):
+    """Polls the API until condition(answer) holds (records are stored as they happen)."""
+    import time
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        answer = api(proxy, path)
+        if condition(answer):
+            return answer
+        time.sleep(0.02)  # polling for a condition, not waiting for time to pass
+    raise AssertionError(f"timed out waiting for {what}: {api(proxy, path)}")
+
+
+def echo_server(peer):
+    return peer(PYTHON, str(PEERS / "websockets_echo_server.py"))
+
+
+def test_every_call_needs_the_token_and_the_servers_own_host_and_origin(wstap, peer):
+    proxy = start_ui(wstap, f"ws://127.0.0.1:{echo_server(peer)}")
+    assert request(proxy, "/api/status")[0] == 200
+    assert request(proxy, "/api/status", token=False)[0] == 401
+    assert request(proxy, "/api/status", {"Authorization": "Bearer " + "0" * 32})[0] == 401
+    # DNS rebinding: a page under another name reaching the loopback port.
+    status, _, body = request(proxy, "/api/status", {"Host": f"rebind.example:{proxy.ui_port}"})
+    assert status == 403 and b"Host" in body
+    # A page elsewhere, even with the token.
+    assert request(proxy, "/api/status", {"Origin": "http://evil.example"})[0] == 403
+    assert request(proxy, "/api/status", {"Origin": f"http://127.0.0.1:{proxy.ui_port}"})[0] == 200
+    # The printed URL trades its token for a cookie and a redirect without it.
+    status, headers, _ = request(proxy, f"/?token={proxy.token}", token=False)
+    assert status == 303 and headers["Location"] == "/"
+    cookie = headers["Set-Cookie"].split(";")[0]
+    assert "HttpOnly" in headers["Set-Cookie"] and "SameSite=Strict" in headers["Set-Cookie"]
+    assert request(proxy, "/api/status", {"Cookie": cookie}, token=False)[0] == 200
+    assert request(proxy, f"/?token={'1' * 32}", token=False)[0] == 401
+
+
+def test_a_live_session_is_listed_and_its_records_are_the_jsonl_records_with_a_seq(wstap, peer):
+    proxy = start_ui(wstap, f"ws://127.0.0.1:{echo_server(peer)}")
+    with connect(proxy.url + "/room?x=1") as ws:
+        for text in ("one", "two", "three"):
+            ws.send(text)
+            assert ws.recv() == text
+        listed = api(proxy, "/api/connections?state=open")["connections"]
+        assert len(listed) == 1 and listed[0]["url"].endswith("/room?x=1")
+        assert listed[0]["state"] == "open" and listed[0]["client_messages"] == 3 and listed[0]["server_messages"] == 3
+    conn = listed[0]["conn"]
+    one = wait_api(proxy, f"/api/connections/{conn}", lambda c: c["state"] == "ended", "the end of the connection")
+    assert one["end"]["closed_by"] == "client"
+    stored = records(proxy, limit=10000)
+    in_file = proxy.records()
+    # The same records as the file, in the same order, each with its seq.
+    assert [{k: v for k, v in r.items() if k != "seq"} for r in stored] == in_file
+    assert [r["seq"] for r in stored] == list(range(stored[0]["seq"], stored[0]["seq"] + len(stored)))
+    texts = records(proxy, filter="type=message from=server op=text")
+    assert [r["text"] for r in texts] == ["one", "two", "three"]
+    # Paging: after= and limit= walk the same list.
+    first = api(proxy, "/api/records?limit=2")
+    rest = api(proxy, f"/api/records?after={first['next_after']}&limit=10000")
+    assert first["more"] and first["records"] + rest["records"] == stored
+    # A filter that does not parse says where.
+    status, _, body = request(proxy, "/api/records?filter=" + urllib.parse.quote("(op=text"))
+    assert status == 400 and "column" in json.loads(body)
+
+
+class EventReader:
+    """A Server-Sent Events reader on a plain socket, so a test can stop reading and choose its buffer."""
+
+    def __init__(self, proxy, path="/api/events", last_event_id=None, receive_buffer=None):
+        self.sock = socket.socket()
+        if receive_buffer:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        self.sock.settimeout(DEADLINE)
+        self.sock.connect(("127.0.0.1", proxy.ui_port))
+        head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{proxy.ui_port}\r\nAuthorization: Bearer {proxy.token}\r\n"
+        if last_event_id is not None:
+            head += f"Last-Event-ID: {last_event_id}\r\n"
+        self.sock.sendall((head + "\r\n").encode())
+        self.buffer = b""
+        status = self._line()
+        assert status.startswith("HTTP/1.1 200"), status
+        while self._line():
+            pass
+        self.chunked = True
+
+    def _line(self):
+        while b"\r\n" not in self.buffer:
+            self._fill()
+        line, self.buffer = self.buffer.split(b"\r\n", 1)
+        return line.decode()
+
+    def _fill(self):
+        data = self.sock.recv(65536)
+        assert data, "the stream ended"
+        self.buffer += data
+
+    def _chunk(self):
+        size = int(self._line(), 16)
+        while len(self.buffer) < size + 2:
+            self._fill()
+        data, self.buffer = self.buffer[:size], self.buffer[size + 2:]
+        return data
+
+    def events(self):
+        """Yields (event, id, data) as they come; comments are skipped."""
+        pending = b""
+        while True:
+            pending += self._chunk()
+            while b"\n\n" in pending:
+                block, pending = pending.split(b"\n\n", 1)
+                fields = {}
+                for line in block.decode().split("\n"):
+                    if line.startswith(":"):
+                        continue
+                    name, _, value = line.partition(": ")
+                    fields[name] = value
+                if "event" in fields:
+                    yield fields["event"], int(fields["id"]), json.loads(fields["data"])
+
+    def close(self):
+        self.sock.close()
+
+
+def test_the_push_stream_resumes_after_a_disconnect_with_last_event_id(wstap, peer):
+    proxy = start_ui(wstap, f"ws://127.0.0.1:{echo_server(peer)}")
+    with connect(proxy.url + "/live") as ws:
+        reader = EventReader(proxy, "/api/events?filter=" + urllib.parse.quote("type=message"))
+        ws.send("before")
+        ws.recv()
+        seen = []
+        for event, seq, record in reader.events():
+            assert event == "record" and record["seq"] == seq
+            seen.append(record)
+            if record["from"] == "server":
+                break
+        assert [r["text"] for r in seen] == ["before", "before"]
+        reader.close()
+        # Missed while disconnected.
+        for text in ("while", "away"):
+            ws.send(text)
+            ws.recv()
+        reader = EventReader(proxy, "/api/events?filter=" + urllib.parse.quote("type=message"), last_event_id=seen[-1]["seq"])
+        again = []
+        for event, seq, record in reader.events():
+            again.append(record)
+            if len(again) == 4:
+                break
+        reader.close()
+    assert [r["text"] for r in again] == ["while", "while", "away", "away"]
+    assert again[0]["seq"] > seen[-1]["seq"]
+    assert again == [r for r in records(proxy, filter="type=message", limit=10000) if r["seq"] > seen[-1]["seq"]][:4]
+
+
+def test_a_reader_that_stops_reading_gets_a_gap_notice_and_never_slows_the_relay(wstap, peer):
+    proxy = start_ui(wstap, f"ws://127.0.0.1:{echo_server(peer)}", extra=["--ui-store", str(4 << 20)])
+    stalled = EventReader(proxy, receive_buffer=4096)
+    count = 6_000
+    payload = "x" * 1000
+    # The relay carries every message while the reader reads nothing.
+    with connect(proxy.url + "/bulk", compression=None, max_size=None) as ws:
+        for index in range(count):
+            ws.send(f"{index:05d}{payload}")
+            assert ws.recv().startswith(f"{index:05d}")
+    conn = wait_api(proxy, "/api/connections", lambda a: any(c["state"] == "ended" for c in a["connections"]),
+                    "the end of the bulk connection")["connections"][-1]
+    assert conn["client_messages"] >= count + 1  # its close, and pings the client sent meanwhile
+    status = api(proxy, "/api/status")
+    assert status["dropped_records"] > 0 and status["store_bytes"] <= 4 << 20
+    # Now it reads: records from where it stood, then a gap naming what it missed, then live again.
+    gap = None
+    last = 0
+    for event, seq, data in stalled.events():
+        if event == "gap":
+            gap = data
+            assert data["from"] == last + 1 and data["to"] == seq and data["first_available"] >= data["from"]
+            break
+        assert seq == last + 1 or last == 0
+        last = seq
+    assert gap is not None
+    # What the gap says is still held can be fetched (nothing has come since to push it out).
+    held = records(proxy, after=gap["first_available"] - 1, limit=5)
+    assert held and held[0]["seq"] == gap["first_available"]
+    with connect(proxy.url + "/after") as ws:
+        ws.send("live again")
+        ws.recv()
+    for event, seq, data in stalled.events():
+        if event == "record" and data["type"] == "message" and data.get("text") == "live again":
+            assert seq > gap["to"]
+            break
+    stalled.close()
