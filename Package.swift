@@ -34,7 +34,7 @@ let package = Package(
         // wstap replay's sans-IO core: a recorded client side against a server, and the diff.
         .target(name: "WSTapReplay", dependencies: ["WSTapRecording", "WSTapDissect", "WSTapWire", "WSTapFilter", "WSTapRules"]),
         // The control API's core: the record store, access checks, routes and the push stream's cursor.
-        .target(name: "WSTapControl", dependencies: ["WSTapDissect", "WSTapFilter", "WSTapFormats"]),
+        .target(name: "WSTapControl", dependencies: ["WSTapDissect", "WSTapFilter", "WSTapFormats", "WSTapRelay", "WSTapRules", "WSTapWire"]),
         .target(
             name: "WSTapProxy",
             dependencies: [
@@ -85,7 +85,7 @@ let package = Package(
         .testTarget(name: "WSTapReplayTests", dependencies: ["WSTapReplay", "WSTapRecording", "WSTapDissect", "WSTapWire", "WSTapFilter", "WSTapRules", "WSTapTestSupport"]),
         .testTarget(name: "WSTapFuzzTargetsTests", dependencies: ["WSTapFuzzTargets"]),
         .testTarget(name: "WSTapFilterTests", dependencies: ["WSTapFilter", "WSTapTestSupport"]),
-        .testTarget(name: "WSTapControlTests", dependencies: ["WSTapControl", "WSTapDissect", "WSTapFilter", "WSTapTestSupport"]),
+        .testTarget(name: "WSTapControlTests", dependencies: ["WSTapControl", "WSTapRelay", "WSTapRules", "WSTapWire", "WSTapDissect", "WSTapFilter", "WSTapTestSupport"]),
         .testTarget(name: "WSTapRulesTests", dependencies: ["WSTapRules", "WSTapFilter", "WSTapTestSupport"]),
     ]
 )

@@ -8,10 +8,13 @@ import WSTapFormats
 public final class ControlAPI: Sendable {
     public let store: RecordStore
     public let access: ControlAccess
+    /// The live connections; nil when serving a capture or a recording.
+    public let steering: (any ConnectionSteering)?
 
-    public init(store: RecordStore, access: ControlAccess) {
+    public init(store: RecordStore, access: ControlAccess, steering: (any ConnectionSteering)? = nil) {
         self.store = store
         self.access = access
+        self.steering = steering
     }
 
     /// Largest page of records one request gets.
@@ -28,6 +31,7 @@ public final class ControlAPI: Sendable {
             break
         }
         let parts = request.path.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
+        if parts.first == "api", let steered = steeringRoute(request, parts) { return steered }
         guard parts.first == "api", parts.count >= 2, parts.count <= 3 else {
             return .error(404, "no such route: \(request.path) (docs/control-api.md lists them)")
         }
@@ -58,7 +62,7 @@ public final class ControlAPI: Sendable {
         }
     }
 
-    private static let knownRoutes: Set<String> = ["status", "connections", "records", "events"]
+    private static let knownRoutes: Set<String> = ["status", "connections", "records", "events", "holds"]
 
     private func status() -> ControlResponse {
         let extent = store.extent

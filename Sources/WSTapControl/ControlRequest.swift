@@ -91,6 +91,9 @@ public enum ControlResponse: Sendable {
     case complete(status: Int, contentType: String, body: [UInt8], headers: [(String, String)] = [])
     /// A Server-Sent Events stream that starts after this cursor.
     case eventStream(EventStreamCursor)
+    /// Answered later, from another event loop (a live connection's): the closure is given the
+    /// function to call, once, with the response.
+    case later(@Sendable (@escaping @Sendable (ControlResponse) -> Void) -> Void)
 
     public static func json(_ status: Int = 200, _ body: (inout JSONWriter) -> Void) -> ControlResponse {
         var writer = JSONWriter()
@@ -112,6 +115,7 @@ public enum ControlResponse: Sendable {
         switch self {
         case .complete(let status, _, _, _): status
         case .eventStream: 200
+        case .later: 202
         }
     }
 }

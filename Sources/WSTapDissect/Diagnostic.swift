@@ -49,6 +49,7 @@ public enum DiagnosticCode: String, CaseIterable, Sendable {
     case resynchronised = "resynchronised"
     // changes wstap made on purpose (rules, docs/rules.md)
     case reencoding = "reencoding"
+    case held = "held"
     case holdReleased = "hold-released"
     case heldNotSent = "held-not-sent"
     case changesStopped = "changes-stopped"
@@ -59,7 +60,7 @@ public enum DiagnosticCode: String, CaseIterable, Sendable {
 
     public var severity: Severity {
         switch self {
-        case .upgradeRefused, .unsupportedExtension, .resynchronised, .reencoding, .holdReleased: .info
+        case .upgradeRefused, .unsupportedExtension, .resynchronised, .reencoding, .held, .holdReleased: .info
         case .changesStopped, .tooLargeToChange, .heldNotSent: .warning
         case .nonMinimalLength, .frameAfterClose, .inflateLimitExceeded, .truncatedFrame, .truncatedMessage,
             .pipelinedBytesDropped, .bareLineFeed:
@@ -106,6 +107,7 @@ public enum DiagnosticCode: String, CaseIterable, Sendable {
         case .pipelinedBytesDropped: "too many bytes sent before the upgrade answer; they were relayed but not dissected"
         case .resynchronised: "after a capture gap, bytes were skipped up to the next plausible frame header"
         case .reencoding: "a rule changed a compressed message: wstap compresses this direction's messages itself from here on (--compression)"
+        case .held: "a hold rule keeps a message: release it (forward, drop or edit) with the control API, or it goes on at --hold-timeout"
         case .holdReleased: "a held message went on without being released: at --hold-timeout, past --hold-limit, or because its sender closed"
         case .heldNotSent: "the connection ended while messages were held: they never reached their peer"
         case .changesStopped: "frames wstap cannot follow (a protocol violation): rules no longer apply to this direction, its bytes pass as they are"

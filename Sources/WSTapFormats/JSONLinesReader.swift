@@ -341,8 +341,8 @@ extension JSONValue {
 }
 
 /// Standard base64 (RFC 4648 §4) with padding, as the encoder writes it.
-enum Base64Decoding {
-    static func decode(_ text: String) -> [UInt8]? {
+public enum Base64Decoding {
+    public static func decode(_ text: String) -> [UInt8]? {
         var out: [UInt8] = []
         out.reserveCapacity(text.utf8.count / 4 * 3)
         var buffer: UInt32 = 0

@@ -213,6 +213,11 @@ public enum FuzzSeeds {
             "\u{0}/?token=t&x=%zz\nauthorization:\ncookie: a=b; wstap_token=t",
             "\u{1}/api/connections/1\nhost: evil.test:1",
             "\u{0}/api/records/4",
+            "\u{0}/api/holds",
+            "\u{1}/api/connections/1/holds/1\n\n{\"action\":\"edit\",\"text\":\"x\"}",
+            "\u{1}/api/connections/1/messages\n\n{\"to\":\"both\",\"text\":\"hi\",\"fragments\":2,\"compressed\":true}",
+            "\u{1}/api/connections/1/close\n\n{\"code\":4001,\"reason\":\"bye\",\"to\":\"server\"}",
+            "\u{1}/api/connections/1/abort",
         ].map { Array($0.utf8) }
         seeds["har-reader", default: []].append(Array(RecordingTargets.seed.utf8))
         // Pieces as the replay and mock targets read them: a kind byte, a two-byte length, the bytes.

@@ -31,6 +31,33 @@ enum RelayTargets {
     /// into messages, which made a `text:` rule match (a finding of the harness, not of the relay).
     static let idleRules = ["[never] from=client from=server text:\"no such text anywhere\" => drop"]
 
+    /// A control API command from fuzzer bytes: every kind, holds picked from those listed.
+    static func steerCommand(_ bytes: [UInt8], holds play: RelayPlaybook) -> SteerCommand {
+        var reader = FuzzReader(bytes)
+        let sides: [Side] = [.client, .server, .both]
+        switch reader.choice(5) {
+        case 0:
+            let opcode: Opcode = reader.choice(2) == 0 ? .text : .binary
+            let fragments = 1 + reader.choice(4), compressed = reader.choice(2) == 1, side = sides[reader.choice(3)]
+            return .send(OwnSend(to: side, opcode: opcode, payload: reader.bytes(reader.choice(64)), fragments: fragments, compressed: compressed))
+        case 1:
+            return .close(code: UInt16(990 + Int(reader.u16()) % 4100), reason: "r", to: sides[reader.choice(3)])
+        case 2:
+            return .abort
+        case 3:
+            return .listHolds
+        default:
+            var id = UInt64(reader.choice(8))
+            if case .holds(let holds) = play.steer(.listHolds), !holds.isEmpty { id = holds[reader.choice(holds.count)].id }
+            let decision: HoldDecision = switch reader.choice(3) {
+            case 0: .forward
+            case 1: .drop
+            default: .replace(reader.bytes(reader.choice(64)))
+            }
+            return .release(hold: id, decision)
+        }
+    }
+
     /// A verdict for the hook, from fuzzer bytes: every kind, with injections either way now and then.
     static func verdict(_ bytes: [UInt8]) -> HookAnswer {
         var reader = FuzzReader(bytes)
@@ -86,9 +113,14 @@ enum RelayTargets {
         var steps = 0
         while !reader.isAtEnd && steps < 256 {
             steps += 1
-            let kind = reader.byte() % 7
+            // Steering changes bytes on purpose: only with the acting rules, whose check is inflation.
+            let kind = reader.byte() % (idle ? 7 : 8)
             let bytes = reader.bytes(reader.u16() % 4096)
             switch kind {
+            case 7:
+                let command = steerCommand(bytes, holds: play)
+                let answer = play.steer(command)
+                if trace { print("steer \(command): \(answer)") }
             case 6:
                 // Any request asked so far, answered or not (an answer twice, or late, must change nothing).
                 guard !play.hookRequests.isEmpty else { continue }

@@ -25,7 +25,7 @@ public final class ControlServer: Sendable {
 
     /// Binds `host:port` and serves `api(port)` there (the access check needs the bound port, which
     /// is known only after binding when port 0 asks for a free one).
-    public static func start(host: String, port: Int, store: RecordStore, token: String,
+    public static func start(host: String, port: Int, store: RecordStore, token: String, steering: (any ConnectionSteering)? = nil,
                              group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws -> ControlServer {
         let apiBox = Mutex<ControlAPI?>(nil)
         let bootstrap = ServerBootstrap(group: group)
@@ -46,7 +46,8 @@ public final class ControlServer: Sendable {
         } catch {
             throw ProxyServer.listenError(error, listen: "\(host):\(port)", flag: "--ui")
         }
-        let api = ControlAPI(store: store, access: ControlAccess(token: token, listenHost: host, port: channel.localAddress?.port ?? port))
+        let api = ControlAPI(store: store, access: ControlAccess(token: token, listenHost: host, port: channel.localAddress?.port ?? port),
+                             steering: steering)
         apiBox.withLock { $0 = api }
         return ControlServer(channel: channel, api: api)
     }
@@ -124,6 +125,19 @@ final class ControlHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             let stream = PushStream(cursor: cursor, store: api.store, context: context, handler: self)
             self.stream = stream
             stream.start()
+        case .later(let run):
+            // A live connection answers from its own loop; the response is written back on this one.
+            // NIO's pipelining handler keeps the next request until this response has ended.
+            let bound = NIOLoopBound((handler: self, context: context), eventLoop: context.eventLoop)
+            let loop = context.eventLoop
+            run { response in
+                loop.execute {
+                    let (handler, context) = bound.value
+                    guard context.channel.isActive else { return }
+                    if case .later = response { return }  // never answered with another wait
+                    handler.write(response, for: request, context: context)
+                }
+            }
         }
     }
 

@@ -25,6 +25,8 @@ public struct ProxyConfiguration: Sendable {
     public var capture: DecryptedCapture?
     /// The exec hooks' processes, when rules may use them.
     public var hooks: ExecHooks?
+    /// --ui: where the control API finds each live connection.
+    public var registry: ConnectionRegistry?
     public var dissector: StreamDissector.Configuration
     public var sink: any RecordSink
     /// One-line notices about the proxy itself (not about connections): stderr by default.
@@ -89,8 +91,13 @@ public final class ProxyServer: Sendable {
                             changes: configuration.changes, clientAddress: channel.remoteAddress?.wstapText ?? "?",
                             proxyAddress: channel.localAddress?.wstapText ?? "?",
                             configuration: configuration.dissector, clock: Timestamp.now)
-                        return RelayConnection(session: session, client: channel, sink: configuration.sink, tls: configuration.tlsContexts,
-                                               capture: configuration.capture, hooks: configuration.hooks)
+                        let connection = RelayConnection(session: session, client: channel, sink: configuration.sink, tls: configuration.tlsContexts,
+                                                         capture: configuration.capture, hooks: configuration.hooks)
+                        if let registry = configuration.registry {
+                            registry.add(id, connection, loop: channel.eventLoop)
+                            channel.closeFuture.whenComplete { _ in registry.remove(id) }
+                        }
+                        return connection
                     })
                     try channel.pipeline.syncOperations.addHandler(handler)
                     channel.closeFuture.whenComplete { _ in ids.closed() }

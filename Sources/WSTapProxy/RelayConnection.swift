@@ -40,6 +40,13 @@ final class RelayConnection {
         perform(session.handle(event))
     }
 
+    /// A control API command, carried out between this connection's events.
+    func steer(_ command: SteerCommand) -> SteerAnswer {
+        let (answer, actions) = session.steer(command)
+        perform(actions)
+        return answer
+    }
+
     private func perform(_ actions: [RelaySession.Action]) {
         for action in actions {
             switch action {

@@ -20,7 +20,7 @@ public struct ChangeSettings: Sendable {
 
     public var rules: RuleBook
     public var compression = Compression.keep
-    /// How long `hold` keeps a message before sending it on (until the control API can release it).
+    /// How long `hold` keeps a message the control API has not decided on before sending it on.
     public var holdTimeout: Duration = .seconds(30)
     /// Most payload bytes one direction may keep: a message being gathered for the rules, plus the
     /// messages queued behind a hold. A message past it passes as it comes, unchanged.
@@ -100,6 +100,8 @@ struct ChangingPipe {
     private var pendingOwn: [OwnMessage] = []
     /// Tickets of the messages this pipe handed to exec hooks (the low bit says the direction).
     private var hookTickets: UInt64 = 0
+    /// Ids of the messages this pipe held (the low bit says the direction, as for tickets).
+    private var holdIDs: UInt64 = 0
     /// This pipe's copy of the rules in force, and the book's generation it was read at (`RuleBook.refresh`).
     private var engine: RuleEngine
     private var engineGeneration = UInt64.max  // never a generation: the first refresh reads the book
@@ -142,9 +144,11 @@ struct ChangingPipe {
         var hook: HookWait?
         /// A message behind one a hook decides: carried out once it reaches the head (`bytes` empty).
         var deferred: Undecided?
+        /// A message a `hold` keeps until the control API or --hold-timeout lets it go (`bytes` empty).
+        var held: Held?
 
-        /// The message not framed yet, whether a hook decides it or it waits behind one.
-        var undecided: Undecided? { hook?.undecided ?? deferred }
+        /// The message not framed yet: a hook or a person decides it, or it waits behind one that is.
+        var undecided: Undecided? { hook?.undecided ?? held?.undecided ?? deferred }
         /// What it counts against --hold-limit.
         var weight: Int { bytes.count + (undecided?.message.raw.count ?? 0) }
         /// Where it starts in the sender's stream.
@@ -161,6 +165,16 @@ struct ChangingPipe {
 
     /// A message waits for a hook's verdict, or behind one: later messages are framed only after them.
     private var decisionPending: Bool { !queue.isEmpty && queue.contains { $0.undecided != nil } }
+
+    /// A held message: framed only once it is let go, so an edit is framed (and compressed) in the
+    /// order messages leave, and later messages of the sender wait behind it.
+    private struct Held {
+        var id: UInt64
+        /// What the rules made of it, without the hold.
+        var undecided: Undecided
+        /// Given by the control API; nil until then (and at --hold-timeout: forwarded).
+        var decision: HoldDecision?
+    }
 
     /// A message handed to an exec hook, waiting in its place in the queue for the verdict.
     private struct HookWait {
@@ -321,7 +335,7 @@ struct ChangingPipe {
     mutating func abandon(at now: Timestamp, into out: inout PipeOutput) {
         for own in pendingOwn {
             out.record(TapRecord(connection: connection, timestamp: now, body: .change(ChangeRecord(
-                direction: direction, offset: offset, rules: [own.rule], actions: [own.action.description], result: .dropped, sent: [],
+                direction: direction, offset: offset, rules: [own.rule], actions: [own.action], result: .dropped, sent: [],
                 notes: ["not sent: the connection ended while a message streamed through ahead of it"]))))
         }
         pendingOwn = []
@@ -334,6 +348,11 @@ struct ChangingPipe {
             if let wait = item.hook {
                 notSent(wait.undecided.outcome, at: wait.undecided.message.start, since: item.enqueued,
                         "not sent: the connection ended while hook '\(wait.command)' decided", now: now, into: &out)
+                continue
+            }
+            if let held = item.held {
+                notSent(held.undecided.outcome, at: held.undecided.message.start, since: item.enqueued,
+                        "not sent: the connection ended while it was held (hold \(held.id))", now: now, into: &out)
                 continue
             }
             if let deferred = item.deferred {
@@ -558,6 +577,14 @@ struct ChangingPipe {
             }
             return carryOut(rest, message: message, received: received, held: held, now: now, into: &out)
         }
+        if outcome.effects.contains(where: { if case .hold = $0 { true } else { false } }) {
+            // Everything else the rules asked for happens when it is let go, from its place in the queue.
+            var rest = outcome
+            rest.effects.removeAll { if case .hold = $0 { true } else { false } }
+            let ends = rest.dropped || rest.effects.contains { if case .close = $0 { true } else if case .abort = $0 { true } else { false } }
+            if !ends { return hold(rest, message: message, received: received, now: now, into: &out) }
+            return carryOut(rest, message: message, received: received, held: held, now: now, into: &out)
+        }
         if decisionPending && !(message.opcode.isControl && message.opcode != .close) {
             // An earlier message waits for a hook: this one is framed after it is, in order, so a
             // direction that the verdict re-encodes compresses its messages in the order they leave.
@@ -585,14 +612,14 @@ struct ChangingPipe {
                 case .inject(let side, let injected):
                     guard let (opcode, payload) = injected.message else { continue }
                     for target in Self.directions(side) {
-                        own.append(OwnMessage(direction: target, opcode: opcode, payload: payload, rule: applied.rule, action: action))
+                        own.append(OwnMessage(direction: target, opcode: opcode, payload: payload, rule: applied.rule, action: action.description))
                     }
                 case .close(let code, let reason, let side):
                     closing = true
                     // The parser allows at most 123 bytes of reason (RFC 6455 §5.5).
                     let payload = [UInt8(code >> 8), UInt8(code & 0xFF)] + Array(reason.utf8)
                     for target in Self.directions(side) {
-                        own.append(OwnMessage(direction: target, opcode: .close, payload: payload, rule: applied.rule, action: action))
+                        own.append(OwnMessage(direction: target, opcode: .close, payload: payload, rule: applied.rule, action: action.description))
                     }
                 default: continue
                 }
@@ -609,10 +636,7 @@ struct ChangingPipe {
                 let at = now.adding(.milliseconds(max(0, ms + spread)))
                 waitUntil = max(waitUntil ?? at, at)
                 reason = reason ?? "delay"
-            case .hold:
-                let at = now.adding(settings.holdTimeout)
-                waitUntil = max(waitUntil ?? at, at)
-                reason = "hold"
+            case .hold: continue  // taken out before this point (`hold`)
             case .mark(let tag): marks.append(tag)
             case .corrupt(let kind):
                 if kind == .utf8 && message.opcode != .text {
@@ -716,13 +740,14 @@ struct ChangingPipe {
         }
     }
 
-    private mutating func startReencoding(at start: UInt64, now: Timestamp, into out: inout PipeOutput) {
+    private mutating func startReencoding(at start: UInt64, because why: String = "a rule changed a compressed message", now: Timestamp,
+                                          into out: inout PipeOutput) {
         if deflater == nil { deflater = makeDeflater() }
         guard !reencoding, !resetsContext else { return }
         reencoding = true
         out.record(TapRecord(connection: connection, timestamp: now, body: .diagnostic(Diagnostic(
             code: .reencoding, direction: direction, offset: start,
-            detail: "a rule changed a compressed message; wstap compresses the \(direction.sender)'s later messages itself (--compression keep)"))))
+            detail: "\(why); wstap compresses the \(direction.sender)'s later messages itself (--compression keep)"))))
     }
 
     private func makeDeflater() -> Deflater {
@@ -878,7 +903,7 @@ struct ChangingPipe {
         let why: String? = stopped ? "rules stopped on this direction (frames it could not follow), so no message boundary is known"
             : inputFinished ? "the \(direction.sender) had closed its side, which wstap passed on to the \(direction.receiver)"
             : closeCommitted ? "a close had already gone to the \(direction.receiver); nothing may follow it" : nil
-        var record = ChangeRecord(direction: direction, offset: offset, rules: [own.rule], actions: [own.action.description], result: .injected, sent: [])
+        var record = ChangeRecord(direction: direction, offset: offset, rules: [own.rule], actions: [own.action], result: .injected, sent: [])
         if let why {
             record.result = .dropped
             record.notes = ["not sent: \(why)"]
@@ -894,9 +919,26 @@ struct ChangingPipe {
             releaseAll(at: now, note: "released early: rule '\(own.rule)' closes the connection", into: &out)
             ownClose = own.rule
         }
-        let bytes = frames(opcode: own.opcode, pieces: [own.payload[...]], wire: own.payload, compressed: false, masked: direction == .clientToServer)
-        record.sent = [SentMessage(opcode: own.opcode, frames: 1, length: UInt64(own.payload.count), wireLength: UInt64(own.payload.count),
-                                   compressed: false, payload: preview(own.payload, own.opcode), truncated: own.payload.count > payloadCap)]
+        var wire = own.payload
+        var compress = false
+        if own.compressed && !isClose {
+            if deflate == nil {
+                record.notes.append("sent uncompressed: permessage-deflate was not negotiated on this connection")
+            } else if decisionPending {
+                // Compressing now would put it into the window before a message still waiting to be framed.
+                record.notes.append("sent uncompressed: a message held before it is not framed yet, and compression follows the order messages leave")
+            } else {
+                // The receiver's window now holds a message the sender never compressed: wstap compresses
+                // the sender's later messages itself (unless each message stands alone).
+                startReencoding(at: offset, because: "wstap sent a compressed message of its own", now: now, into: &out)
+                wire = deflater!.compressMessage(own.payload)
+                compress = true
+            }
+        }
+        let pieces = isClose ? [wire[...]] : split(wire, into: own.fragments, text: own.opcode == .text && !compress, like: nil)
+        let bytes = frames(opcode: own.opcode, pieces: pieces, wire: wire, compressed: compress, masked: direction == .clientToServer)
+        record.sent = [SentMessage(opcode: own.opcode, frames: pieces.count, length: UInt64(own.payload.count), wireLength: UInt64(wire.count),
+                                   compressed: compress, payload: preview(own.payload, own.opcode), truncated: own.payload.count > payloadCap)]
         sendInOrder(bytes, isClose: isClose, now: now, change: record, into: &out)
     }
 
@@ -1017,6 +1059,69 @@ struct ChangingPipe {
         queuedBytes += behindBytes
     }
 
+    // MARK: - Holds
+
+    /// Keeps the message in its place in the queue until the control API lets it go, or --hold-timeout.
+    private mutating func hold(_ outcome: RuleOutcome, message: MessageInProgress, received: MessageRecord, now: Timestamp, into out: inout PipeOutput) {
+        holdIDs += 1
+        let id = holdIDs << 1 | (direction == .clientToServer ? 0 : 1)
+        let rules = outcome.applied.map(\.rule).joined(separator: "', '")
+        note(.held, at: message.start, "held by rule '\(rules)' as hold \(id): forward, drop or edit it with the control API, or it goes on after --hold-timeout \(RelaySession.seconds(settings.holdTimeout))",
+             now: now, into: &out)
+        enqueue(Queued(bytes: [], isClose: message.opcode == .close, enqueued: now, releaseAt: now.adding(settings.holdTimeout), reason: "hold",
+                       change: nil, held: Held(id: id, undecided: Undecided(outcome: outcome, message: message, received: received))),
+                now: now, into: &out)
+    }
+
+    /// The messages held, oldest first.
+    var holds: [HeldMessage] {
+        queue.compactMap { item in
+            guard let held = item.held else { return nil }
+            let undecided = held.undecided
+            return HeldMessage(id: held.id, direction: direction, offset: undecided.message.start, opcode: undecided.message.opcode,
+                               payload: undecided.outcome.payload, compressed: undecided.message.compressed,
+                               rules: undecided.outcome.applied.map(\.rule), since: item.enqueued,
+                               releaseAt: held.decision == nil ? item.releaseAt : nil, decided: held.decision != nil)
+        }
+    }
+
+    /// Lets a held message go (or not): at once when nothing waits before it, else as soon as that has.
+    /// Nil when this pipe holds no such message, or it has its decision already.
+    mutating func release(hold id: UInt64, _ decision: HoldDecision, now: Timestamp, into out: inout PipeOutput) -> Bool? {
+        guard let index = queue.firstIndex(where: { $0.held?.id == id }) else { return nil }
+        guard queue[index].held!.decision == nil else { return false }
+        queue[index].held!.decision = decision
+        queue[index].releaseAt = nil
+        release(at: now, into: &out)
+        return true
+    }
+
+    /// Carries out a held message at the head of the queue: its decision, or forward at --hold-timeout
+    /// and when it is let go early (`note` says why).
+    private mutating func settle(_ held: Held, enqueued: Timestamp, note: String?, now: Timestamp, into out: inout PipeOutput) {
+        var outcome = held.undecided.outcome
+        switch held.decision {
+        case nil:
+            if let note {
+                outcome.notes.append(note)
+                self.note(.holdReleased, at: held.undecided.message.start, note, now: now, into: &out)
+            }
+        case .forward?:
+            outcome.notes.append("hold \(held.id) forwarded from the control API")
+        case .drop?:
+            outcome.dropped = true
+            outcome.notes.append("hold \(held.id) dropped from the control API")
+        case .replace(let payload)?:
+            if payload != outcome.payload { outcome.edited = true }
+            outcome.payload = payload
+            outcome.notes.append("hold \(held.id) edited from the control API")
+        }
+        let waited = now.nanoseconds - enqueued.nanoseconds
+        inPlace(now: now, into: &out) { pipe, out in
+            pipe.carryOut(outcome, message: held.undecided.message, received: held.undecided.received, held: waited, now: now, into: &out)
+        }
+    }
+
     // MARK: - The queue
 
     /// Sends now if nothing waits before it, else queues behind what does.
@@ -1043,7 +1148,8 @@ struct ChangingPipe {
 
     private mutating func release(at now: Timestamp, into out: inout PipeOutput) {
         while let first = queue.first, (first.releaseAt ?? now) <= now {
-            releaseFirst(at: now, note: first.reason == "hold" ? "released after --hold-timeout \(RelaySession.seconds(settings.holdTimeout))" : nil, into: &out)
+            let timedOut = first.reason == "hold" && first.held?.decision == nil
+            releaseFirst(at: now, note: timedOut ? "released after --hold-timeout \(RelaySession.seconds(settings.holdTimeout))" : nil, into: &out)
         }
     }
 
@@ -1059,6 +1165,10 @@ struct ChangingPipe {
         queuedBytes -= item.weight
         if let wait = item.hook {
             settle(wait, enqueued: item.enqueued, note: note, now: now, into: &out)
+            return
+        }
+        if let held = item.held {
+            settle(held, enqueued: item.enqueued, note: held.decision == nil ? note : nil, now: now, into: &out)
             return
         }
         if let deferred = item.deferred {
@@ -1159,14 +1269,20 @@ struct ChangingPipe {
     }
 }
 
-/// A message wstap itself sends: an `inject`, or the close frame of a `close` rule.
+/// A message wstap itself sends: an `inject`, the close frame of a `close` rule, or what the control
+/// API sends.
 struct OwnMessage {
     /// Which way it travels: toward the server is `.clientToServer`.
     var direction: Direction
     var opcode: Opcode
     var payload: [UInt8]
+    /// The rule that asked for it ("control API" for the API's).
     var rule: String
-    var action: RuleAction
+    /// The action as its record shows it.
+    var action: String
+    var fragments = 1
+    /// Compressed by wstap (the control API's `compressed`); rules' own messages never are.
+    var compressed = false
 }
 
 /// A message for an exec hook: the shell writes it to the hook's stdin and reports the verdict with

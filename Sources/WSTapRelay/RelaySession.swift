@@ -539,6 +539,22 @@ public final class RelaySession {
     private func relayed(_ relay: WebSocketRelay, _ event: WebSocketRelay.Event) -> [Action] {
         relayScratch.removeAll(keepingCapacity: true)
         relay.handle(event, into: &relayScratch)
+        return translateRelayActions()
+    }
+
+    /// What the control API asks of this connection (docs/control-api.md), carried out between its
+    /// events: the answer, and the actions to perform as for any event.
+    public func steer(_ command: SteerCommand) -> (SteerAnswer, [Action]) {
+        guard case .webSocket(let relay) = phase else {
+            if case .done = phase { return (.refused("the connection has ended"), []) }
+            return (.refused("not a WebSocket connection (yet): only messages after the 101 can be sent, closed or held"), [])
+        }
+        relayScratch.removeAll(keepingCapacity: true)
+        let answer = relay.steer(command, at: clock(), into: &relayScratch)
+        return (answer, translateRelayActions())
+    }
+
+    private func translateRelayActions() -> [Action] {
         var actions: [Action] = []
         actions.reserveCapacity(relayScratch.count)
         for action in relayScratch {
@@ -547,8 +563,9 @@ public final class RelaySession {
             case .emit(let records): actions.append(.emit(records))
             case .abort(let rule):
                 // What was sent before goes first; the resets end both connections at once.
+                let who = rule == WebSocketRelay.controlAPI ? "the control API" : "rule '\(rule)'"
                 return actions + [.reset(.client), .reset(.upstream)]
-                    + finish(reason: "rule '\(rule)' aborted the connection: both TCP connections reset", closedBy: "proxy")
+                    + finish(reason: "\(who) aborted the connection: both TCP connections reset", closedBy: "proxy")
             case .wake(let at):
                 if let at {
                     runningTimers.insert(.relayWake)

@@ -1,5 +1,7 @@
 import NIOCore
 import WSTapDissect
+import WSTapRules
+import WSTapWire
 
 /// The sans-IO relay of a connection's WebSocket part, from the buffer after the one that held the 101.
 ///
@@ -95,7 +97,11 @@ public final class WebSocketRelay {
                 : serverToClient.hookAnswered(ticket, answer, at: time, direction: direction, records: &records, into: &actions)
             hand(crossing, to: direction.opposite, at: time, into: &actions)
         }
-        // Checked for every read: no array built.
+        requestWake(into: &actions)
+    }
+
+    /// Asks for the earliest wake-up the pipes need, when it changed. Checked for every read: no array built.
+    private func requestWake(into actions: inout [Action]) {
         let a = clientToServer.nextWake, b = serverToClient.nextWake
         let next = a == nil ? b : b == nil ? a : min(a!, b!)
         if next != wakeAt {
@@ -106,6 +112,70 @@ public final class WebSocketRelay {
 }
 
 extension WebSocketRelay {
+    /// The name the control API's own messages and decisions go by in records.
+    public static let controlAPI = "control API"
+
+    /// Carries out what the control API asks, between reads: its actions go to `actions` as an
+    /// event's would (records first, then bytes), and the answer comes back at once.
+    public func steer(_ command: SteerCommand, at time: Timestamp, into actions: inout [Action]) -> SteerAnswer {
+        guard clientToServer.isChanging else {
+            return .refused("this connection is relayed without rules, byte for byte: connections opened while wstap runs with --ui (or with rules) can be steered")
+        }
+        let answer: SteerAnswer
+        switch command {
+        case .send(let message):
+            guard message.opcode == .text || message.opcode == .binary else { return .refused("only text and binary messages can be sent") }
+            if message.opcode == .text && !UTF8Validator.isValid(message.payload) { return .refused("a text message must be UTF-8; send it as binary") }
+            let action = "send \(message.opcode == .text ? "text" : "binary") to \(message.to.rawValue)"
+            for direction in Self.directions(message.to) {
+                var own = OwnMessage(direction: direction, opcode: message.opcode, payload: message.payload, rule: Self.controlAPI, action: action)
+                own.fragments = message.fragments
+                own.compressed = message.compressed
+                hand([own], to: direction, at: time, into: &actions)
+            }
+            answer = .done("sent to the \(message.to == .both ? "client and the server" : message.to.rawValue)")
+        case .close(let code, let reason, let side):
+            guard CloseCode.isAllowedOnWire(code) else { return .refused("close code \(code) may not be sent in a close frame (RFC 6455 §7.4): use 1000–1003, 1007–1014 or 3000–4999") }
+            guard reason.utf8.count <= 123 else { return .refused("a close reason is at most 123 bytes of UTF-8 (RFC 6455 §5.5)") }
+            let payload = [UInt8(code >> 8), UInt8(code & 0xFF)] + Array(reason.utf8)
+            let action = "close \(code) to \(side.rawValue)"
+            for direction in Self.directions(side) {
+                hand([OwnMessage(direction: direction, opcode: .close, payload: payload, rule: Self.controlAPI, action: action)], to: direction, at: time, into: &actions)
+            }
+            answer = .done("close \(code) sent to the \(side == .both ? "client and the server" : side.rawValue)")
+        case .abort:
+            actions.append(.abort(rule: Self.controlAPI))
+            return .done("both TCP connections reset")
+        case .listHolds:
+            return .holds(clientToServer.holds + serverToClient.holds)
+        case .release(let id, let decision):
+            let direction: Direction = id & 1 == 0 ? .clientToServer : .serverToClient
+            var records: [TapRecord] = []
+            var found: Bool?
+            let crossing = direction == .clientToServer
+                ? clientToServer.release(hold: id, decision, at: time, direction: direction, found: &found, records: &records, into: &actions)
+                : serverToClient.release(hold: id, decision, at: time, direction: direction, found: &found, records: &records, into: &actions)
+            hand(crossing, to: direction.opposite, at: time, into: &actions)
+            switch found {
+            case nil: return .notFound("no message is held as hold \(id) on this connection (it may have gone on already)")
+            case false?: return .refused("hold \(id) has its decision already; it goes once the messages held before it have")
+            case true?:
+                let waiting = (direction == .clientToServer ? clientToServer.holds : serverToClient.holds).contains { $0.id == id }
+                answer = .done(waiting ? "decided; it goes once the messages held before it have" : "released")
+            }
+        }
+        requestWake(into: &actions)
+        return answer
+    }
+
+    private static func directions(_ side: Side) -> [Direction] {
+        switch side {
+        case .server: [.clientToServer]
+        case .client: [.serverToClient]
+        case .both: [.clientToServer, .serverToClient]
+        }
+    }
+
     /// wstap's own messages (inject, close) that one direction's rules made for the other direction.
     private func hand(_ own: [OwnMessage], to direction: Direction, at time: Timestamp, into actions: inout [Action]) {
         guard !own.isEmpty else { return }
@@ -138,6 +208,18 @@ struct DirectionPipe {
     init(_ changing: ChangingPipe?) { self.changing = changing }
 
     var nextWake: Timestamp? { changing?.nextWake }
+    var isChanging: Bool { changing != nil }
+    var holds: [HeldMessage] { changing?.holds ?? [] }
+
+    mutating func release(hold id: UInt64, _ decision: HoldDecision, at time: Timestamp, direction: Direction, found: inout Bool?,
+                          records: inout [TapRecord], into actions: inout [WebSocketRelay.Action]) -> [OwnMessage] {
+        var result: Bool?
+        let own = withChangingPipe(direction: direction, records: &records, into: &actions) { pipe, out in
+            result = pipe.release(hold: id, decision, now: time, into: &out)
+        }
+        found = result
+        return own
+    }
 
     /// `records` are the dissector's for this read: they go out before anything the pipe adds.
     /// Each returns wstap's own messages the rules made for the other direction.

@@ -53,7 +53,19 @@ public final class RelayPlaybook {
     /// Hands the event to the session and returns what it asked for (also kept in the totals).
     @discardableResult
     public func handle(_ event: RelaySession.Event) -> [RelaySession.Action] {
-        let produced = session.handle(event)
+        take(session.handle(event))
+    }
+
+    /// A control API command, as the shell hands it over between events.
+    @discardableResult
+    public func steer(_ command: SteerCommand) -> SteerAnswer {
+        let (answer, produced) = session.steer(command)
+        take(produced)
+        return answer
+    }
+
+    @discardableResult
+    private func take(_ produced: [RelaySession.Action]) -> [RelaySession.Action] {
         for action in produced {
             switch action {
             case .send(.client, let buffer): sentToClient += buffer.readableBytesView

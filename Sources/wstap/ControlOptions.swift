@@ -5,7 +5,7 @@ import WSTapRelay
 
 /// `--ui` and its store, shared by `proxy` and `read`.
 struct ControlOptions: ParsableArguments {
-    @Option(name: .long, help: ArgumentHelp("Serve the control API and web UI on this port (loopback unless a host is given); the URL with its token is printed at start.", valueName: "[host:]port"))
+    @Option(name: .long, help: ArgumentHelp("Serve the control API and web UI on this port (loopback unless a host is given); the URL with its token is printed at start. Connections can then be sent to, closed and their held messages released from it.", valueName: "[host:]port"))
     var ui: String?
 
     @Option(name: .long, help: ArgumentHelp("Most bytes of recent records (payloads included) the UI and API keep; older ones are dropped, and the API says so.", valueName: "bytes"))
@@ -32,10 +32,10 @@ struct ControlOptions: ParsableArguments {
     func makeStore() -> RecordStore? { ui == nil ? nil : RecordStore(limitBytes: uiStore) }
 
     /// Starts the control server, or says why it cannot and exits.
-    func start(store: RecordStore) async -> ControlServer {
+    func start(store: RecordStore, steering: (any ConnectionSteering)? = nil) async -> ControlServer {
         do {
             guard let (host, port) = try parsedUI else { fail("--ui is needed to serve the control API") }
-            return try await ControlServer.start(host: host, port: port, store: store, token: ControlAccess.randomToken())
+            return try await ControlServer.start(host: host, port: port, store: store, token: ControlAccess.randomToken(), steering: steering)
         } catch {
             fail("\(error)")
         }

@@ -140,9 +140,11 @@ struct ProxyCommand: AsyncParsableCommand {
         }
     }
 
-    /// The rules and their settings, or nil when none were given; exits 64 on a rule that is wrong.
+    /// The rules and their settings, or nil when none were given and there is no --ui (whose send,
+    /// close and holds need every connection to know its message boundaries); exits 64 on a rule
+    /// that is wrong.
     func makeChanges() -> ChangeSettings? {
-        guard !ruleOptions.isEmpty else { return nil }
+        guard !ruleOptions.isEmpty || control.ui != nil else { return nil }
         let rules = ruleOptions.load()
         var changes = ChangeSettings(rules: RuleBook(RuleEngine(rules: rules)))
         changes.compression = ChangeSettings.Compression(rawValue: compression) ?? .keep
@@ -176,6 +178,8 @@ struct ProxyCommand: AsyncParsableCommand {
         let intercepting = upstreamURL == nil
         configuration.limits = limits
         configuration.changes = changes
+        let registry = store == nil ? nil : ConnectionRegistry()
+        configuration.registry = registry
         let hooks = changes.map(makeHooks)
         configuration.hooks = hooks
         configuration.tlsSettings = TLSSettings(interceptConnect: intercepting, passthrough: passthrough, clientTLS: listenTLS, verifyUpstream: !insecure)
@@ -224,7 +228,7 @@ struct ProxyCommand: AsyncParsableCommand {
         }
         if insecure { banner += "wstap: --insecure: upstream certificates are NOT verified\n" }
         var reloader: RuleReloader?
-        if let changes {
+        if let changes, !ruleOptions.isEmpty {
             let count = changes.rules.engine.rules.count
             banner += "wstap: \(count) rule\(count == 1 ? "" : "s") in force (compression \(changes.compression.rawValue))"
                 + (ruleOptions.rules.map { "; \($0) is reloaded when it changes" } ?? "") + "\n"
@@ -234,7 +238,7 @@ struct ProxyCommand: AsyncParsableCommand {
             }
         }
         if let store {
-            let server = await control.start(store: store)
+            let server = await control.start(store: store, steering: registry)
             banner += "wstap: control API and web UI at \(server.url)\n"
         }
         OutputFile.standardError.write(Array(banner.utf8))

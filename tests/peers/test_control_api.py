@@ -230,3 +230,82 @@ def test_a_reader_that_stops_reading_gets_a_gap_notice_and_never_slows_the_relay
             assert seq > gap["to"]
             break
     stalled.close()
+
+
+def call(proxy, method, path, body=None):
+    """A POST (or other) with a JSON body: (status, parsed answer)."""
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.ui_port, timeout=DEADLINE)
+    data = json.dumps(body).encode() if body is not None else b""
+    conn.request(method, path, body=data, headers={"Authorization": f"Bearer {proxy.token}", "Content-Type": "application/json"})
+    response = conn.getresponse()
+    answer = response.read()
+    conn.close()
+    return response.status, json.loads(answer)
+
+
+def test_a_held_message_is_edited_and_forwarded_while_pings_flow_then_sends_and_a_close_reach_the_peers(wstap, peer):
+    """Python websockets on both sides, permessage-deflate negotiated (both libraries offer it):
+    the server's echo is held, pings keep flowing for longer than ping_timeout, the edit arrives and
+    later compressed messages still inflate; a message injected to the server comes back as its echo;
+    a compressed message in three frames reaches the client; close 4001 reaches both peers."""
+    import asyncio
+    from websockets.asyncio.client import connect as connect_async
+    from websockets.exceptions import ConnectionClosed
+
+    proxy = start_ui(wstap, f"ws://127.0.0.1:{echo_server(peer)}",
+                     ["--rule", "[gate] from=server text=held => hold", "--hold-timeout", "120"])
+
+    async def scenario():
+        async with connect_async(proxy.url + "/steer", ping_interval=1, ping_timeout=1) as ws:
+            assert "permessage-deflate" in (ws.response.headers.get("Sec-WebSocket-Extensions") or "")
+            await ws.send("held")
+            holds = await asyncio.to_thread(wait_api, proxy, "/api/holds", lambda a: a["holds"], "the held echo")
+            hold = holds["holds"][0]
+            assert hold["text"] == "held" and hold["from"] == "server" and hold["rules"] == ["gate"] and hold["compressed"]
+            conn = hold["conn"]
+            assert api(proxy, f"/api/connections/{conn}/holds")["holds"] == holds["holds"]
+            # Pings and pongs overtake the hold: wait for three pongs recorded after it.
+            await asyncio.to_thread(
+                wait_api, proxy, f"/api/records?conn={conn}&filter=" + urllib.parse.quote("op=pong from=server"),
+                lambda a: len(a["records"]) >= 3, "three pongs while the message is held")
+            status, answer = await asyncio.to_thread(call, proxy, "POST", f"/api/connections/{conn}/holds/{hold['id']}",
+                                                     {"action": "edit", "text": "edited by hand"})
+            assert status == 200, answer
+            assert await ws.recv() == "edited by hand"
+            # The same hold cannot be released twice.
+            assert (await asyncio.to_thread(call, proxy, "POST", f"/api/connections/{conn}/holds/{hold['id']}", {"action": "drop"}))[0] == 404
+            # Later compressed messages still inflate at both peers.
+            await ws.send("after the edit")
+            assert await ws.recv() == "after the edit"
+            # Injected toward the server: its echo proves the server received it.
+            status, answer = await asyncio.to_thread(call, proxy, "POST", f"/api/connections/{conn}/messages", {"to": "server", "text": "injected"})
+            assert status == 200, answer
+            assert await ws.recv() == "injected"
+            status, answer = await asyncio.to_thread(call, proxy, "POST", f"/api/connections/{conn}/messages",
+                                                     {"to": "client", "text": "for the client, in pieces", "fragments": 3, "compressed": True})
+            assert status == 200, answer
+            assert await ws.recv() == "for the client, in pieces"
+            # Refusals say why and change nothing.
+            assert (await asyncio.to_thread(call, proxy, "POST", f"/api/connections/{conn}/close", {"code": 1005}))[0] == 409
+            assert (await asyncio.to_thread(call, proxy, "POST", f"/api/connections/{conn}/messages", {"text": "to whom?"}))[0] == 400
+            assert (await asyncio.to_thread(call, proxy, "POST", "/api/connections/999/abort"))[0] == 404
+            status, answer = await asyncio.to_thread(call, proxy, "POST", f"/api/connections/{conn}/close", {"code": 4001, "reason": "bye", "to": "both"})
+            assert status == 200, answer
+            try:
+                while True:
+                    await ws.recv()
+            except ConnectionClosed as closed:
+                assert closed.rcvd is not None and closed.rcvd.code == 4001 and closed.rcvd.reason == "bye"
+            return conn
+
+    conn = asyncio.run(asyncio.wait_for(scenario(), DEADLINE))
+    proxy.wait_ended()
+    mine = [r for r in proxy.records() if r.get("conn") == conn]
+    # The server received 4001: its answering close carries the code back.
+    assert any(r["type"] == "message" and r["from"] == "server" and r.get("code") == 4001 for r in mine)
+    changes = [r for r in mine if r["type"] == "change"]
+    edited = next(c for c in changes if c["result"] == "edited")
+    assert edited["rules"] == ["gate"] and edited["sent"][0]["text"] == "edited by hand" and edited["held_ms"] > 0
+    injected = [c for c in changes if c["result"] == "injected"]
+    # Two sends, and the close to each peer.
+    assert len(injected) == 4 and all(c["rules"] == ["control API"] for c in injected)
