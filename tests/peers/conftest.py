@@ -107,10 +107,12 @@ class Wstap(Proc):
 
 
 def read_records(path):
+    """The file's complete records. A line still being written (a large one goes out in more than
+    one write) has no newline yet and is not read: a reader tailing the file sees it next time."""
     if not path.exists():
         return []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        return [json.loads(line) for line in f if line.endswith("\n") and line.strip()]
 
 
 def wait_records(path, condition, what="records"):
