@@ -1,6 +1,7 @@
 import WSTapDissect
 import WSTapFilter
 import WSTapFormats
+import WSTapRules
 
 /// The control API's routes (docs/control-api.md): a request in, a response out. The server shell
 /// moves bytes and streams events; what each route means is decided here, where tests reach it
@@ -10,11 +11,14 @@ public final class ControlAPI: Sendable {
     public let access: ControlAccess
     /// The live connections; nil when serving a capture or a recording.
     public let steering: (any ConnectionSteering)?
+    /// The live rules; nil when serving a capture or a recording.
+    public let rules: RuleControl?
 
-    public init(store: RecordStore, access: ControlAccess, steering: (any ConnectionSteering)? = nil) {
+    public init(store: RecordStore, access: ControlAccess, steering: (any ConnectionSteering)? = nil, rules: RuleControl? = nil) {
         self.store = store
         self.access = access
         self.steering = steering
+        self.rules = rules
     }
 
     /// Largest page of records one request gets.
@@ -31,7 +35,7 @@ public final class ControlAPI: Sendable {
             break
         }
         let parts = request.path.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
-        if parts.first == "api", let steered = steeringRoute(request, parts) { return steered }
+        if parts.first == "api", let steered = steeringRoute(request, parts) ?? rulesRoute(request, parts) { return steered }
         guard parts.first == "api", parts.count >= 2, parts.count <= 3 else {
             return .error(404, "no such route: \(request.path) (docs/control-api.md lists them)")
         }
@@ -62,7 +66,7 @@ public final class ControlAPI: Sendable {
         }
     }
 
-    private static let knownRoutes: Set<String> = ["status", "connections", "records", "events", "holds"]
+    private static let knownRoutes: Set<String> = ["status", "connections", "records", "events", "holds", "rules"]
 
     private func status() -> ControlResponse {
         let extent = store.extent
@@ -150,7 +154,7 @@ public final class ControlAPI: Sendable {
 
     // MARK: - Parameters
 
-    private func parseFilter(_ request: ControlRequest) throws(ControlResponseError) -> Filter? {
+    func parseFilter(_ request: ControlRequest) throws(ControlResponseError) -> Filter? {
         guard let text = request.query["filter"], !text.allSatisfy({ $0 == " " }) else { return nil }
         do {
             return try Filter(parsing: text)
@@ -159,7 +163,7 @@ public final class ControlAPI: Sendable {
         }
     }
 
-    private func number(_ request: ControlRequest, _ name: String) throws(ControlResponseError) -> UInt64? {
+    func number(_ request: ControlRequest, _ name: String) throws(ControlResponseError) -> UInt64? {
         guard let text = request.query[name] else { return nil }
         guard let value = UInt64(text) else { throw ControlResponseError(.error(400, "\(name) must be a whole number, not '\(text)'")) }
         return value

@@ -96,6 +96,13 @@ public struct JSONWriter {
         needsComma = false
     }
 
+    /// A key that is not known when wstap is built (a reason, a header name), escaped as a string.
+    public mutating func key(dynamic name: String) {
+        string(name)
+        append(UInt8(ascii: ":"))
+        needsComma = false
+    }
+
     public mutating func string(_ value: String) {
         separator()
         var copy = value

@@ -32,10 +32,10 @@ struct ControlOptions: ParsableArguments {
     func makeStore() -> RecordStore? { ui == nil ? nil : RecordStore(limitBytes: uiStore) }
 
     /// Starts the control server, or says why it cannot and exits.
-    func start(store: RecordStore, steering: (any ConnectionSteering)? = nil) async -> ControlServer {
+    func start(store: RecordStore, steering: (any ConnectionSteering)? = nil, rules: RuleControl? = nil) async -> ControlServer {
         do {
             guard let (host, port) = try parsedUI else { fail("--ui is needed to serve the control API") }
-            return try await ControlServer.start(host: host, port: port, store: store, token: ControlAccess.randomToken(), steering: steering)
+            return try await ControlServer.start(host: host, port: port, store: store, token: ControlAccess.randomToken(), steering: steering, rules: rules)
         } catch {
             fail("\(error)")
         }

@@ -238,7 +238,8 @@ struct ProxyCommand: AsyncParsableCommand {
             }
         }
         if let store {
-            let server = await control.start(store: store, steering: registry)
+            let rules = changes.map { RuleControl(book: $0.rules, notice: { OutputFile.standardError.write(Array("wstap: \($0)\n".utf8)) }) }
+            let server = await control.start(store: store, steering: registry, rules: rules)
             banner += "wstap: control API and web UI at \(server.url)\n"
         }
         OutputFile.standardError.write(Array(banner.utf8))

@@ -126,52 +126,7 @@ struct RulesTestCommand: ParsableCommand {
     }
 }
 
-/// Per rule: messages matched, messages changed, the first change.
-struct RuleTally {
-    let engine: RuleEngine
-    var random: SeededRandom
-    var messages = 0
-    var facts: [UInt64: ConnectionFacts] = [:]
-    var matched: [String: Int] = [:]
-    var changed: [String: Int] = [:]
-    var samples: [String: (before: [UInt8], after: [UInt8], opcode: Opcode, effects: [RuleAction])] = [:]
-    var skipped: [String: [String: Int]] = [:]
-
-    init(engine: RuleEngine, seed: UInt64) {
-        self.engine = engine
-        random = SeededRandom(seed: seed)
-    }
-
-    mutating func add(_ record: TapRecord) {
-        switch record.body {
-        case .open(let open): facts[record.connection] = ConnectionFacts(open)
-        case .end: facts[record.connection] = nil
-        case .message(let message):
-            messages += 1
-            var generator = random
-            let outcome = engine.apply(to: record, connection: facts[record.connection]) { generator.nextUnit() }
-            random = generator
-            for applied in outcome.applied {
-                matched[applied.rule, default: 0] += 1
-                let effects = applied.actions.filter { if case .mark = $0 { false } else { true } }
-                let edits = applied.before != applied.after
-                let acts = effects.contains { action in
-                    switch action {
-                    case .replace, .replaceBytes, .setJSON, .deleteJSON: false
-                    default: true
-                    }
-                }
-                if edits || acts {
-                    changed[applied.rule, default: 0] += 1
-                    if samples[applied.rule] == nil { samples[applied.rule] = (applied.before, applied.after, message.opcode, effects) }
-                }
-            }
-            for skip in outcome.skipped { skipped[skip.rule, default: [:]][skip.reason, default: 0] += 1 }
-        default:
-            break
-        }
-    }
-
+extension RuleTally {
     func report(rules: [Rule], over recordings: [String]) -> String {
         var out = "\(counted(rules.count, "rule")) over \(recordings.joined(separator: ", ")): \(counted(messages, "message"))\n"
         for rule in rules {
@@ -205,18 +160,6 @@ struct RuleTally {
     }
 }
 
-/// SplitMix64 (the tests' generator): rules with p= draw from it, so a seed repeats a run.
-struct SeededRandom {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func nextUnit() -> Double {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return Double((z ^ (z >> 31)) >> 11) / Double(1 << 53)
-    }
-}
 
 /// A whole (small) text file, or nil.
 func readText(_ path: String) -> String? {

@@ -86,3 +86,41 @@ private final class Answered: @unchecked Sendable {
         #expect(body(call(api, "GET", "/api/holds")) == #"{"holds":[]}"#)
     }
 }
+
+@Suite struct ControlRulesTests {
+    let store = RecordStore()
+    let book = RuleBook(RuleEngine(rules: []))
+
+    var api: ControlAPI {
+        ControlAPI(store: store, access: ControlAccess(token: "t", listenHost: "127.0.0.1", port: 1), rules: RuleControl(book: book, notice: { _ in }))
+    }
+
+    func call(_ method: String, _ target: String, _ body: String = "") -> ControlResponse {
+        api.respond(to: ControlRequest(method: method, target: target, headers: ["host": "127.0.0.1:1", "authorization": "Bearer t"], body: Array(body.utf8)))
+    }
+
+    @Test func rulesAreReplacedReadBackAndRefusedWhereTheyAreWrong() {
+        let put = call("PUT", "/api/rules", "# a comment\n[shout] from=server => replace /echo/ \"ECHO\"\n")
+        #expect(put.status == 200 && body(put).contains(#""name":"shout","line":2"#))
+        #expect(book.engine.rules.map(\.name) == ["shout"])
+        #expect(body(call("GET", "/api/rules")).contains(#"replace /echo/ \"ECHO\""#))
+        let bad = call("PUT", "/api/rules", "[x] from=nobody => drop")
+        #expect(bad.status == 400 && body(bad).contains(#""line":1,"column":"#))
+        #expect(call("PUT", "/api/rules", "[h] * => exec ./hook.py").status == 400)
+        #expect(call("PUT", "/api/rules", "[f] * => inject to=client file /etc/passwd").status == 400)
+        // What was refused left the rules in force alone.
+        #expect(book.engine.rules.map(\.name) == ["shout"])
+        #expect(call("DELETE", "/api/rules").status == 405)
+    }
+
+    @Test func rulesAreTriedOnTheRecordsHeld() {
+        store.append(conversation(1, messages: 3))
+        let tried = call("POST", "/api/rules/test", "[shout] from=server => replace /echo/ \"ECHO\"\n[none] text:zzz => drop")
+        #expect(tried.status == 200)
+        let answer = body(tried)
+        #expect(answer.hasPrefix(#"{"messages":6,"rules":[{"name":"shout""#))
+        #expect(answer.contains(#""matched":3,"changed":3,"sample":{"before":"echo 0","after":"ECHO 0"}"#))
+        #expect(answer.contains(#""name":"none","line":2,"text":"#) && answer.contains(#""matched":0,"changed":0,"sample":null"#))
+        #expect(body(call("POST", "/api/rules/test?conn=2", "[all] * => drop")).hasPrefix(#"{"messages":0,"#))
+    }
+}

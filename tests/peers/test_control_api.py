@@ -309,3 +309,31 @@ def test_a_held_message_is_edited_and_forwarded_while_pings_flow_then_sends_and_
     injected = [c for c in changes if c["result"] == "injected"]
     # Two sends, and the close to each peer.
     assert len(injected) == 4 and all(c["rules"] == ["control API"] for c in injected)
+
+
+def test_rules_put_over_the_api_change_the_next_message_of_an_open_connection(wstap, peer):
+    proxy = start_ui(wstap, f"ws://127.0.0.1:{echo_server(peer)}")
+    with connect(proxy.url + "/r") as ws:
+        ws.send("before")
+        assert ws.recv() == "before"
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.ui_port, timeout=DEADLINE)
+        conn.request("PUT", "/api/rules", body="[shout] from=server => replace /after/ \"AFTER\"\n".encode(),
+                     headers={"Authorization": f"Bearer {proxy.token}", "Content-Type": "text/plain"})
+        response = conn.getresponse()
+        assert response.status == 200, response.read()
+        assert json.loads(response.read())["rules"][0]["name"] == "shout"
+        ws.send("after")
+        assert ws.recv() == "AFTER"
+    assert api(proxy, "/api/rules")["rules"][0]["text"].startswith("[shout]")
+    # Tried on what the store holds: one server message would change.
+    status, answer = call_text(proxy, "POST", "/api/rules/test?filter=" + urllib.parse.quote("from=server op=text"), "[t] text=before => drop")
+    assert status == 200 and answer["messages"] == 2 and answer["rules"][0]["changed"] == 1
+
+
+def call_text(proxy, method, path, text):
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.ui_port, timeout=DEADLINE)
+    conn.request(method, path, body=text.encode(), headers={"Authorization": f"Bearer {proxy.token}", "Content-Type": "text/plain"})
+    response = conn.getresponse()
+    answer = json.loads(response.read())
+    conn.close()
+    return response.status, answer
