@@ -60,7 +60,7 @@ public struct ControlRequest: Sendable {
         return String(validating: bytes, as: UTF8.self)
     }
 
-    static func percentEncoded(_ text: String) -> String {
+    public static func percentEncoded(_ text: String) -> String {
         var out = ""
         for byte in text.utf8 {
             switch byte {

@@ -10,6 +10,6 @@ struct WSTap: AsyncParsableCommand {
             on the console and as JSON Lines. See README.md and docs/ for examples.
             """,
         version: "0.1.0",
-        subcommands: [ProxyCommand.self, ReadCommand.self, CaptureCommand.self, ReplayCommand.self, MockCommand.self, RulesCommand.self, CACommand.self]
+        subcommands: [ProxyCommand.self, ReadCommand.self, CaptureCommand.self, ReplayCommand.self, MockCommand.self, RulesCommand.self, CtlCommand.self, CACommand.self]
     )
 }

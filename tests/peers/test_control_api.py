@@ -337,3 +337,41 @@ def call_text(proxy, method, path, text):
     answer = json.loads(response.read())
     conn.close()
     return response.status, answer
+
+
+def test_wstap_ctl_lists_tails_sends_releases_and_closes_from_the_shell(wstap, peer, procs):
+    import os
+    import subprocess
+    from conftest import WSTAP, Proc
+
+    proxy = start_ui(wstap, f"ws://127.0.0.1:{echo_server(peer)}", ["--rule", "[gate] from=server text=held => hold"])
+    env = {**os.environ, "WSTAP_UI": f"http://127.0.0.1:{proxy.ui_port}/?token={proxy.token}"}
+
+    def ctl(*args, code=0):
+        done = subprocess.run([WSTAP, "ctl", *args], env=env, capture_output=True, text=True, timeout=DEADLINE)
+        assert done.returncode == code, (args, done.stdout, done.stderr)
+        return done.stdout if code == 0 else done.stderr
+
+    tail = Proc([WSTAP, "ctl", "tail", "--after", "0", "--jsonl", "--filter", "type=message op=text from=server"], env=env)
+    procs.append(tail)
+    with connect(proxy.url + "/ctl") as ws:
+        ws.send("held")
+        hold = wait_api(proxy, "/api/holds", lambda a: a["holds"], "the held echo")["holds"][0]
+        assert f"#{hold['conn']}  open  " in ctl("list", "--state", "open")
+        assert f"hold {hold['id']}  from server  4 B  held" in ctl("holds")
+        assert ctl("release", str(hold["conn"]), str(hold["id"]), "edit", "--text", "from the shell") == "released\n"
+        assert ws.recv() == "from the shell"
+        assert ctl("send", str(hold["conn"]), "--to", "server", "--text", "echo this") == "sent to the server\n"
+        assert ws.recv() == "echo this"
+        # The tail saw the server's messages as they happened, each with its seq.
+        seen = [json.loads(tail.wait_for(r"^\{.*\}$").group(0)) for _ in range(2)]
+        assert [r["text"] for r in seen] == ["held", "echo this"] and seen[0]["seq"] < seen[1]["seq"]
+        assert "404" in ctl("close", "999", code=1)
+        assert ctl("close", str(hold["conn"]), "--code", "4001", "--reason", "bye") == "close 4001 sent to the client and the server\n"
+        try:
+            ws.recv()
+            raise AssertionError("the connection stayed open")
+        except Exception as closed:  # websockets' ConnectionClosed
+            assert getattr(closed, "rcvd", None) is not None and closed.rcvd.code == 4001
+    bad = subprocess.run([WSTAP, "ctl", "list"], env={**os.environ, "WSTAP_UI": ""}, capture_output=True, text=True, timeout=DEADLINE)
+    assert bad.returncode == 1 and "--ui" in bad.stderr and bad.stderr.count("\n") == 1
