@@ -16,4 +16,4 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
 "$venv/bin/pip" install -q --disable-pip-version-check \
-  'websockets>=13' 'aiohttp>=3.9' 'websocket-client>=1.7' 'python-socketio>=5.11' 'pytest>=7'
+  'websockets>=13' 'aiohttp>=3.9' 'websocket-client>=1.7' 'python-socketio>=5.11' 'pytest>=7' 'schemathesis>=4'

@@ -43,6 +43,8 @@ public final class ControlAPI: Sendable {
         switch (request.method, resource, item) {
         case ("GET", "status", nil):
             return status()
+        case ("GET", "openapi.json", nil):
+            return .complete(status: 200, contentType: "application/json", body: EmbeddedFiles.openAPI)
         case ("GET", "connections", nil):
             return connections(request)
         case ("GET", "connections", let id?):
@@ -60,13 +62,13 @@ public final class ControlAPI: Sendable {
         case ("GET", "events", nil):
             return events(request)
         case (_, let known, _) where Self.knownRoutes.contains(known):
-            return .error(405, "\(request.method) is not allowed on \(request.path)")
+            return .methodNotAllowed(request, allow: "GET")
         default:
             return .error(404, "no such route: \(request.path) (docs/control-api.md lists them)")
         }
     }
 
-    private static let knownRoutes: Set<String> = ["status", "connections", "records", "events", "holds", "rules"]
+    private static let knownRoutes: Set<String> = ["status", "connections", "records", "events", "holds", "rules", "openapi.json"]
 
     private func status() -> ControlResponse {
         let extent = store.extent
@@ -132,7 +134,7 @@ public final class ControlAPI: Sendable {
             writer.key("more"); writer.bool(page.scannedThrough < page.extent.lastSeq)
             writer.key("first_seq"); writer.integer(page.extent.firstSeq)
             writer.key("last_seq"); writer.integer(page.extent.lastSeq)
-            writer.key("missed"); writer.bool(after + 1 < page.extent.firstSeq && page.extent.droppedThrough > after)
+            writer.key("missed"); writer.bool(page.extent.startsAfter(after) && page.extent.droppedThrough > after)
             writer.endObject()
         }
     }

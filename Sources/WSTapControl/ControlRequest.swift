@@ -101,6 +101,14 @@ public enum ControlResponse: Sendable {
         return .complete(status: status, contentType: "application/json", body: writer.bytes)
     }
 
+    /// 405, with the `Allow` header RFC 9110 §15.5.6 asks for.
+    public static func methodNotAllowed(_ request: ControlRequest, allow: String) -> ControlResponse {
+        guard case .complete(let status, let type, let body, _) = error(405, "\(request.method) is not allowed on \(request.path) (only \(allow))") else {
+            return error(405, "not allowed")
+        }
+        return .complete(status: status, contentType: type, body: body, headers: [("Allow", allow)])
+    }
+
     /// `{"error": reason}` (and the column of a filter error).
     public static func error(_ status: Int, _ reason: String, column: Int? = nil) -> ControlResponse {
         json(status) { writer in

@@ -47,8 +47,10 @@ extension ControlAPI {
             }
         case ("POST", "test"?):
             return testRules(request)
-        case (_, nil), (_, "test"?):
-            return .error(405, "\(request.method) is not allowed on \(request.path)")
+        case (_, nil):
+            return .methodNotAllowed(request, allow: "GET, PUT")
+        case (_, "test"?):
+            return .methodNotAllowed(request, allow: "POST")
         default:
             return .error(404, "no such route: \(request.path) (docs/control-api.md lists them)")
         }

@@ -19,7 +19,7 @@ extension ControlAPI {
     func steeringRoute(_ request: ControlRequest, _ parts: [String]) -> ControlResponse? {
         // /api/holds, or /api/connections/N/{messages,close,abort,holds[/H]}
         if parts.count == 2, parts[1] == "holds" {
-            guard request.method == "GET" else { return .error(405, "\(request.method) is not allowed on \(request.path)") }
+            guard request.method == "GET" else { return .methodNotAllowed(request, allow: "GET") }
             return allHolds()
         }
         guard parts.count >= 4, parts[1] == "connections" else { return nil }
@@ -37,8 +37,10 @@ extension ControlAPI {
         case ("POST", "holds", 5):
             guard let hold = UInt64(parts[4]) else { return .error(400, "a hold's id is a whole number: /api/connections/\(id)/holds/2") }
             do throws(ControlResponseError) { command = .release(hold: hold, try Self.holdDecision(request.body)) } catch { return error.response }
-        case (_, "messages", 4), (_, "close", 4), (_, "abort", 4), (_, "holds", 4), (_, "holds", 5):
-            return .error(405, "\(request.method) is not allowed on \(request.path)")
+        case (_, "holds", 4):
+            return .methodNotAllowed(request, allow: "GET")
+        case (_, "messages", 4), (_, "close", 4), (_, "abort", 4), (_, "holds", 5):
+            return .methodNotAllowed(request, allow: "POST")
         default:
             return .error(404, "no such route: \(request.path) (docs/control-api.md lists them)")
         }

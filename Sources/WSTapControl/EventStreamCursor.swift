@@ -35,7 +35,7 @@ public struct EventStreamCursor: Sendable {
             Self.gap(from: from, to: after, firstAvailable: max(from, extent.firstSeq), into: &text)
             return (text, false)
         }
-        if after + 1 < extent.firstSeq {
+        if extent.startsAfter(after) {
             // What the reader would read next was dropped from the store: say so, go on with the rest.
             Self.gap(from: after + 1, to: extent.firstSeq - 1, firstAvailable: extent.firstSeq, into: &text)
             after = extent.firstSeq - 1

@@ -98,6 +98,11 @@ public final class RecordStore: Sendable {
         public var droppedThrough: UInt64
         public var droppedRecords: UInt64
         public var bytes: Int
+
+        /// Whether the oldest record held comes after the one following `after`: what a reader
+        /// that has seen up to `after` would read next is gone. (`after + 1` would overflow at the
+        /// largest seq a client may send; `firstSeq` is at least 1.)
+        public func startsAfter(_ after: UInt64) -> Bool { after < firstSeq - 1 }
     }
 
     public var extent: Extent {

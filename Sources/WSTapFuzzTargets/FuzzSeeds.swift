@@ -214,6 +214,8 @@ public enum FuzzSeeds {
             "\u{1}/api/connections/1\nhost: evil.test:1",
             "\u{0}/api/records/4",
             "\u{0}/api/holds",
+            "\u{0}/api/records?after=18446744073709551615&limit=0",
+            "\u{0}/api/events\nlast-event-id: 18446744073709551615",
             "\u{1}/api/connections/1/holds/1\n\n{\"action\":\"edit\",\"text\":\"x\"}",
             "\u{1}/api/connections/1/messages\n\n{\"to\":\"both\",\"text\":\"hi\",\"fragments\":2,\"compressed\":true}",
             "\u{1}/api/connections/1/close\n\n{\"code\":4001,\"reason\":\"bye\",\"to\":\"server\"}",

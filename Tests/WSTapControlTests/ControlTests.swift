@@ -168,6 +168,22 @@ func body(_ response: ControlResponse) -> String {
         #expect(!body(one).contains(#""conn":2,"#))
     }
 
+    /// The largest numbers a client may send (found by schemathesis: `after + 1` trapped and took
+    /// the proxy down).
+    @Test func theLargestSeqsAndNumbersAreAnsweredNotTrappedOn() {
+        store.append(conversation(1))
+        let top = "18446744073709551615"
+        #expect(get("/api/records?after=\(top)&limit=0").status == 200)
+        #expect(get("/api/records?after=\(top)").status == 200)
+        #expect(get("/api/records/\(top)").status == 404)
+        #expect(get("/api/connections/\(top)").status == 404)
+        #expect(get("/api/records?after=18446744073709551616").status == 400)
+        guard case .eventStream(var cursor) = get("/api/events", ["last-event-id": top]) else { return #expect(Bool(false)) }
+        #expect(cursor.next(from: store).text.isEmpty)
+        guard case .eventStream(var fromStart) = get("/api/events?after=0") else { return #expect(Bool(false)) }
+        #expect(!fromStart.next(from: store).text.isEmpty)
+    }
+
     @Test func badParametersSayWhatIsWrong() {
         let filter = get("/api/records?filter=%28op%3Dtext")
         #expect(filter.status == 400)
