@@ -135,8 +135,12 @@ final class ControlHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 loop.execute {
                     let (handler, context) = bound.value
                     guard context.channel.isActive else { return }
-                    if case .later = response { return }  // never answered with another wait
-                    handler.write(response, for: request, context: context)
+                    // A later answer is never another wait; if it were, the client still gets an answer.
+                    if case .later = response {
+                        handler.write(.error(500, "the control API answered with another wait"), for: request, context: context)
+                    } else {
+                        handler.write(response, for: request, context: context)
+                    }
                 }
             }
         }

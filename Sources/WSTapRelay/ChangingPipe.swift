@@ -611,14 +611,14 @@ struct ChangingPipe {
                 switch action {
                 case .inject(let side, let injected):
                     guard let (opcode, payload) = injected.message else { continue }
-                    for target in Self.directions(side) {
+                    for target in side.directions {
                         own.append(OwnMessage(direction: target, opcode: opcode, payload: payload, rule: applied.rule, action: action.description))
                     }
                 case .close(let code, let reason, let side):
                     closing = true
                     // The parser allows at most 123 bytes of reason (RFC 6455 §5.5).
                     let payload = [UInt8(code >> 8), UInt8(code & 0xFF)] + Array(reason.utf8)
-                    for target in Self.directions(side) {
+                    for target in side.directions {
                         own.append(OwnMessage(direction: target, opcode: .close, payload: payload, rule: applied.rule, action: action.description))
                     }
                 default: continue
@@ -879,14 +879,6 @@ struct ChangingPipe {
     }
 
     // MARK: - wstap's own messages (inject, close)
-
-    private static func directions(_ side: Side) -> [Direction] {
-        switch side {
-        case .server: [.clientToServer]
-        case .client: [.serverToClient]
-        case .both: [.clientToServer, .serverToClient]
-        }
-    }
 
     /// This direction's own messages go through this pipe at once; the others leave with the output
     /// for the relay to hand to the other pipe.
@@ -1325,4 +1317,15 @@ struct PipeOutput {
         if bytes.readableBytes == 0 { bytes = slice } else { bytes.writeImmutableBuffer(slice) }
     }
     mutating func record(_ record: TapRecord) { records.append(record) }
+}
+
+extension Side {
+    /// The directions a message to this peer travels: to the server is `.clientToServer`.
+    var directions: [Direction] {
+        switch self {
+        case .server: [.clientToServer]
+        case .client: [.serverToClient]
+        case .both: [.clientToServer, .serverToClient]
+        }
+    }
 }

@@ -127,7 +127,7 @@ extension WebSocketRelay {
             guard message.opcode == .text || message.opcode == .binary else { return .refused("only text and binary messages can be sent") }
             if message.opcode == .text && !UTF8Validator.isValid(message.payload) { return .refused("a text message must be UTF-8; send it as binary") }
             let action = "send \(message.opcode == .text ? "text" : "binary") to \(message.to.rawValue)"
-            for direction in Self.directions(message.to) {
+            for direction in message.to.directions {
                 var own = OwnMessage(direction: direction, opcode: message.opcode, payload: message.payload, rule: Self.controlAPI, action: action)
                 own.fragments = message.fragments
                 own.compressed = message.compressed
@@ -139,7 +139,7 @@ extension WebSocketRelay {
             guard reason.utf8.count <= 123 else { return .refused("a close reason is at most 123 bytes of UTF-8 (RFC 6455 §5.5)") }
             let payload = [UInt8(code >> 8), UInt8(code & 0xFF)] + Array(reason.utf8)
             let action = "close \(code) to \(side.rawValue)"
-            for direction in Self.directions(side) {
+            for direction in side.directions {
                 hand([OwnMessage(direction: direction, opcode: .close, payload: payload, rule: Self.controlAPI, action: action)], to: direction, at: time, into: &actions)
             }
             answer = .done("close \(code) sent to the \(side == .both ? "client and the server" : side.rawValue)")
@@ -166,14 +166,6 @@ extension WebSocketRelay {
         }
         requestWake(into: &actions)
         return answer
-    }
-
-    private static func directions(_ side: Side) -> [Direction] {
-        switch side {
-        case .server: [.clientToServer]
-        case .client: [.serverToClient]
-        case .both: [.clientToServer, .serverToClient]
-        }
     }
 
     /// wstap's own messages (inject, close) that one direction's rules made for the other direction.

@@ -68,6 +68,13 @@ struct CtlCommand: ParsableCommand {
         return given.isEmpty ? "" : "?" + given.joined(separator: "&")
     }
 
+    /// `,"text":…` or `,"base64":…` for a message's payload, as the API takes it.
+    static func payloadMembers(text: String?, base64: String?) -> String {
+        if let text { return #","text":"# + jsonString(text) }
+        if let base64 { return #","base64":"# + jsonString(base64) }
+        return ""
+    }
+
     static func jsonString(_ text: String) -> String {
         var writer = JSONWriter()
         writer.string(text)
@@ -144,9 +151,7 @@ struct CtlCommand: ParsableCommand {
         }
 
         func run() {
-            var body = #"{"to":"# + CtlCommand.jsonString(to)
-            if let text { body += #","text":"# + CtlCommand.jsonString(text) }
-            if let base64 { body += #","base64":"# + CtlCommand.jsonString(base64) }
+            var body = #"{"to":"# + CtlCommand.jsonString(to) + CtlCommand.payloadMembers(text: text, base64: base64)
             body += #","fragments":\#(fragments),"compressed":\#(compressed)}"#
             Result.print(target, target.call("POST", "/api/connections/\(conn)/messages", body: Array(body.utf8)))
         }
@@ -208,10 +213,8 @@ struct CtlCommand: ParsableCommand {
         }
 
         func run() {
-            var body = #"{"action":"# + CtlCommand.jsonString(action)
-            if let text { body += #","text":"# + CtlCommand.jsonString(text) }
-            if let base64 { body += #","base64":"# + CtlCommand.jsonString(base64) }
-            Result.print(target, target.call("POST", "/api/connections/\(conn)/holds/\(hold)", body: Array((body + "}").utf8)))
+            let body = #"{"action":"# + CtlCommand.jsonString(action) + CtlCommand.payloadMembers(text: text, base64: base64) + "}"
+            Result.print(target, target.call("POST", "/api/connections/\(conn)/holds/\(hold)", body: Array(body.utf8)))
         }
     }
 
