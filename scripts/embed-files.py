@@ -10,13 +10,22 @@ the files.
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FILES = {"openAPI": "docs/openapi.json"}
+FILES = {
+    "openAPI": "docs/openapi.json",
+    "uiIndex": "ui/index.html",
+    "uiApp": "ui/app.js",
+    "uiModel": "ui/model.js",
+    "uiTable": "ui/table.js",
+    "uiDetail": "ui/detail.js",
+    "uiStyle": "ui/style.css",
+}
 
 
 def literal(text):
     # A raw string whose delimiter never occurs in the text.
     hashes = "#"
-    while f'"""{hashes}' in text or f"\\{hashes}(" in text:
+    # (a backslash followed by the delimiter's hashes would start an escape)
+    while f'"""{hashes}' in text or f"\\{hashes}" in text:
         hashes += "#"
     return f'{hashes}"""\n{text}\n"""{hashes}'
 
@@ -28,5 +37,16 @@ for name, path in FILES.items():
     assert text.endswith("\n")
     out.append(f"    /// {path}")
     out.append(f"    static let {name}: [UInt8] = Array({literal(text[:-1])}.utf8) + [0x0A]")
+# The page's files by the path they are served at.
+out.append("")
+out.append("    /// The web UI's files by the path the page asks for them at, with their content types.")
+out.append("    static let page: [String: (contentType: String, body: [UInt8])] = [")
+types = {"html": "text/html; charset=utf-8", "js": "text/javascript; charset=utf-8", "css": "text/css; charset=utf-8"}
+for name, path in FILES.items():
+    if not path.startswith("ui/"):
+        continue
+    served = "/" if path == "ui/index.html" else "/" + path
+    out.append(f'        "{served}": ("{types[path.rsplit(".", 1)[1]]}", {name}),')
+out.append("    ]")
 out.append("}")
 (ROOT / "Sources/WSTapControl/EmbeddedFiles.swift").write_text("\n".join(out) + "\n")

@@ -13,12 +13,19 @@ public final class ControlAPI: Sendable {
     public let steering: (any ConnectionSteering)?
     /// The live rules; nil when serving a capture or a recording.
     public let rules: RuleControl?
+    /// What the records come from when not live (`wstap read FILE… --ui`): the file names.
+    public let source: String?
+    /// wstap's version, for the HAR export's `creator`.
+    public let version: String
 
-    public init(store: RecordStore, access: ControlAccess, steering: (any ConnectionSteering)? = nil, rules: RuleControl? = nil) {
+    public init(store: RecordStore, access: ControlAccess, steering: (any ConnectionSteering)? = nil, rules: RuleControl? = nil,
+                source: String? = nil, version: String = "dev") {
         self.store = store
         self.access = access
         self.steering = steering
         self.rules = rules
+        self.source = source
+        self.version = version
     }
 
     /// Largest page of records one request gets.
@@ -33,6 +40,10 @@ public final class ControlAPI: Sendable {
                              headers: [("Set-Cookie", access.cookie), ("Location", location)])
         case .allowed:
             break
+        }
+        if let file = EmbeddedFiles.page[request.path] {
+            guard request.method == "GET" || request.method == "HEAD" else { return .methodNotAllowed(request, allow: "GET") }
+            return .complete(status: 200, contentType: file.contentType, body: file.body, headers: Self.pageHeaders)
         }
         let parts = request.path.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
         if parts.first == "api", let steered = steeringRoute(request, parts) ?? rulesRoute(request, parts) { return steered }
@@ -61,6 +72,8 @@ public final class ControlAPI: Sendable {
             return .complete(status: 200, contentType: "application/json", body: entry.json)
         case ("GET", "events", nil):
             return events(request)
+        case ("GET", "export", nil):
+            return export(request)
         case (_, let known, _) where Self.knownRoutes.contains(known):
             return .methodNotAllowed(request, allow: "GET")
         default:
@@ -68,7 +81,15 @@ public final class ControlAPI: Sendable {
         }
     }
 
-    private static let knownRoutes: Set<String> = ["status", "connections", "records", "events", "holds", "rules", "openapi.json"]
+    private static let knownRoutes: Set<String> = ["status", "connections", "records", "events", "holds", "rules", "openapi.json", "export"]
+
+    /// The page shows payloads from the network: no script, style or connection but its own, no
+    /// framing by another site, no referrer leaving with a URL.
+    static let pageHeaders: [(String, String)] = [
+        ("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"),
+        ("Referrer-Policy", "no-referrer"),
+        ("X-Frame-Options", "DENY"),
+    ]
 
     private func status() -> ControlResponse {
         let extent = store.extent
@@ -80,6 +101,10 @@ public final class ControlAPI: Sendable {
             writer.key("dropped_records"); writer.integer(extent.droppedRecords)
             writer.key("store_bytes"); writer.integer(extent.bytes)
             writer.key("store_limit_bytes"); writer.integer(store.limitBytes)
+            // Live connections can be steered; a capture or recording is only looked at.
+            writer.key("live"); writer.bool(steering != nil)
+            writer.key("source")
+            if let source { writer.string(source) } else { writer.null() }
             writer.endObject()
         }
     }
@@ -152,6 +177,47 @@ public final class ControlAPI: Sendable {
         let resume = request.headers["last-event-id"].flatMap { UInt64($0.trimmingSpaces) }
         let after = resume ?? given ?? store.extent.lastSeq
         return .eventStream(EventStreamCursor(after: after, filter: filter, connection: connection))
+    }
+
+    /// The records held, as a JSON Lines file (what `--jsonl` writes, without `seq`) or a HAR log:
+    /// with a filter, what `--filter` would keep (matches, and their connections' open and end records).
+    private func export(_ request: ControlRequest) -> ControlResponse {
+        let connection: UInt64?, filter: Filter?
+        do throws(ControlResponseError) {
+            connection = try number(request, "conn")
+            filter = try parseFilter(request)
+        } catch {
+            return error.response
+        }
+        let format = request.query["format"] ?? "jsonl"
+        guard format == "jsonl" || format == "har" else { return .error(400, "format is jsonl or har") }
+        var selection = filter.map(FilterSelection.init)
+        var records: [TapRecord] = []
+        var after: UInt64 = 0
+        while true {
+            let page = store.entries(after: after, limit: Self.maximumLimit, connection: connection)
+            for entry in page.entries {
+                if selection != nil { selection!.select(entry.record, into: &records) } else { records.append(entry.record) }
+            }
+            guard page.scannedThrough > after, page.scannedThrough < page.extent.lastSeq else { break }
+            after = page.scannedThrough
+        }
+        let name = "wstap" + (connection.map { "-conn\($0)" } ?? "") + "." + format
+        let disposition = ("Content-Disposition", "attachment; filename=\"\(name)\"")
+        if format == "jsonl" {
+            var body: [UInt8] = []
+            for record in records {
+                var writer = JSONWriter()
+                JSONLinesEncoder.encode(record, into: &writer)
+                body += writer.bytes
+            }
+            return .complete(status: 200, contentType: "application/x-ndjson", body: body, headers: [disposition])
+        }
+        do {
+            return .complete(status: 200, contentType: "application/json", body: try HARSink.log(of: records, creatorVersion: version), headers: [disposition])
+        } catch {
+            return .error(500, "cannot write the HAR log: \(error)")
+        }
     }
 
     // MARK: - Parameters

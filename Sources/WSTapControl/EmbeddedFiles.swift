@@ -806,6 +806,76 @@ enum EmbeddedFiles {
         ]
       }
     },
+    "/api/export": {
+      "get": {
+        "summary": "The records held, as a JSON Lines file or a HAR log",
+        "description": "What `--jsonl` or `--har` would have written of the records the store holds; with a filter, what `--filter` keeps (the matches and their connections' open and end records).",
+        "operationId": "export",
+        "parameters": [
+          {
+            "name": "format",
+            "in": "query",
+            "schema": {
+              "type": "string",
+              "enum": [
+                "jsonl",
+                "har"
+              ]
+            }
+          },
+          {
+            "name": "conn",
+            "in": "query",
+            "schema": {
+              "type": "integer",
+              "minimum": 0,
+              "maximum": 18446744073709551615
+            }
+          },
+          {
+            "name": "filter",
+            "in": "query",
+            "schema": {
+              "type": "string"
+            },
+            "description": "The filter grammar of docs/filters.md."
+          }
+        ],
+        "responses": {
+          "200": {
+            "description": "The file, as an attachment.",
+            "content": {
+              "application/x-ndjson": {
+                "schema": {
+                  "type": "string"
+                }
+              },
+              "application/json": {
+                "schema": {
+                  "type": "object"
+                }
+              }
+            }
+          },
+          "400": {
+            "description": "A parameter that is not what the route takes.",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "401": {
+            "$ref": "#/components/responses/Unauthorized"
+          },
+          "403": {
+            "$ref": "#/components/responses/Forbidden"
+          }
+        }
+      }
+    },
     "/api/rules": {
       "get": {
         "summary": "The rules in force",
@@ -1024,7 +1094,9 @@ enum EmbeddedFiles {
           "dropped_through",
           "dropped_records",
           "store_bytes",
-          "store_limit_bytes"
+          "store_limit_bytes",
+          "live",
+          "source"
         ],
         "properties": {
           "first_seq": {
@@ -1056,6 +1128,15 @@ enum EmbeddedFiles {
             "type": "integer",
             "minimum": 0,
             "maximum": 18446744073709551615
+          },
+          "live": {
+            "type": "boolean",
+            "description": "true for a running proxy (connections can be steered), false for `wstap read --ui`"
+          },
+          "source": {
+            "type": "string",
+            "nullable": true,
+            "description": "the files served by `wstap read --ui`; null when live"
           }
         }
       },
@@ -1456,4 +1537,1491 @@ enum EmbeddedFiles {
   }
 }
 """#.utf8) + [0x0A]
+    /// ui/index.html
+    static let uiIndex: [UInt8] = Array(#"""
+<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="color-scheme" content="light dark">
+<title>wstap</title>
+<link rel="stylesheet" href="/ui/style.css">
+<script type="module" src="/ui/app.js"></script>
+</head>
+<body>
+<header id="bar">
+  <strong class="brand">wstap</strong>
+  <span id="mode" class="pill"></span>
+  <form id="filter-form" autocomplete="off">
+    <input id="filter" type="search" spellcheck="false" placeholder="filter: from=server op=text json.type=&quot;tick&quot;   ( / )" aria-label="filter">
+    <div id="filter-error" role="alert" hidden><span id="filter-caret"></span><span id="filter-message"></span></div>
+  </form>
+  <button id="pause" type="button" title="pause the table (p)">Pause</button>
+  <span id="counts" aria-live="polite"></span>
+  <details id="columns-menu" class="menu">
+    <summary>Columns</summary>
+    <div class="menu-body">
+      <label><input type="checkbox" data-column="fin"> FIN</label>
+      <label><input type="checkbox" data-column="rsv"> RSV</label>
+      <label><input type="checkbox" data-column="mask"> mask</label>
+      <label><input type="checkbox" data-column="conn" checked> conn</label>
+    </div>
+  </details>
+  <details id="export-menu" class="menu">
+    <summary>Export</summary>
+    <div class="menu-body">
+      <a id="export-jsonl" href="/api/export?format=jsonl" download="wstap.jsonl">JSON Lines</a>
+      <a id="export-har" href="/api/export?format=har" download="wstap.har">HAR</a>
+    </div>
+  </details>
+  <button id="rules-button" type="button" class="live-only">Rules</button>
+</header>
+<main id="panes">
+  <aside id="side">
+    <section>
+      <h2>Connections <button id="all-connections" type="button" class="link">all</button></h2>
+      <ul id="connections" tabindex="0"></ul>
+    </section>
+    <section class="live-only">
+      <h2>Held <span id="holds-count" class="pill">0</span></h2>
+      <ul id="holds"></ul>
+    </section>
+  </aside>
+  <section id="table-pane">
+    <div id="table-head" class="row head"></div>
+    <div id="table" tabindex="0" aria-label="messages">
+      <div id="table-spacer"></div>
+      <div id="table-rows"></div>
+    </div>
+    <div id="new-rows" hidden><button type="button" id="resume">▼ <span></span> new</button></div>
+  </section>
+  <section id="detail-pane">
+    <div id="detail-actions">
+      <span id="detail-title">Select a message</span>
+      <span class="live-only">
+        <button type="button" id="compose-button" title="send a message on this connection (c)">Compose</button>
+        <button type="button" id="resend-button" disabled>Resend</button>
+        <button type="button" id="rule-button" disabled>Rule from message</button>
+        <button type="button" id="close-button" title="close this connection with a code">Close…</button>
+        <button type="button" id="abort-button" class="danger">Abort</button>
+      </span>
+    </div>
+    <nav id="tabs" role="tablist"></nav>
+    <div id="detail" tabindex="0"></div>
+  </section>
+</main>
+<div id="toast" role="status" hidden></div>
+
+<dialog id="compose-dialog">
+  <form method="dialog">
+    <h3>Send on connection <span class="conn-number"></span></h3>
+    <label>to <select name="to"><option value="server">server</option><option value="client">client</option><option value="both">both</option></select></label>
+    <label>as <select name="type"><option value="text">text</option><option value="binary">binary (hex)</option></select></label>
+    <label>fragments <input name="fragments" type="number" min="1" max="4096" value="1"></label>
+    <label><input name="compressed" type="checkbox"> compressed</label>
+    <textarea name="payload" rows="8" spellcheck="false"></textarea>
+    <p class="dialog-error" hidden></p>
+    <menu><button value="cancel" formnovalidate>Cancel</button><button value="send" class="primary">Send</button></menu>
+  </form>
+</dialog>
+
+<dialog id="close-dialog">
+  <form method="dialog">
+    <h3>Close connection <span class="conn-number"></span></h3>
+    <label>code <select name="preset">
+      <option value="1000">1000 normal closure</option>
+      <option value="1001">1001 going away</option>
+      <option value="1002">1002 protocol error</option>
+      <option value="1003">1003 unsupported data</option>
+      <option value="1007">1007 invalid payload</option>
+      <option value="1008">1008 policy violation</option>
+      <option value="1009">1009 message too big</option>
+      <option value="1011">1011 internal error</option>
+      <option value="1012">1012 service restart</option>
+      <option value="1013">1013 try again later</option>
+      <option value="4000">4000–4999 application…</option>
+    </select></label>
+    <label>number <input name="code" type="number" min="1000" max="4999" value="1000"></label>
+    <label>reason <input name="reason" maxlength="123"></label>
+    <label>to <select name="to"><option value="both">both</option><option value="client">client</option><option value="server">server</option></select></label>
+    <p class="dialog-error" hidden></p>
+    <menu><button value="cancel" formnovalidate>Cancel</button><button value="close" class="primary">Close</button></menu>
+  </form>
+</dialog>
+
+<dialog id="edit-dialog">
+  <form method="dialog">
+    <h3>Edit held message <span class="hold-name"></span></h3>
+    <p class="hint"></p>
+    <textarea name="payload" rows="10" spellcheck="false"></textarea>
+    <p class="dialog-error" hidden></p>
+    <menu><button value="cancel" formnovalidate>Cancel</button><button value="edit" class="primary">Forward edited</button></menu>
+  </form>
+</dialog>
+
+<dialog id="rules-dialog">
+  <form method="dialog">
+    <h3>Rules</h3>
+    <p class="hint">One rule a line (docs/rules.md): <code>[name] WHEN =&gt; ACTION</code>. Applied from the next message of every connection.</p>
+    <textarea name="rules" rows="10" spellcheck="false"></textarea>
+    <pre class="rules-report" hidden></pre>
+    <p class="dialog-error" hidden></p>
+    <menu><button value="cancel" formnovalidate>Cancel</button><button value="test" type="button" class="test">Test on held records</button><button value="apply" class="primary">Apply</button></menu>
+  </form>
+</dialog>
+</body>
+</html>
+"""#.utf8) + [0x0A]
+    /// ui/app.js
+    static let uiApp: [UInt8] = Array(#"""
+// wstap's web UI: connections | message table | detail. It reads the control API
+// (docs/control-api.md) like any other client: a page of records, then the push stream.
+
+import { Model, isRow, payloadBytes, bytesToHex, hexToBytes, bytesToBase64 } from "./model.js";
+import { VirtualTable } from "./table.js";
+import { viewsFor, preferredView } from "./detail.js";
+
+const $ = selector => document.querySelector(selector);
+const model = new Model();
+const state = {
+  live: false,
+  conn: null,          // the connection the table is narrowed to
+  filterText: "",
+  matches: null,       // seqs that match the filter, or null without one
+  filterStream: null,
+  lastTab: null,
+  holds: [],
+  ready: false,
+};
+
+// MARK: - The API
+
+class APIError extends Error {
+  constructor(status, body) { super(body?.error ?? `HTTP ${status}`); this.status = status; this.body = body; }
+}
+
+async function api(method, path, body, contentType = "application/json") {
+  const init = { method, credentials: "same-origin", headers: {} };
+  if (body !== undefined) {
+    init.body = typeof body === "string" ? body : JSON.stringify(body);
+    init.headers["Content-Type"] = contentType;
+  }
+  const response = await fetch(path, init);
+  const text = await response.text();
+  let parsed = null;
+  try { parsed = text ? JSON.parse(text) : null; } catch { parsed = { error: text }; }
+  if (!response.ok) throw new APIError(response.status, parsed);
+  return parsed;
+}
+
+function toast(text, isError = false) {
+  const node = $("#toast");
+  node.textContent = text;
+  node.classList.toggle("error", isError);
+  node.hidden = false;
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => { node.hidden = true; }, isError ? 8000 : 3000);
+}
+
+// MARK: - The table
+
+const table = new VirtualTable({
+  scroller: $("#table"), spacer: $("#table-spacer"), body: $("#table-rows"), head: $("#table-head"),
+  onSelect: record => showDetail(record),
+  onNewWhilePaused: count => {
+    $("#new-rows").hidden = count === 0;
+    $("#new-rows span").textContent = String(count);
+  },
+});
+
+function visible(record) {
+  if (state.conn !== null && record.conn !== state.conn) return false;
+  return state.matches === null || state.matches.has(record.seq);
+}
+
+function rebuildView() {
+  table.setRows(model.rows.filter(visible));
+  updateCounts();
+}
+
+function updateCounts() {
+  const shown = table.view.length;
+  $("#counts").textContent = state.matches === null && state.conn === null ? `${shown.toLocaleString()} rows` : `${shown.toLocaleString()} of ${model.rows.length.toLocaleString()} rows`;
+}
+
+// A record from a page or the stream.
+function ingest(record) {
+  const row = model.add(record);
+  if (row && visible(row)) table.append(row);
+  if (row) scheduleSide();
+  if (record.type === "diagnostic" && (record.code === "held" || record.code === "hold-released" || record.code === "held-not-sent")) refreshHolds();
+  else if (record.type === "change" && record.held_ms !== undefined) refreshHolds();
+  else if (record.type === "end" && state.holds.some(h => h.conn === record.conn)) refreshHolds();
+  const selected = table.selectedRecord;
+  // A change record that attached to the message being looked at: show it.
+  if (record.type === "change" && selected && selected.change === record) showDetail(selected);
+}
+
+let countsScheduled = false;
+let sideScheduled = false;
+function scheduleSide() {
+  if (!countsScheduled) { countsScheduled = true; requestAnimationFrame(() => { countsScheduled = false; updateCounts(); }); }
+  if (sideScheduled) return;
+  sideScheduled = true;
+  // The connection list changes at most a few times a second, whatever the message rate.
+  setTimeout(() => { sideScheduled = false; renderConnections(); }, 250);
+}
+
+// MARK: - Loading and the push stream
+
+async function loadRecords(after, until = Infinity) {
+  let more = true;
+  while (more) {
+    const page = await api("GET", `/api/records?after=${after}&limit=10000`);
+    for (const record of page.records) { if (record.seq > until) return after; ingest(record); }
+    after = page.next_after;
+    more = page.more && page.records.length > 0;
+  }
+  return after;
+}
+
+let stream = null;
+function openStream() {
+  stream = new EventSource(`/api/events?after=${model.lastSeq}`);
+  stream.addEventListener("record", event => ingest(JSON.parse(event.data)));
+  stream.addEventListener("gap", async event => {
+    // The page fell behind what the store keeps: fetch what can still be had, forget the rest.
+    const gap = JSON.parse(event.data);
+    const dropped = model.forgetThrough(gap.first_available - 1);
+    table.dropFront(dropped);
+    await loadRecords(Math.max(gap.from - 1, gap.first_available - 1), gap.to);
+    rebuildView();
+    toast(`The page fell behind: records ${gap.from}–${gap.first_available - 1} are no longer held`, true);
+  });
+  stream.onerror = () => { $("#mode").textContent = state.live ? "live · reconnecting" : $("#mode").textContent; };
+  stream.onopen = () => { if (state.live) $("#mode").textContent = "live"; };
+}
+
+async function boot() {
+  const status = await api("GET", "/api/status");
+  state.live = status.live;
+  document.body.classList.toggle("offline", !status.live);
+  $("#mode").textContent = status.live ? "live" : `offline · ${status.source ?? "recording"}`;
+  document.title = status.live ? "wstap · live" : `wstap · ${status.source ?? "recording"}`;
+  const connections = await api("GET", "/api/connections");
+  model.setConnections(connections.connections);
+  await loadRecords(0);
+  rebuildView();
+  renderConnections();
+  openStream();
+  if (state.live) refreshHolds();
+  // The page holds what the store holds, no more: forget what the server has dropped.
+  setInterval(async () => {
+    try {
+      const now = await api("GET", "/api/status");
+      if (now.first_seq > 1) table.dropFront(model.forgetThrough(now.first_seq - 1));
+    } catch { /* the next tick tries again */ }
+  }, 10000);
+  state.ready = true;
+  document.body.dataset.ready = "true";
+}
+
+// MARK: - Connections
+
+function renderConnections() {
+  const list = $("#connections");
+  const items = [...model.connections.values()].sort((a, b) => a.conn - b.conn);
+  list.replaceChildren(...items.map(summary => {
+    const item = document.createElement("li");
+    item.dataset.conn = String(summary.conn);
+    item.className = `${summary.state}${state.conn === summary.conn ? " selected" : ""}`;
+    const url = document.createElement("div");
+    url.className = "url";
+    url.textContent = `#${summary.conn} ${summary.url ?? summary.client ?? ""}`;
+    url.title = summary.url ?? "";
+    const sub = document.createElement("div");
+    sub.className = "sub";
+    const parts = [summary.state === "open" ? "open" : summary.end?.reason ?? "ended",
+      `${summary.client_messages} → · ${summary.server_messages} ←`];
+    if (summary.diagnostics) parts.push(`${summary.diagnostics} diagnostics`);
+    sub.textContent = parts.join(" · ");
+    item.append(url, sub);
+    return item;
+  }));
+  $("#all-connections").hidden = state.conn === null;
+  updateActions();
+}
+
+$("#connections").addEventListener("click", event => {
+  const item = event.target.closest("li");
+  if (!item) return;
+  const conn = Number(item.dataset.conn);
+  state.conn = state.conn === conn ? null : conn;
+  rebuildView();
+  renderConnections();
+});
+$("#all-connections").addEventListener("click", () => { state.conn = null; rebuildView(); renderConnections(); });
+
+// The connection the actions apply to: the one narrowed to, else the selected record's.
+function actionConnection() {
+  if (state.conn !== null) return state.conn;
+  return table.selectedRecord?.conn ?? null;
+}
+
+function updateActions() {
+  const conn = actionConnection();
+  const summary = conn === null ? null : model.connections.get(conn);
+  const open = summary?.state === "open" && !summary.http;
+  for (const id of ["#compose-button", "#close-button", "#abort-button"]) $(id).disabled = !open;
+  const record = table.selectedRecord;
+  const isData = record?.type === "message" && (record.opcode === 1 || record.opcode === 2);
+  $("#resend-button").disabled = !(open && isData && !record.truncated);
+  $("#rule-button").disabled = !isData;
+  const query = new URLSearchParams();
+  if (conn !== null && state.conn !== null) query.set("conn", String(conn));
+  if (state.filterText) query.set("filter", state.filterText);
+  for (const format of ["jsonl", "har"]) {
+    query.set("format", format);
+    $(`#export-${format}`).href = `/api/export?${query}`;
+    $(`#export-${format}`).download = `wstap${state.conn !== null ? `-conn${state.conn}` : ""}.${format}`;
+  }
+}
+
+// MARK: - Detail
+
+function showDetail(record) {
+  const pane = $("#detail"), tabs = $("#tabs");
+  if (!record) { pane.replaceChildren(); tabs.replaceChildren(); $("#detail-title").textContent = "Select a message"; updateActions(); return; }
+  const url = model.connections.get(record.conn)?.url ?? "";
+  const views = viewsFor(record, url);
+  const current = preferredView(views, state.lastTab);
+  const title = record.type === "message"
+    ? `#${record.seq} · conn ${record.conn} · ${record.from === "client" ? "client → server" : "server → client"} · ${record.length} bytes`
+    : `#${record.seq} · conn ${record.conn} · ${record.type}`;
+  $("#detail-title").textContent = title;
+  tabs.replaceChildren(...views.map(([name, draw]) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.role = "tab";
+    button.textContent = name;
+    button.dataset.view = name;
+    button.setAttribute("aria-selected", String(name === current));
+    button.addEventListener("click", () => { state.lastTab = name; showDetail(record); });
+    return button;
+  }));
+  const draw = views.find(v => v[0] === current)[1];
+  pane.replaceChildren(draw());
+  pane.dataset.view = current;
+  updateActions();
+}
+
+function switchTab(step) {
+  const buttons = [...$("#tabs").children];
+  const index = buttons.findIndex(b => b.getAttribute("aria-selected") === "true");
+  const next = buttons[(index + step + buttons.length) % buttons.length];
+  if (next) next.click();
+}
+
+// MARK: - Filter
+
+$("#filter-form").addEventListener("submit", event => { event.preventDefault(); applyFilter($("#filter").value); });
+$("#filter").addEventListener("input", () => { if ($("#filter").value === "" && state.filterText) applyFilter(""); });
+
+function showFilterError(message, column) {
+  $("#filter").classList.add("invalid");
+  const box = $("#filter-error");
+  box.hidden = false;
+  // A caret under the column the server named (1-based), with the reason beside it.
+  $("#filter-caret").textContent = column ? `${" ".repeat(Math.max(0, column - 1))}^` : "";
+  $("#filter-message").textContent = column ? `\n${message}` : message;
+}
+
+function clearFilterError() {
+  $("#filter").classList.remove("invalid");
+  $("#filter-error").hidden = true;
+}
+
+async function applyFilter(text) {
+  state.filterStream?.close();
+  state.filterStream = null;
+  clearFilterError();
+  state.filterText = text.trim();
+  if (!state.filterText) { state.matches = null; rebuildView(); updateActions(); return; }
+  const encoded = encodeURIComponent(state.filterText);
+  const matches = new Set();
+  let after = 0, more = true;
+  try {
+    while (more) {
+      const page = await api("GET", `/api/records?after=${after}&limit=10000&filter=${encoded}`);
+      for (const record of page.records) matches.add(record.seq);
+      after = page.next_after;
+      more = page.more;
+    }
+  } catch (error) {
+    state.matches = null;
+    showFilterError(error.message, error.body?.column);
+    rebuildView();
+    return;
+  }
+  state.matches = matches;
+  rebuildView();
+  updateActions();
+  // What matches from now on; the main stream brings the records themselves, in whichever order.
+  const filterStream = new EventSource(`/api/events?after=${after}&filter=${encoded}`);
+  filterStream.addEventListener("record", event => {
+    const seq = JSON.parse(event.data).seq;
+    if (matches.has(seq)) return;
+    matches.add(seq);
+    // Already here from the main stream, which skipped it as not (yet) matching: show it now.
+    const record = model.bySeq.get(seq);
+    if (record && model.rows[model.rows.length - 1]?.seq >= seq && isRow(record) && visible(record)) table.append(record);
+  });
+  state.filterStream = filterStream;
+}
+
+// MARK: - Pause, columns
+
+function setPaused(paused) {
+  table.setPaused(paused);
+  $("#pause").textContent = paused ? "Resume" : "Pause";
+  $("#pause").setAttribute("aria-pressed", String(paused));
+  updateCounts();
+}
+$("#pause").addEventListener("click", () => setPaused(!table.paused));
+$("#resume").addEventListener("click", () => setPaused(false));
+document.querySelectorAll("#columns-menu input").forEach(box => {
+  table.setColumn(box.dataset.column, box.checked);
+  box.addEventListener("change", () => table.setColumn(box.dataset.column, box.checked));
+});
+
+// MARK: - Holds
+
+let holdsRefresh = null;
+function refreshHolds() {
+  if (!state.live || holdsRefresh) return;
+  holdsRefresh = (async () => {
+    try { state.holds = (await api("GET", "/api/holds")).holds; } catch { state.holds = []; }
+    holdsRefresh = null;
+    renderHolds();
+  })();
+}
+
+function renderHolds() {
+  $("#holds-count").textContent = String(state.holds.length);
+  $("#holds").replaceChildren(...state.holds.map(hold => {
+    const item = document.createElement("li");
+    item.dataset.conn = String(hold.conn);
+    item.dataset.hold = String(hold.id);
+    const head = document.createElement("div");
+    head.textContent = `#${hold.conn} · hold ${hold.id} · from ${hold.from} · ${hold.length} B${hold.decided ? " · decided" : ""}`;
+    const preview = document.createElement("div");
+    preview.className = "preview";
+    preview.textContent = hold.text ?? (hold.base64 ? bytesToHex(payloadBytes(hold).subarray(0, 24)) : "");
+    item.append(head, preview);
+    if (!hold.decided) {
+      for (const action of ["forward", "drop", "edit"]) {
+        const button = document.createElement("button");
+        button.type = "button";
+        button.textContent = action;
+        button.dataset.action = action;
+        button.addEventListener("click", () => action === "edit" ? editHold(hold) : releaseHold(hold, { action }));
+        item.append(button);
+      }
+    }
+    return item;
+  }));
+}
+
+async function releaseHold(hold, body) {
+  try {
+    const answer = await api("POST", `/api/connections/${hold.conn}/holds/${hold.id}`, body);
+    toast(`hold ${hold.id}: ${answer.result}`);
+  } catch (error) {
+    toast(`hold ${hold.id}: ${error.message}`, true);
+  }
+  refreshHolds();
+}
+
+function editHold(hold) {
+  const dialog = $("#edit-dialog"), form = dialog.querySelector("form");
+  const binary = hold.text === undefined;
+  dialog.querySelector(".hold-name").textContent = `${hold.id} (connection ${hold.conn}, from ${hold.from})`;
+  dialog.querySelector(".hint").textContent = binary ? "Binary: edit the bytes as hex." : "Text: what you write is sent as UTF-8.";
+  form.payload.value = binary ? bytesToHex(payloadBytes(hold)) : hold.text;
+  runDialog(dialog, async () => {
+    let body;
+    if (binary) {
+      const bytes = hexToBytes(form.payload.value);
+      if (!bytes) throw new Error("not hex: write bytes as pairs of hex digits (de ad be ef)");
+      body = { action: "edit", base64: bytesToBase64(bytes) };
+    } else body = { action: "edit", text: form.payload.value };
+    await releaseHold(hold, body);
+  });
+}
+
+// MARK: - Dialogs and actions
+
+// Shows a dialog; `submit` runs on its primary button, and an error it throws stays in the dialog.
+function runDialog(dialog, submit, extra = {}) {
+  const error = dialog.querySelector(".dialog-error");
+  error.hidden = true;
+  const form = dialog.querySelector("form");
+  form.onsubmit = async event => {
+    if (event.submitter?.value === "cancel") return;
+    event.preventDefault();
+    try {
+      await submit(event.submitter?.value);
+      dialog.close();
+    } catch (failure) {
+      error.textContent = failure.message;
+      error.hidden = false;
+    }
+  };
+  for (const [selector, handler] of Object.entries(extra)) dialog.querySelector(selector).onclick = handler;
+  dialog.showModal();
+}
+
+function compose(prefill) {
+  const conn = actionConnection();
+  if (conn === null) return;
+  const dialog = $("#compose-dialog"), form = dialog.querySelector("form");
+  dialog.querySelector(".conn-number").textContent = String(conn);
+  if (prefill) {
+    form.to.value = prefill.from === "client" ? "server" : "client";
+    const binary = prefill.opcode === 2 || typeof prefill.text !== "string";
+    form.type.value = binary ? "binary" : "text";
+    form.payload.value = binary ? bytesToHex(payloadBytes(prefill) ?? new Uint8Array()) : prefill.text;
+    form.fragments.value = String(prefill.frames ?? 1);
+    form.compressed.checked = Boolean(prefill.compressed);
+  }
+  runDialog(dialog, async () => {
+    const body = { to: form.to.value, fragments: Number(form.fragments.value) || 1, compressed: form.compressed.checked };
+    if (form.type.value === "binary") {
+      const bytes = hexToBytes(form.payload.value);
+      if (!bytes) throw new Error("not hex: write bytes as pairs of hex digits (de ad be ef)");
+      body.base64 = bytesToBase64(bytes);
+    } else body.text = form.payload.value;
+    const answer = await api("POST", `/api/connections/${conn}/messages`, body);
+    toast(answer.result);
+  });
+  form.payload.focus();
+}
+
+$("#compose-button").addEventListener("click", () => compose(null));
+$("#resend-button").addEventListener("click", () => compose(table.selectedRecord));
+
+$("#close-button").addEventListener("click", () => {
+  const conn = actionConnection();
+  if (conn === null) return;
+  const dialog = $("#close-dialog"), form = dialog.querySelector("form");
+  dialog.querySelector(".conn-number").textContent = String(conn);
+  form.preset.onchange = () => { form.code.value = form.preset.value; };
+  runDialog(dialog, async () => {
+    const answer = await api("POST", `/api/connections/${conn}/close`, { code: Number(form.code.value), reason: form.reason.value, to: form.to.value });
+    toast(answer.result);
+  });
+});
+
+$("#abort-button").addEventListener("click", async () => {
+  const conn = actionConnection();
+  if (conn === null || !confirm(`Reset both TCP connections of #${conn}, without a close handshake?`)) return;
+  try { toast((await api("POST", `/api/connections/${conn}/abort`)).result); } catch (error) { toast(error.message, true); }
+});
+
+async function openRules(extraLine) {
+  const dialog = $("#rules-dialog"), form = dialog.querySelector("form"), report = dialog.querySelector(".rules-report");
+  let current = "";
+  try { current = (await api("GET", "/api/rules")).rules.map(r => r.text).join("\n"); } catch (error) { toast(error.message, true); return; }
+  form.rules.value = extraLine ? (current ? `${current}\n${extraLine}` : extraLine) : current;
+  report.hidden = true;
+  runDialog(dialog, async () => {
+    const answer = await api("PUT", "/api/rules", form.rules.value, "text/plain");
+    toast(`${answer.rules.length} rule(s) in force`);
+  }, {
+    ".test": async () => {
+      try {
+        const answer = await api("POST", "/api/rules/test", form.rules.value, "text/plain");
+        report.textContent = [`${answer.messages} messages tried`, ...answer.rules.map(r => `${r.name}: matched ${r.matched}, changed ${r.changed}`)].join("\n");
+      } catch (error) { report.textContent = error.message; }
+      report.hidden = false;
+    },
+  });
+}
+
+$("#rules-button").addEventListener("click", () => openRules(null));
+$("#rule-button").addEventListener("click", () => {
+  const record = table.selectedRecord;
+  if (record) openRules(ruleFor(record));
+});
+
+// A rule that selects messages like this one: the same sender and type, and the JSON `type`-like
+// member when there is one, else the first words of the text. `hold` is a safe action to start from.
+export function ruleFor(record) {
+  const quote = text => `"${text.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n").replace(/\t/g, "\\t")}"`;
+  const parts = [`from=${record.from}`, `op=${record.opcode === 1 ? "text" : "binary"}`];
+  let json;
+  if (typeof record.text === "string") { try { json = JSON.parse(record.text); } catch { json = undefined; } }
+  if (json && typeof json === "object" && !Array.isArray(json)) {
+    const key = ["type", "op", "event", "action", "method", "cmd", "kind"].find(k => typeof json[k] === "string" || typeof json[k] === "number")
+      ?? Object.keys(json).find(k => /^[A-Za-z_][A-Za-z0-9_]*$/.test(k) && (typeof json[k] === "string" || typeof json[k] === "number"));
+    if (key) parts.push(`json.${key}=${typeof json[key] === "string" ? quote(json[key]) : json[key]}`);
+  } else if (typeof record.text === "string" && record.text.length) {
+    parts.push(`text:${quote(record.text.slice(0, 40))}`);
+  } else {
+    const bytes = payloadBytes(record);
+    if (bytes?.length) parts.push(`bytes:${bytesToHex(bytes.subarray(0, 8), "")}`);
+  }
+  return `[from-ui-${record.seq}] ${parts.join(" ")} => hold`;
+}
+
+// MARK: - Keyboard
+
+document.addEventListener("keydown", event => {
+  const target = event.target;
+  if (document.querySelector("dialog[open]")) return;
+  if (target.matches("input, textarea, select")) {
+    if (event.key === "Escape") { target.blur(); $("#table").focus(); }
+    return;
+  }
+  if (event.ctrlKey || event.metaKey || event.altKey) return;
+  const page = Math.max(1, Math.floor($("#table").clientHeight / table.rowHeight) - 1);
+  const move = step => { table.select((table.selected < 0 ? table.view.length : table.selected) + step, { reveal: true }); table.stick = false; };
+  switch (event.key) {
+    case "j": case "ArrowDown": move(1); break;
+    case "k": case "ArrowUp": move(-1); break;
+    case "PageDown": move(page); break;
+    case "PageUp": move(-page); break;
+    case "Home": case "g": table.select(0, { reveal: true }); table.stick = false; break;
+    case "End": case "G": table.toBottom(); if (table.view.length) table.select(table.view.length - 1); break;
+    case "/": $("#filter").focus(); break;
+    case "p": setPaused(!table.paused); break;
+    case "c": if (state.live && !$("#compose-button").disabled) compose(null); break;
+    case "]": case "l": switchTab(1); break;
+    case "[": case "h": switchTab(-1); break;
+    default: return;
+  }
+  event.preventDefault();
+});
+
+// For tests and the benchmark: what the page holds, read from outside.
+window.wstap = { model, table, state };
+
+boot().catch(error => {
+  toast(`cannot load: ${error.message}`, true);
+  document.body.dataset.ready = "error";
+});
+"""#.utf8) + [0x0A]
+    /// ui/model.js
+    static let uiModel: [UInt8] = Array(#"""
+// What the page knows: every record the server sent, in seq order, with each message's frame and
+// change records attached to it, and the rows the table shows. No DOM here.
+
+const ROW_TYPES = new Set(["open", "http", "message", "diagnostic", "gap", "end"]);
+// Pending frames per direction are kept only this long: a message takes its frames when it ends,
+// so more than this waiting means the store dropped the message they belong to.
+const PENDING_FRAMES_LIMIT = 4096;
+
+export class Model {
+  constructor() {
+    this.rows = [];              // row-worthy records, in seq order
+    this.bySeq = new Map();
+    this.connections = new Map(); // conn -> summary (from /api/connections, updated by records)
+    this.lastSeq = 0;
+    this.pendingFrames = new Map(); // "conn/from" -> frame records not yet claimed by a message
+    this.messageAt = new Map();     // "conn/from/offset" -> message record (for change records)
+    this.pendingChanges = new Map(); // change records that came before their message
+  }
+
+  // Adds one record (from a page of /api/records or the push stream); returns it when it is a row.
+  add(record) {
+    if (record.seq <= this.lastSeq && this.bySeq.has(record.seq)) return null;
+    this.lastSeq = Math.max(this.lastSeq, record.seq);
+    this.bySeq.set(record.seq, record);
+    this.track(record);
+    switch (record.type) {
+      case "frame": {
+        const key = `${record.conn}/${record.from}`;
+        let list = this.pendingFrames.get(key);
+        if (!list) this.pendingFrames.set(key, list = []);
+        list.push(record);
+        if (list.length > PENDING_FRAMES_LIMIT) list.splice(0, list.length - PENDING_FRAMES_LIMIT);
+        return null;
+      }
+      case "message": {
+        record.frameRecords = this.claimFrames(record);
+        const key = `${record.conn}/${record.from}/${record.offset}`;
+        this.messageAt.set(key, record);
+        const early = this.pendingChanges.get(key);
+        if (early) { record.change = early; this.pendingChanges.delete(key); }
+        break;
+      }
+      case "change": {
+        if (record.result === "injected") break; // wstap's own message: a row of its own
+        const key = `${record.conn}/${record.from}/${record.offset}`;
+        const message = this.messageAt.get(key);
+        if (message) message.change = record; else this.pendingChanges.set(key, record);
+        return null;
+      }
+    }
+    if (!isRow(record)) return null;
+    this.rows.push(record);
+    return record;
+  }
+
+  // A control message takes the frame at its own offset; a data message takes the data frames
+  // from its offset on (control frames between its fragments are their own messages).
+  claimFrames(message) {
+    const list = this.pendingFrames.get(`${message.conn}/${message.from}`);
+    if (!list || list.length === 0) return [];
+    if (message.opcode >= 8) {
+      const index = list.findIndex(f => f.offset === message.offset);
+      return index < 0 ? [] : list.splice(index, 1);
+    }
+    const taken = [], kept = [];
+    for (const frame of list) {
+      if (frame.opcode < 8 && frame.offset >= message.offset) taken.push(frame);
+      else if (frame.offset >= message.offset || frame.opcode >= 8) kept.push(frame);
+    }
+    list.length = 0;
+    list.push(...kept);
+    return taken;
+  }
+
+  // Keeps the connection list current from the records themselves, so the page needs no polling.
+  track(record) {
+    let summary = this.connections.get(record.conn);
+    if (!summary) {
+      summary = { conn: record.conn, state: "open", url: null, client: "", server: "", client_messages: 0, server_messages: 0, diagnostics: 0, end: null };
+      this.connections.set(record.conn, summary);
+    }
+    switch (record.type) {
+      case "open":
+      case "http":
+        summary.url = record.url; summary.client = record.client; summary.server = record.server;
+        if (record.type === "http") summary.http = true;
+        break;
+      case "message":
+        if (record.from === "client") summary.client_messages++; else summary.server_messages++;
+        break;
+      case "diagnostic":
+        summary.diagnostics++;
+        break;
+      case "end":
+        summary.state = "ended";
+        summary.end = { reason: record.reason, closed_by: record.closed_by };
+        break;
+    }
+    summary.last_seq = record.seq;
+  }
+
+  // Summaries from the server are the truth for what came before the page loaded.
+  setConnections(list) {
+    for (const summary of list) this.connections.set(summary.conn, { ...summary });
+  }
+
+  // Forgets what the server no longer holds, so a long session does not grow the page without end.
+  forgetThrough(seq) {
+    let cut = 0;
+    while (cut < this.rows.length && this.rows[cut].seq <= seq) cut++;
+    if (cut > 0) this.rows.splice(0, cut);
+    for (const key of this.bySeq.keys()) {
+      if (key > seq) break;
+      const record = this.bySeq.get(key);
+      this.bySeq.delete(key);
+      if (record.type === "message") this.messageAt.delete(`${record.conn}/${record.from}/${record.offset}`);
+    }
+    return cut;
+  }
+}
+
+// Whether the table has a row for the record: frames and rule changes belong to their message.
+export function isRow(record) {
+  return ROW_TYPES.has(record.type) || (record.type === "change" && record.result === "injected");
+}
+
+// The payload of a message record as bytes (text as UTF-8), or null when it has none.
+export function payloadBytes(record) {
+  if (typeof record.text === "string") return new TextEncoder().encode(record.text);
+  if (typeof record.base64 === "string") return base64ToBytes(record.base64);
+  return null;
+}
+
+export function base64ToBytes(text) {
+  const binary = atob(text);
+  const bytes = new Uint8Array(binary.length);
+  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+  return bytes;
+}
+
+export function bytesToBase64(bytes) {
+  let binary = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) binary += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
+  return btoa(binary);
+}
+
+export function bytesToHex(bytes, separator = " ") {
+  return Array.from(bytes, b => b.toString(16).padStart(2, "0")).join(separator);
+}
+
+// "de ad be ef" or "deadbeef" to bytes; null when it is not whole hex bytes.
+export function hexToBytes(text) {
+  const digits = text.replace(/\s+/g, "");
+  if (digits.length % 2 !== 0 || /[^0-9a-fA-F]/.test(digits)) return null;
+  const bytes = new Uint8Array(digits.length / 2);
+  for (let i = 0; i < bytes.length; i++) bytes[i] = parseInt(digits.substr(i * 2, 2), 16);
+  return bytes;
+}
+
+export const OPCODES = { 0: "cont", 1: "text", 2: "binary", 8: "close", 9: "ping", 10: "pong" };
+export function opcodeName(opcode) { return OPCODES[opcode] ?? `op ${opcode}`; }
+"""#.utf8) + [0x0A]
+    /// ui/table.js
+    static let uiTable: [UInt8] = Array(#"""
+// The message table: only the rows in view exist in the DOM (plus a margin), so the cost of a
+// frame does not grow with the session. Rows have one fixed height; a spacer gives the scrollbar
+// the whole length. New rows are drawn once per animation frame, however many arrived.
+
+import { opcodeName } from "./model.js";
+
+const OVERSCAN = 8;
+
+export const COLUMNS = [
+  { id: "seq", title: "#", width: "64px", className: "num" },
+  { id: "time", title: "time", width: "106px" },
+  { id: "conn", title: "conn", width: "48px", className: "num" },
+  { id: "dir", title: "dir", width: "34px" },
+  { id: "op", title: "opcode", width: "78px" },
+  { id: "size", title: "size", width: "70px", className: "num" },
+  { id: "wire", title: "wire", width: "70px", className: "num" },
+  { id: "frames", title: "frames", width: "68px", className: "num" },
+  { id: "z", title: "deflate", width: "64px" },
+  { id: "fin", title: "FIN", width: "52px", optional: true },
+  { id: "rsv", title: "RSV", width: "44px", optional: true },
+  { id: "mask", title: "mask", width: "80px", optional: true },
+  { id: "preview", title: "preview", width: "minmax(120px, 1fr)", className: "preview" },
+  { id: "marks", title: "rules", width: "130px", className: "marks" },
+];
+
+export class VirtualTable {
+  constructor({ scroller, spacer, body, head, onSelect, onNewWhilePaused }) {
+    this.scroller = scroller; this.spacer = spacer; this.body = body; this.head = head;
+    this.onSelect = onSelect; this.onNewWhilePaused = onNewWhilePaused;
+    this.view = [];          // the records shown, in order
+    this.waiting = [];       // rows that came while paused
+    this.paused = false;
+    this.stick = true;       // follow new rows while the user has not scrolled up
+    this.selected = -1;
+    this.pool = [];
+    this.visible = new Set(["seq", "time", "conn", "dir", "op", "size", "wire", "frames", "z", "preview", "marks"]);
+    this.rowHeight = 22;
+    this.scheduled = false;
+    this.renders = 0;        // frames drawn (the benchmark reads it)
+    scroller.addEventListener("scroll", () => {
+      const bottom = scroller.scrollTop + scroller.clientHeight >= scroller.scrollHeight - this.rowHeight * 1.5;
+      this.stick = bottom;
+      this.schedule();
+    });
+    body.addEventListener("click", event => {
+      const row = event.target.closest(".row");
+      if (row && row.dataset.index) this.select(Number(row.dataset.index));
+    });
+    new ResizeObserver(() => this.schedule()).observe(scroller);
+    this.layoutColumns();
+  }
+
+  setColumn(id, on) {
+    if (on) this.visible.add(id); else this.visible.delete(id);
+    this.pool.forEach(row => row.remove());
+    this.pool = [];
+    this.layoutColumns();
+    this.schedule();
+  }
+
+  layoutColumns() {
+    const shown = COLUMNS.filter(c => this.visible.has(c.id));
+    document.documentElement.style.setProperty("--columns", shown.map(c => c.width).join(" "));
+    this.head.replaceChildren(...shown.map(c => {
+      const cell = document.createElement("span");
+      cell.textContent = c.title;
+      if (c.className === "num") cell.className = "num";
+      return cell;
+    }));
+    this.shown = shown;
+  }
+
+  // Replaces everything shown (a new filter or connection); keeps the selection when it is still there.
+  setRows(rows) {
+    const selectedSeq = this.selectedRecord?.seq;
+    this.view = rows;
+    this.waiting = [];
+    this.selected = selectedSeq === undefined ? -1 : this.indexOfSeq(selectedSeq);
+    this.onNewWhilePaused(0);
+    this.schedule();
+  }
+
+  append(record) {
+    if (this.paused) {
+      this.waiting.push(record);
+      this.onNewWhilePaused(this.waiting.length);
+      return;
+    }
+    this.view.push(record);
+    this.schedule();
+  }
+
+  // Rows the server no longer holds leave the front.
+  dropFront(count) {
+    if (count <= 0) return;
+    this.view.splice(0, count);
+    if (this.selected >= 0) this.selected = this.selected - count;
+    if (this.selected < 0) this.selected = -1;
+    this.scroller.scrollTop = Math.max(0, this.scroller.scrollTop - count * this.rowHeight);
+    this.schedule();
+  }
+
+  setPaused(paused) {
+    this.paused = paused;
+    if (!paused && this.waiting.length) {
+      for (const record of this.waiting) this.view.push(record);
+      this.waiting = [];
+      this.onNewWhilePaused(0);
+      this.stick = true;
+    }
+    this.schedule();
+  }
+
+  get selectedRecord() { return this.selected >= 0 ? this.view[this.selected] : undefined; }
+
+  indexOfSeq(seq) {
+    let low = 0, high = this.view.length - 1;
+    while (low <= high) {
+      const mid = (low + high) >> 1, value = this.view[mid].seq;
+      if (value === seq) return mid;
+      if (value < seq) low = mid + 1; else high = mid - 1;
+    }
+    return -1;
+  }
+
+  select(index, { reveal = false } = {}) {
+    if (this.view.length === 0) return;
+    this.selected = Math.max(0, Math.min(this.view.length - 1, index));
+    if (reveal) {
+      const top = this.selected * this.rowHeight, height = this.scroller.clientHeight;
+      if (top < this.scroller.scrollTop) this.scroller.scrollTop = top;
+      else if (top + this.rowHeight > this.scroller.scrollTop + height) this.scroller.scrollTop = top + this.rowHeight - height;
+    }
+    this.schedule();
+    this.onSelect(this.view[this.selected]);
+  }
+
+  toBottom() {
+    this.stick = true;
+    this.scroller.scrollTop = this.scroller.scrollHeight;
+    this.schedule();
+  }
+
+  schedule() {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    requestAnimationFrame(() => { this.scheduled = false; this.render(); });
+  }
+
+  render() {
+    this.renders++;
+    const total = this.view.length;
+    this.spacer.style.height = `${total * this.rowHeight}px`;
+    if (this.stick && !this.paused) this.scroller.scrollTop = this.scroller.scrollHeight;
+    const top = this.scroller.scrollTop, height = this.scroller.clientHeight;
+    const first = Math.max(0, Math.floor(top / this.rowHeight) - OVERSCAN);
+    const last = Math.min(total, Math.ceil((top + height) / this.rowHeight) + OVERSCAN);
+    const count = Math.max(0, last - first);
+    while (this.pool.length < count) {
+      const row = document.createElement("div");
+      for (const column of this.shown) {
+        const cell = document.createElement("span");
+        if (column.className) cell.className = column.className;
+        if (column.id === "dir" || column.id === "op") cell.classList.add(column.id);
+        row.appendChild(cell);
+      }
+      this.body.appendChild(row);
+      this.pool.push(row);
+    }
+    this.body.style.transform = `translateY(${first * this.rowHeight}px)`;
+    for (let k = 0; k < this.pool.length; k++) {
+      const row = this.pool[k];
+      if (k >= count) { row.hidden = true; continue; }
+      row.hidden = false;
+      const index = first + k, record = this.view[index];
+      if (row.dataset.seq !== String(record.seq) || row.dataset.version !== String(record.change ? 1 : 0)) {
+        this.fill(row, record);
+        row.dataset.seq = String(record.seq);
+        row.dataset.version = String(record.change ? 1 : 0);
+      }
+      row.dataset.index = String(index);
+      row.classList.toggle("selected", index === this.selected);
+    }
+  }
+
+  fill(row, record) {
+    const cells = describe(record);
+    let className = `row kind-${record.type}`;
+    if (record.from) className += ` from-${record.from}`;
+    if (record.severity) className += ` sev-${record.severity}`;
+    if (record.type === "message" && record.opcode >= 8) className += " control";
+    row.className = className;
+    for (let i = 0; i < this.shown.length; i++) row.children[i].textContent = cells[this.shown[i].id] ?? "";
+  }
+}
+
+// The text of each cell for a record.
+export function describe(record) {
+  const time = new Date(record.ts * 1000);
+  const cells = {
+    seq: String(record.seq),
+    time: `${time.toTimeString().slice(0, 8)}.${String(time.getMilliseconds()).padStart(3, "0")}`,
+    conn: String(record.conn),
+    dir: record.from === "client" ? "→" : record.from === "server" ? "←" : "",
+  };
+  switch (record.type) {
+    case "message": {
+      cells.op = opcodeName(record.opcode);
+      cells.size = String(record.length);
+      cells.wire = String(record.wire_length);
+      cells.frames = String(record.frames);
+      cells.z = record.compressed ? "yes" : "";
+      cells.preview = preview(record);
+      const frames = record.frameRecords ?? [];
+      if (frames.length) {
+        cells.fin = frames.map(f => (f.fin ? "1" : "0")).join("").slice(0, 8);
+        const f = frames[0];
+        cells.rsv = `${f.rsv1 ? 1 : 0}${f.rsv2 ? 1 : 0}${f.rsv3 ? 1 : 0}`;
+        cells.mask = f.masked ? f.mask_key ?? "yes" : "none";
+      }
+      const change = record.change;
+      if (change) cells.marks = [change.result, ...(change.marks ?? []), ...(change.rules ?? [])].join(" · ");
+      break;
+    }
+    case "change":
+      cells.op = "injected";
+      cells.preview = (change => {
+        const sent = change.sent?.[0];
+        if (!sent) return change.notes?.join("; ") ?? "";
+        return sent.text !== undefined ? oneLine(sent.text) : `${sent.length} bytes`;
+      })(record);
+      cells.marks = (record.rules ?? []).join(" · ");
+      break;
+    case "diagnostic":
+      cells.op = record.code;
+      cells.preview = `${record.severity}: ${record.detail}`;
+      break;
+    case "open":
+      cells.op = "open";
+      cells.preview = `${record.url}${record.subprotocol ? `  protocol ${record.subprotocol}` : ""}${record.extensions ? `  ${record.extensions}` : ""}`;
+      break;
+    case "http":
+      cells.op = "http";
+      cells.preview = `${record.request?.method ?? ""} ${record.url ?? ""} → ${record.response?.status ?? ""}`;
+      break;
+    case "gap":
+      cells.op = "gap";
+      cells.preview = `${record.bytes} bytes missing from the capture`;
+      break;
+    case "end":
+      cells.op = "end";
+      cells.preview = record.reason;
+      break;
+  }
+  return cells;
+}
+
+function oneLine(text) {
+  const cut = text.length > 300 ? text.slice(0, 300) : text;
+  return cut.replace(/[\r\n\t]+/g, " ");
+}
+
+function preview(record) {
+  if (record.opcode === 8) return `close ${record.code ?? "(no code)"}${record.reason ? ` ${record.reason}` : ""}`;
+  if (typeof record.text === "string") return oneLine(record.text) + (record.truncated ? " …" : "");
+  if (typeof record.base64 === "string") {
+    const binary = atob(record.base64.slice(0, 64));
+    let hex = "";
+    for (let i = 0; i < Math.min(binary.length, 24); i++) hex += binary.charCodeAt(i).toString(16).padStart(2, "0") + " ";
+    return hex + (record.length > 24 ? "…" : "");
+  }
+  return record.inflate_failed ? "(could not inflate)" : "";
+}
+"""#.utf8) + [0x0A]
+    /// ui/detail.js
+    static let uiDetail: [UInt8] = Array(#"""
+// The detail pane: one record in every view that fits it. Payloads are untrusted: they only ever
+// reach the page as textContent, never as markup.
+
+import { payloadBytes, base64ToBytes, bytesToBase64, opcodeName } from "./model.js";
+
+const HEX_LIMIT = 64 * 1024;       // bytes shown in the hex view
+const JSON_NODE_LIMIT = 5000;      // nodes drawn in the JSON tree
+
+function element(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (key === "className") node.className = value;
+    else if (key === "text") node.textContent = value;
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) if (child !== null && child !== undefined) node.append(child);
+  return node;
+}
+
+// The views a record has, in tab order; each is a function that draws into the pane.
+// Socket.IO is decoded only on connections that speak it (their URL says so): any text that starts
+// with a digit would otherwise pass for an Engine.IO packet.
+export function viewsFor(record, url = "") {
+  const speaksSocketIO = /socket\.io|[?&]EIO=/.test(url ?? "");
+  const views = [];
+  if (record.type === "message" || record.type === "change") {
+    const bytes = record.type === "message" ? payloadBytes(record) : sentBytes(record.sent?.[0]);
+    const text = textOf(record.type === "message" ? record : record.sent?.[0]);
+    const json = text !== null ? parseJSON(text) : undefined;
+    const socketIO = text !== null && speaksSocketIO ? decodeSocketIO(text) : null;
+    if (record.type === "message" && record.opcode === 8) views.push(["Close", () => closeView(record)]);
+    if (text !== null) views.push(["Text", () => textView(record, text)]);
+    if (json !== undefined) views.push(["JSON", () => jsonView(json)]);
+    if (socketIO) views.push(["Socket.IO", () => socketIOView(socketIO)]);
+    if (bytes) {
+      views.push(["Hex", () => hexView(bytes, record)]);
+      views.push(["Base64", () => element("pre", { text: bytesToBase64(bytes) })]);
+    }
+    if (record.type === "message") views.push(["Frames", () => framesView(record)]);
+    if (record.change || record.type === "change") views.push(["Changed", () => changedView(record)]);
+  }
+  views.push(["Record", () => element("pre", { text: JSON.stringify(strip(record), null, 2) })]);
+  return views;
+}
+
+// The tab to open first: what a person would look at.
+export function preferredView(views, last) {
+  const names = views.map(v => v[0]);
+  if (last && names.includes(last)) return last;
+  for (const name of ["Socket.IO", "JSON", "Text", "Close", "Hex"]) if (names.includes(name)) return name;
+  return names[0];
+}
+
+function strip(record) {
+  const { frameRecords, change, ...rest } = record;
+  return rest;
+}
+
+function textOf(message) {
+  if (!message) return null;
+  if (typeof message.text === "string") return message.text;
+  return null;
+}
+
+function sentBytes(sent) {
+  if (!sent) return null;
+  if (typeof sent.text === "string") return new TextEncoder().encode(sent.text);
+  if (typeof sent.base64 === "string") return base64ToBytes(sent.base64);
+  return null;
+}
+
+function parseJSON(text) {
+  const start = text.trimStart()[0];
+  if (start !== "{" && start !== "[") return undefined;
+  try { return JSON.parse(text); } catch { return undefined; }
+}
+
+function truncationNote(record) {
+  if (record.truncated) return element("p", { className: "note", text: `The recording kept the first bytes of ${record.length} (--max-payload).` });
+  if (record.inflate_failed) return element("p", { className: "note", text: "This message could not be inflated: the bytes are as on the wire." });
+  return null;
+}
+
+function textView(record, text) {
+  return element("div", {}, truncationNote(record), element("pre", { text }));
+}
+
+function closeView(record) {
+  const table = element("table");
+  const row = (name, value) => table.append(element("tr", {}, element("th", { text: name }), element("td", { text: value })));
+  row("code", record.code ?? "(none)");
+  row("reason", record.reason ?? "(none)");
+  return table;
+}
+
+export function jsonView(value) {
+  const root = element("div", { className: "json" });
+  let nodes = 0;
+  const scalar = v => {
+    if (v === null) return element("span", { className: "null", text: "null" });
+    const type = typeof v;
+    return element("span", { className: type === "string" ? "string" : type, text: JSON.stringify(v) });
+  };
+  const draw = (key, v, parent, open) => {
+    if (++nodes > JSON_NODE_LIMIT) {
+      if (nodes === JSON_NODE_LIMIT + 1) parent.append(element("div", { className: "leaf note", text: `… more than ${JSON_NODE_LIMIT} values: see Text` }));
+      return;
+    }
+    const label = key === null ? null : element("span", { className: "key", text: `${key}: ` });
+    if (v !== null && typeof v === "object") {
+      const isArray = Array.isArray(v), entries = isArray ? v.map((x, i) => [i, x]) : Object.entries(v);
+      const details = element("details");
+      if (open) details.open = true;
+      details.append(element("summary", {}, label, element("span", { className: "note", text: isArray ? `[${entries.length}]` : `{${entries.length}}` })));
+      // Plain names as they are; a key with spaces or quotes in JSON's own quoting.
+      for (const [k, x] of entries) draw(isArray || /^[A-Za-z_$][\w$-]*$/.test(k) ? k : JSON.stringify(k), x, details, false);
+      parent.append(details);
+    } else {
+      parent.append(element("div", { className: "leaf" }, label, scalar(v)));
+    }
+  };
+  draw(null, value, root, true);
+  // The first two levels open: enough to read a typical message without clicking.
+  root.querySelectorAll(":scope > details > details").forEach(d => { d.open = true; });
+  return root;
+}
+
+export function hexView(bytes, record) {
+  const shown = bytes.subarray(0, HEX_LIMIT);
+  const lines = [];
+  for (let offset = 0; offset < shown.length; offset += 16) {
+    const chunk = shown.subarray(offset, offset + 16);
+    let hex = "", ascii = "";
+    for (let i = 0; i < 16; i++) {
+      if (i < chunk.length) {
+        hex += chunk[i].toString(16).padStart(2, "0") + " ";
+        ascii += chunk[i] >= 0x20 && chunk[i] < 0x7f ? String.fromCharCode(chunk[i]) : ".";
+      } else hex += "   ";
+      if (i === 7) hex += " ";
+    }
+    lines.push(`${offset.toString(16).padStart(8, "0")}  ${hex} ${ascii}`);
+  }
+  const notes = [];
+  if (bytes.length > HEX_LIMIT) notes.push(element("p", { className: "note", text: `Showing the first ${HEX_LIMIT} of ${bytes.length} bytes.` }));
+  if (record) { const note = truncationNote(record); if (note) notes.push(note); }
+  return element("div", {}, ...notes, element("div", { className: "hex", text: lines.join("\n") }));
+}
+
+function framesView(record) {
+  const frames = record.frameRecords ?? [];
+  if (frames.length === 0) return element("p", { className: "note", text: `${record.frames} frame(s); their headers are not in what the page holds (a HAR, or dropped from the store).` });
+  const table = element("table");
+  table.append(element("tr", {}, ...["offset", "FIN", "RSV1", "RSV2", "RSV3", "opcode", "mask", "length", "length bits", "header"].map(t => element("th", { text: t }))));
+  for (const f of frames) {
+    table.append(element("tr", {}, ...[f.offset, f.fin ? 1 : 0, f.rsv1 ? 1 : 0, f.rsv2 ? 1 : 0, f.rsv3 ? 1 : 0,
+      `${f.opcode} ${opcodeName(f.opcode)}`, f.masked ? f.mask_key ?? "yes" : "none", f.length, f.length_bits, `${f.header_length} B`].map(v => element("td", { text: String(v) }))));
+  }
+  return table;
+}
+
+function describeSent(sent) {
+  if (!sent) return element("p", { className: "note", text: "nothing left" });
+  const text = typeof sent.text === "string" ? sent.text : null;
+  const header = element("p", { className: "note", text: `${opcodeName(sent.opcode)}, ${sent.length} bytes, ${sent.frames} frame(s)${sent.compressed ? ", compressed" : ""}${sent.truncated ? ", cut at --max-payload" : ""}` });
+  return element("div", {}, header, text !== null ? element("pre", { text }) : hexView(sentBytes(sent)));
+}
+
+function changedView(record) {
+  const change = record.type === "change" ? record : record.change;
+  const facts = element("table");
+  const row = (name, value) => { if (value !== undefined && value !== null && value !== "") facts.append(element("tr", {}, element("th", { text: name }), element("td", { text: String(value) }))); };
+  row("result", change.result);
+  row("rules", (change.rules ?? []).join(", "));
+  row("actions", (change.actions ?? []).join("; "));
+  row("marks", (change.marks ?? []).join(", "));
+  row("held", change.held_ms !== undefined ? `${change.held_ms} ms` : undefined);
+  row("notes", (change.notes ?? []).join("; "));
+  const received = record.type === "message"
+    ? element("div", {}, element("h4", { text: "received" }), typeof record.text === "string" ? element("pre", { text: record.text }) : hexView(payloadBytes(record) ?? new Uint8Array(), record))
+    : element("div", {}, element("h4", { text: "received" }), element("p", { className: "note", text: "wstap's own message" }));
+  const sent = element("div", {}, element("h4", { text: `sent (${(change.sent ?? []).length})` }), ...((change.sent ?? []).length ? change.sent.map(describeSent) : [describeSent(null)]));
+  return element("div", {}, facts, element("div", { className: "compare" }, received, sent));
+}
+
+// Engine.IO (v4) packet types and Socket.IO (v5) packet types, as their protocols number them.
+const ENGINE_TYPES = ["open", "close", "ping", "pong", "message", "upgrade", "noop"];
+const SOCKET_TYPES = ["CONNECT", "DISCONNECT", "EVENT", "ACK", "CONNECT_ERROR", "BINARY_EVENT", "BINARY_ACK"];
+
+// An Engine.IO packet, with the Socket.IO packet inside a message; null for text that is not one.
+export function decodeSocketIO(text) {
+  if (text.length === 0 || text[0] < "0" || text[0] > "6") return null;
+  const engine = ENGINE_TYPES[Number(text[0])];
+  let rest = text.slice(1);
+  const result = { engine };
+  if (engine !== "message") {
+    if (rest.length) { const json = parseJSON(rest); result.data = json !== undefined ? json : rest; }
+    // "2probe" and "3probe" are the upgrade probes; a bare digit is a ping or pong of its own.
+    if (rest && json_or_probe(rest) === false) return null;
+    return result;
+  }
+  if (rest.length === 0 || rest[0] < "0" || rest[0] > "6") { result.data = rest; return result; }
+  const type = Number(rest[0]);
+  result.socket = SOCKET_TYPES[type];
+  rest = rest.slice(1);
+  if (type === 5 || type === 6) {
+    const match = /^(\d+)-/.exec(rest);
+    if (!match) return null;
+    result.attachments = Number(match[1]);
+    rest = rest.slice(match[0].length);
+  }
+  if (rest.startsWith("/")) {
+    const comma = rest.indexOf(",");
+    result.namespace = comma < 0 ? rest : rest.slice(0, comma);
+    rest = comma < 0 ? "" : rest.slice(comma + 1);
+  } else result.namespace = "/";
+  const id = /^\d+/.exec(rest);
+  if (id) { result.ack = Number(id[0]); rest = rest.slice(id[0].length); }
+  if (rest.length) {
+    const json = parseJSON(rest);
+    if (json === undefined) return null;
+    result.data = json;
+    if ((type === 2 || type === 5) && Array.isArray(json) && typeof json[0] === "string") result.event = json[0];
+  }
+  return result;
+}
+
+function json_or_probe(rest) {
+  if (rest === "probe") return true;
+  return parseJSON(rest) !== undefined;
+}
+
+function socketIOView(packet) {
+  const table = element("table");
+  const row = (name, value) => { if (value !== undefined) table.append(element("tr", {}, element("th", { text: name }), element("td", { text: String(value) }))); };
+  row("Engine.IO", packet.engine);
+  row("Socket.IO", packet.socket);
+  row("namespace", packet.socket ? packet.namespace : undefined);
+  row("event", packet.event);
+  row("ack id", packet.ack);
+  row("binary attachments", packet.attachments);
+  const parts = [table];
+  if (packet.data !== undefined) parts.push(typeof packet.data === "object" && packet.data !== null ? jsonView(packet.event ? packet.data.slice(1) : packet.data) : element("pre", { text: String(packet.data) }));
+  return element("div", {}, ...parts);
+}
+"""#.utf8) + [0x0A]
+    /// ui/style.css
+    static let uiStyle: [UInt8] = Array(#"""
+/* One stylesheet, no framework. Colours are variables so light and dark differ in one place. */
+:root {
+  --bg: #ffffff; --fg: #1d2125; --muted: #667085; --line: #d8dde3; --panel: #f5f7f9;
+  --select: #dbe8ff; --accent: #2457c5; --client: #1a7f37; --server: #8250df;
+  --error: #c62828; --warning: #a15c00; --info: #2457c5; --code: #f0f2f5; --row: 22px;
+  font: 13px/1.4 system-ui, sans-serif;
+}
+@media (prefers-color-scheme: dark) {
+  :root {
+    --bg: #15181c; --fg: #e3e6ea; --muted: #98a2b3; --line: #30363d; --panel: #1c2128;
+    --select: #213a63; --accent: #7aa7ff; --client: #56d364; --server: #c297ff;
+    --error: #ff7b72; --warning: #e3b341; --info: #79c0ff; --code: #22272e;
+  }
+}
+* { box-sizing: border-box; }
+html, body { height: 100%; margin: 0; background: var(--bg); color: var(--fg); }
+body { display: flex; flex-direction: column; }
+button, input, select, textarea { font: inherit; color: inherit; background: var(--bg); border: 1px solid var(--line); border-radius: 4px; padding: 2px 8px; }
+button { cursor: pointer; background: var(--panel); }
+button:disabled { opacity: .5; cursor: default; }
+button.primary { background: var(--accent); color: var(--bg); border-color: var(--accent); }
+button.danger { color: var(--error); }
+button.link { border: none; background: none; color: var(--accent); padding: 0 4px; }
+:focus-visible { outline: 2px solid var(--accent); outline-offset: -2px; }
+code, pre, .mono, textarea, #filter { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 12px; }
+.pill { border: 1px solid var(--line); border-radius: 9px; padding: 0 7px; color: var(--muted); font-size: 11px; }
+
+#bar { display: flex; align-items: center; gap: 8px; padding: 6px 8px; border-bottom: 1px solid var(--line); background: var(--panel); }
+.brand { font-size: 15px; }
+#filter-form { flex: 1; position: relative; }
+#filter { width: 100%; padding: 3px 6px; }
+#filter.invalid { border-color: var(--error); }
+#filter-error { position: absolute; top: 100%; left: 0; right: 0; z-index: 5; background: var(--bg); border: 1px solid var(--error); color: var(--error); padding: 2px 6px; white-space: pre; font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 12px; }
+#filter-caret { color: var(--error); }
+#counts { color: var(--muted); white-space: nowrap; }
+.menu { position: relative; }
+.menu summary { list-style: none; cursor: pointer; border: 1px solid var(--line); border-radius: 4px; padding: 2px 8px; background: var(--panel); }
+.menu summary::-webkit-details-marker { display: none; }
+.menu-body { position: absolute; right: 0; top: calc(100% + 2px); z-index: 10; background: var(--bg); border: 1px solid var(--line); border-radius: 4px; padding: 4px 0; min-width: 9em; }
+.menu-body > label, .menu-body > a { display: block; padding: 3px 10px; white-space: nowrap; color: var(--fg); text-decoration: none; }
+.menu-body > a:hover, .menu-body > label:hover { background: var(--select); }
+
+#panes { flex: 1; display: grid; grid-template-columns: 250px minmax(0, 1fr); grid-template-rows: minmax(0, 3fr) minmax(0, 2fr); min-height: 0; }
+#side { grid-row: 1 / 3; border-right: 1px solid var(--line); overflow: auto; background: var(--panel); }
+#side h2 { font-size: 12px; text-transform: uppercase; letter-spacing: .04em; color: var(--muted); margin: 10px 8px 4px; }
+#side ul { list-style: none; margin: 0; padding: 0; }
+#connections li { padding: 4px 8px; cursor: pointer; border-left: 3px solid transparent; }
+#connections li .url { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+#connections li .sub { color: var(--muted); font-size: 11px; }
+#connections li.selected { background: var(--select); border-left-color: var(--accent); }
+#connections li.ended .url { color: var(--muted); }
+#holds li { padding: 4px 8px; border-bottom: 1px solid var(--line); }
+#holds li .preview { font-family: ui-monospace, monospace; font-size: 11px; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+#holds li button { margin: 3px 3px 0 0; padding: 0 6px; }
+
+#table-pane { position: relative; display: flex; flex-direction: column; min-height: 0; border-bottom: 1px solid var(--line); }
+#table { flex: 1; overflow: auto; position: relative; contain: strict; }
+#table-spacer { width: 1px; }
+#table-rows { position: absolute; left: 0; right: 0; top: 0; will-change: transform; }
+.row { display: grid; grid-template-columns: var(--columns); height: var(--row); line-height: var(--row); white-space: nowrap; cursor: default; }
+.row > span { overflow: hidden; text-overflow: ellipsis; padding: 0 6px; }
+.row.head { font-weight: 600; color: var(--muted); border-bottom: 1px solid var(--line); background: var(--panel); padding-right: 12px; }
+.row.selected { background: var(--select); }
+.row .num { text-align: right; font-variant-numeric: tabular-nums; }
+.row .preview { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 12px; }
+.row.from-client .dir { color: var(--client); }
+.row.from-server .dir { color: var(--server); }
+.row.kind-diagnostic .preview, .row.kind-diagnostic .op { color: var(--warning); }
+.row.sev-error .preview, .row.sev-error .op { color: var(--error); }
+.row.sev-info .preview, .row.sev-info .op { color: var(--info); }
+.row.kind-open, .row.kind-end, .row.kind-http, .row.kind-gap { color: var(--muted); }
+.row.control .op { color: var(--muted); }
+.row .marks { color: var(--accent); }
+#new-rows { position: absolute; bottom: 10px; left: 50%; transform: translateX(-50%); }
+#new-rows button { background: var(--accent); color: var(--bg); border: none; border-radius: 12px; padding: 3px 12px; }
+
+#detail-pane { display: flex; flex-direction: column; min-height: 0; }
+#detail-actions { display: flex; gap: 6px; align-items: center; padding: 4px 8px; border-bottom: 1px solid var(--line); flex-wrap: wrap; }
+#detail-title { flex: 1; font-weight: 600; }
+#tabs { display: flex; gap: 2px; padding: 4px 8px 0; border-bottom: 1px solid var(--line); }
+#tabs button { border: 1px solid transparent; border-bottom: none; border-radius: 4px 4px 0 0; background: none; }
+#tabs button[aria-selected="true"] { border-color: var(--line); background: var(--bg); font-weight: 600; margin-bottom: -1px; }
+#detail { flex: 1; overflow: auto; padding: 8px; }
+#detail pre { margin: 0; white-space: pre-wrap; word-break: break-all; }
+#detail .note { color: var(--muted); margin: 0 0 6px; }
+#detail table { border-collapse: collapse; }
+#detail th, #detail td { text-align: left; padding: 1px 8px 1px 0; border-bottom: 1px solid var(--line); vertical-align: top; }
+#detail th { color: var(--muted); font-weight: 500; }
+.hex { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 12px; white-space: pre; }
+.json { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 12px; }
+.json details { margin-left: 14px; }
+.json summary { margin-left: -14px; cursor: pointer; }
+.json .leaf { margin-left: 14px; }
+.json .key { color: var(--accent); }
+.json .string { color: var(--client); }
+.json .number, .json .boolean, .json .null { color: var(--server); }
+.compare { display: grid; grid-template-columns: 1fr 1fr; gap: 8px; }
+.compare > div { border: 1px solid var(--line); border-radius: 4px; padding: 6px; min-width: 0; }
+.compare h4 { margin: 0 0 4px; font-size: 12px; color: var(--muted); }
+
+dialog { border: 1px solid var(--line); border-radius: 6px; background: var(--bg); color: var(--fg); min-width: 420px; max-width: 80vw; }
+dialog::backdrop { background: rgb(0 0 0 / .35); }
+dialog h3 { margin: 0 0 8px; }
+dialog label { display: inline-block; margin: 0 10px 6px 0; }
+dialog textarea { display: block; width: 100%; margin-top: 4px; }
+dialog menu { display: flex; justify-content: flex-end; gap: 6px; padding: 0; margin: 8px 0 0; }
+.dialog-error { color: var(--error); white-space: pre-wrap; }
+.hint { color: var(--muted); margin: 0 0 6px; }
+.rules-report { max-height: 200px; overflow: auto; background: var(--code); padding: 6px; }
+#toast { position: fixed; bottom: 12px; right: 12px; background: var(--fg); color: var(--bg); padding: 6px 12px; border-radius: 4px; max-width: 50vw; }
+#toast.error { background: var(--error); }
+body.offline .live-only { display: none !important; }
+"""#.utf8) + [0x0A]
+
+    /// The web UI's files by the path the page asks for them at, with their content types.
+    static let page: [String: (contentType: String, body: [UInt8])] = [
+        "/": ("text/html; charset=utf-8", uiIndex),
+        "/ui/app.js": ("text/javascript; charset=utf-8", uiApp),
+        "/ui/model.js": ("text/javascript; charset=utf-8", uiModel),
+        "/ui/table.js": ("text/javascript; charset=utf-8", uiTable),
+        "/ui/detail.js": ("text/javascript; charset=utf-8", uiDetail),
+        "/ui/style.css": ("text/css; charset=utf-8", uiStyle),
+    ]
 }

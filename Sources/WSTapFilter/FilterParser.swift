@@ -207,7 +207,7 @@ struct FilterParser {
         case .from:
             guard ["client", "server"].contains(value) else { throw error("from is client or server, got '\(value)'", at: at) }
         case .type:
-            let types = ["open", "http", "frame", "message", "diagnostic", "end", "gap"]
+            let types = ["open", "http", "frame", "message", "diagnostic", "end", "gap", "change"]
             guard types.contains(value) else { throw error("type is one of \(types.joined(separator: ", ")), got '\(value)'", at: at) }
         case .op:
             guard op != .contains else { throw error("op takes =, != or a comparison with a number", at: at - 1) }

@@ -42,6 +42,23 @@ public final class HARSink: RecordSink {
         state = Mutex(State(fd: fd, trailerOffset: off_t(header.count)))
     }
 
+    deinit { state.withLock { _ = Glibc.close($0.fd) } }
+
+    /// A whole HAR log of these records in memory (the control API's export), written through a
+    /// temporary file as `--har` writes one.
+    public static func log(of records: [TapRecord], creatorVersion: String) throws -> [UInt8] {
+        var template = Array("\(ProcessEnvironment.temporaryDirectory)/wstap-export-XXXXXX".utf8CString)
+        let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+        guard fd >= 0 else { throw OpenError(description: "cannot make a temporary file in \(ProcessEnvironment.temporaryDirectory): \(String(cString: strerror(errno)))") }
+        Glibc.close(fd)
+        let path = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+        defer { _ = unlink(path) }
+        let sink = try HARSink(path: path, creatorVersion: creatorVersion)
+        sink.write(records)
+        sink.finish()
+        return sink.state.withLock { Self.readAll($0.fd) }
+    }
+
     public func write(_ records: [TapRecord]) {
         state.withLock { state in
             for record in records { handle(record, &state) }

@@ -1,5 +1,7 @@
 import ArgumentParser
+import Synchronization
 import WSTapCapture
+import WSTapControl
 import WSTapDissect
 import WSTapFormats
 import WSTapRecording
@@ -8,7 +10,7 @@ import WSTapRecording
 import Glibc
 #endif
 
-struct ReadCommand: ParsableCommand {
+struct ReadCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "read",
         abstract: "Read captures (pcap, pcapng), wstap's JSON Lines or HAR logs and write the same records as the live proxy.",
@@ -31,6 +33,7 @@ struct ReadCommand: ParsableCommand {
               wstap read wss-traffic.pcap --keylog $SSLKEYLOGFILE
               wstap read capture.pcap --har session.har -q
               wstap read session.har --jsonl session.jsonl -q
+              wstap read session.pcapng -q --ui 8081       (look at it in the browser)
             """
     )
 
@@ -40,6 +43,8 @@ struct ReadCommand: ParsableCommand {
     @OptionGroup var output: OutputOptions
     @OptionGroup var discovery: DiscoveryOptions
 
+    @OptionGroup(title: "Web UI (docs/control-api.md)") var control: ControlOptions
+
     @Option(name: .long, help: ArgumentHelp("Threads that dissect connections in parallel (default: one per core; 1 reads on a single thread). The records are the same either way.", valueName: "n"))
     var threads: Int?
 
@@ -47,19 +52,46 @@ struct ReadCommand: ParsableCommand {
         if let threads, threads < 1 || threads > 64 { throw ValidationError("--threads must be between 1 and 64.") }
     }
 
-    func run() throws {
-        let sinks = output.makeSinks(background: true)
+    func run() async throws {
+        var sinks = output.makeSinks(background: true)
+        guard let store = control.makeStore() else {
+            do throws(ReadFailure) { try readFiles(into: sinks) } catch { fail(error.message) }
+            return
+        }
+        // The page is there while the files are read; their records reach it as they are made.
+        let feed = StoreFeed(store)
+        sinks = OutputOptions.Sinks(all: FanoutSink([sinks.all, feed]), har: sinks.har, background: sinks.background, filtered: sinks.filtered)
+        let server = await control.start(store: store, source: files.map(baseName).joined(separator: ", "))
+        OutputFile.standardError.write(Array("wstap: web UI on \(files.count == 1 ? files[0] : counted(files.count, "file")) at \(server.url)\n".utf8))
+        do throws(ReadFailure) {
+            try readFiles(into: sinks, feed: feed)
+        } catch {
+            // What was read before the damage stays to be looked at.
+            OutputFile.standardError.write(Array("wstap: \(error.message)\n".utf8))
+        }
+        let extent = store.extent
+        let kept = extent.droppedRecords > 0 ? " (the newest ones; --ui-store keeps \(store.limitBytes >> 20) MiB)" : ""
+        OutputFile.standardError.write(Array("wstap: \(counted(Int(extent.lastSeq - extent.droppedThrough), "record")) served\(kept); Ctrl-C ends\n".utf8))
+        ShutdownSignals.install {}
+        try await server.wait()
+    }
+
+    /// Reads every file into the sinks; the first failure ends the reading, with what was read before
+    /// it already written.
+    func readFiles(into sinks: OutputOptions.Sinks, feed: StoreFeed? = nil) throws(ReadFailure) {
         // A progress line only where it cannot mix with records: stderr is a terminal and the console
         // records are not going to that same terminal.
         let showProgress = isatty(STDERR_FILENO) == 1 && (output.quiet || output.jsonl == "-" || isatty(STDOUT_FILENO) == 0)
         for file in files {
+            // Connection numbers restart in each file; the UI's store numbers them on instead.
+            feed?.startFile()
             let kind: RecordingFile.Kind
             do { kind = try RecordingFile.kind(of: file) } catch {
                 sinks.finish()
-                fail("\(error)")
+                throw ReadFailure("\(error)")
             }
             if kind != .capture {
-                readRecording(file, kind: kind, into: sinks)
+                try readRecording(file, kind: kind, into: sinks)
                 continue
             }
             // One session per file: connection ids restart, as each file is its own capture.
@@ -86,7 +118,7 @@ struct ReadCommand: ParsableCommand {
                 // Everything read before the damage is written before the error line.
                 sinks.finish()
                 progress?.clear()
-                fail("\(error)")
+                throw ReadFailure("\(error)")
             }
         }
         sinks.finish()
@@ -100,7 +132,7 @@ struct ReadCommand: ParsableCommand {
 extension ReadCommand {
     /// A JSON Lines or HAR file: its records go to the sinks as they are read; on damage, what was read
     /// before it is written, then one line says where, and the exit status is 1.
-    func readRecording(_ file: String, kind: RecordingFile.Kind, into sinks: OutputOptions.Sinks) {
+    func readRecording(_ file: String, kind: RecordingFile.Kind, into sinks: OutputOptions.Sinks) throws(ReadFailure) {
         var batch: [TapRecord] = []
         batch.reserveCapacity(256)
         var count = 0
@@ -120,7 +152,7 @@ extension ReadCommand {
             sinks.finish()
             let kept = count > 0 ? "; the \(counted(count, "record")) before it were written" : ""
             let hint = count == 0 && kind == .jsonLines ? " (wstap reads its own JSON Lines, HAR logs and pcap/pcapng captures)" : ""
-            fail("\(file): \(error)\(kept)\(hint)")
+            throw ReadFailure("\(file): \(error)\(kept)\(hint)")
         }
     }
 
@@ -131,6 +163,38 @@ extension ReadCommand {
         if let threads { return threads }
         return max(1, min(8, sysconf(Int32(_SC_NPROCESSORS_ONLN))))
     }
+}
+
+struct ReadFailure: Error {
+    let message: String
+    init(_ message: String) { self.message = message }
+}
+
+/// The UI's copy of what `read` makes. Each file numbers its connections from 1; here the numbers go
+/// on from the previous file's, so two captures' connections do not merge in the UI.
+final class StoreFeed: RecordSink {
+    private let store: RecordStore
+    private let numbering = Mutex((offset: UInt64(0), highest: UInt64(0)))
+
+    init(_ store: RecordStore) { self.store = store }
+
+    func startFile() { numbering.withLock { $0.offset = $0.highest } }
+
+    func write(_ records: [TapRecord]) {
+        let renumbered = numbering.withLock { state in
+            records.map { record in
+                var record = record
+                record.connection += state.offset
+                state.highest = max(state.highest, record.connection)
+                return record
+            }
+        }
+        store.append(renumbered)
+    }
+}
+
+private func baseName(_ path: String) -> String {
+    path.split(separator: "/").last.map(String.init) ?? path
 }
 
 /// "reading big.pcap: 41% of 100.0 MB, 120,345 packets, 87 connections" on stderr, redrawn in place at

@@ -60,6 +60,16 @@ enum Sample {
         #expect(try Sample.matching("from=server type=message") == ["server text 38", "server binary 5000", "server pong 1", "server close 2"])
     }
 
+    /// The UI's filter box sends what a user types; `type=change` must not be refused while change
+    /// records are in the schema (it was, until the web UI's test asked for them).
+    @Test func typeChangeSelectsChangeRecords() throws {
+        let change = TapRecord(connection: 3, timestamp: fixtureTime, body: .change(ChangeRecord(
+            direction: .clientToServer, offset: 0, rules: ["control API"], actions: [], result: .injected, sent: [])))
+        let filter = try Filter(parsing: "type=change from=client")
+        #expect(filter.matches(change))
+        #expect(!Sample.records.contains { filter.matches($0) })
+    }
+
     @Test func sizesTakeKAndM() throws {
         #expect(try Sample.matching("type=message len>4K") == ["server binary 5000"])
         #expect(try Sample.matching("type=message len>=5000 len<=0.01M") == ["server binary 5000"])

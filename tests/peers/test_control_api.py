@@ -103,6 +103,39 @@ def test_a_live_session_is_listed_and_its_records_are_the_jsonl_records_with_a_s
     # A filter that does not parse says where.
     status, _, body = request(proxy, "/api/records?filter=" + urllib.parse.quote("(op=text"))
     assert status == 400 and "column" in json.loads(body)
+    # Export: what --jsonl wrote, and a HAR log wstap reads back to the same messages.
+    status, headers, body = request(proxy, "/api/export?format=jsonl")
+    assert status == 200 and "attachment" in headers["Content-Disposition"]
+    assert [json.loads(line) for line in body.decode().splitlines()] == in_file
+    status, _, body = request(proxy, f"/api/export?format=har&conn={conn}&filter=" + urllib.parse.quote("text:two"))
+    har = json.loads(body)
+    [entry] = har["log"]["entries"]
+    assert entry["_resourceType"] == "websocket" and entry["request"]["url"].endswith("/room?x=1")
+    # With a filter, what --filter keeps: the matches (both directions' "two") in their connection's entry.
+    assert [(m["type"], m["data"]) for m in entry["_webSocketMessages"]] == [("send", "two"), ("receive", "two")]
+    assert request(proxy, "/api/export?format=pdf")[0] == 400
+    assert api(proxy, "/api/status")["live"] is True
+
+
+def test_read_ui_serves_a_recording_to_look_at_and_refuses_to_steer_it(procs, tmp_path, wstap, peer):
+    """`wstap read FILE… --ui`: two recordings' connections are numbered on, not merged; steering is refused."""
+    proxy = wstap(f"ws://127.0.0.1:{echo_server(peer)}")
+    with connect(proxy.url + "/first") as ws:
+        ws.send("hello")
+        assert ws.recv() == "hello"
+    proxy.wait_ended()
+    from conftest import WSTAP, Proc
+    reader = Proc([WSTAP, "read", str(proxy.jsonl), str(proxy.jsonl), "-q", "--ui", "0"], stream="stderr")
+    procs.append(reader)
+    m = reader.wait_for(r"web UI on 2 files at http://127\.0\.0\.1:(\d+)/\?token=([0-9a-f]{32})")
+    reader.ui_port, reader.token = int(m.group(1)), m.group(2)
+    reader.wait_for(r"records served; Ctrl-C ends")
+    status = api(reader, "/api/status")
+    assert status["live"] is False and status["source"] == f"{proxy.jsonl.name}, {proxy.jsonl.name}"
+    listed = api(reader, "/api/connections")["connections"]
+    assert [c["conn"] for c in listed] == [1, 2] and all(c["url"].endswith("/first") for c in listed)
+    assert [r["text"] for r in records(reader, filter="type=message from=server op=text")] == ["hello", "hello"]
+    assert call(reader, "POST", "/api/connections/1/messages", {"to": "server", "text": "x"})[0] == 409
 
 
 class EventReader:
