@@ -337,14 +337,17 @@ public final class ReplaySession {
             }
         }
         guard phase == .running || phase == .closing, next >= script.count else { return }
-        // Every client message is out: wait for the server's recorded answers, then close.
+        // Every client message is out: wait for the server's recorded answers, then close (asap
+        // too: a server may stop answering at a close, and the diff would see replies missing).
         if !closeSent {
             let expected = recordedReplyCount
-            if replies.count < expected && now < waitingSince.adding(options.stepTimeout) && options.pace != .asap {
-                out.append(.wake(at: waitingSince.adding(options.stepTimeout)))
+            // A server still answering is not stalled: the wait runs from the last thing it sent.
+            let quietSince = Timestamp(nanoseconds: max(waitingSince.nanoseconds, lastServerActivity.nanoseconds))
+            if replies.count < expected && now < quietSince.adding(options.stepTimeout) {
+                out.append(.wake(at: quietSince.adding(options.stepTimeout)))
                 return
             }
-            if replies.count < expected && options.pace != .asap {
+            if replies.count < expected {
                 result.timeouts.append("the last \(expected - replies.count) of the server's \(expected) recorded messages did not come within \(Self.seconds(options.stepTimeout))")
             }
             closeSent = true

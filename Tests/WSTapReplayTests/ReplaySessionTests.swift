@@ -120,6 +120,25 @@ func recorded(_ messages: [Recording.Message], request: HTTPHead? = nil, subprot
         #expect(ReplayDiff.compare(recorded: play.session.recordedReplies, replayed: play.session.receivedReplies).isEmpty)
     }
 
+    /// asap sends every client message at once, and still waits for the recorded replies before its
+    /// close: closing at once made a server that stops at a close (Python websockets) look as if it
+    /// had answered nothing, and --diff reported every reply missing.
+    @Test func asapSendsEverythingThenWaitsForTheRepliesBeforeClosing() {
+        var options = ReplayOptions()
+        options.pace = .asap
+        let play = ReplayPlay(recorded([message(.clientToServer, "a"), message(.serverToClient, "A"), message(.clientToServer, "b"),
+                                        message(.serverToClient, "B")]), options: options)
+        #expect(play.sentTexts == ["a", "b"])
+        #expect(!play.sent.contains { $0.opcode == .close })
+        play.serverText("A")
+        #expect(!play.sent.contains { $0.opcode == .close })
+        play.serverText("B")
+        #expect(play.sent.last?.opcode == .close)
+        play.server(Wire.frame(.close, [0x03, 0xE8]))
+        #expect(play.finished && play.session.result.timeouts.isEmpty)
+        #expect(ReplayDiff.compare(recorded: play.session.recordedReplies, replayed: play.session.receivedReplies).isEmpty)
+    }
+
     @Test func aReplyThatNeverComesTimesOutAndTheReplayGoesOn() {
         var options = ReplayOptions()
         options.stepTimeout = .seconds(2)

@@ -144,7 +144,7 @@ def test_each_shared_captures_sessions_replay_to_a_local_server(peer):
             # Data messages, whatever their opcode: the violations capture's orphan continuation and
             # reserved opcodes are replayed as recorded (a way to test how a server takes them).
             expected = len([m for m in messages(records, conn=conn, sender="client") if m["opcode"] < 8])
-            args = [capture, "--conn", conn, "--to", f"ws://127.0.0.1:{echo}", "--pace", "asap", "-q", "--step-timeout", "2", "--allow-truncated"]
+            args = [capture, "--conn", conn, "--to", f"ws://127.0.0.1:{echo}", "--pace", "asap", "-q", "--step-timeout", "1", "--allow-truncated"]
             done = replay(*args)
             if "Sec-WebSocket-Version: 6, as recorded" in done.stderr:
                 # The hybi-06 draft's handshake, refused by a server of today: ask for RFC 6455's instead.
