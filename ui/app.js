@@ -197,6 +197,8 @@ function updateActions() {
   const summary = conn === null ? null : model.connections.get(conn);
   const open = summary?.state === "open" && !summary.http;
   for (const id of ["#compose-button", "#close-button", "#abort-button"]) $(id).disabled = !open;
+  // A replay needs the session's open record, not a live connection: ended ones replay too.
+  $("#replay-button").disabled = !(summary && summary.url && !summary.http);
   const record = table.selectedRecord;
   const isData = record?.type === "message" && (record.opcode === 1 || record.opcode === 2);
   $("#resend-button").disabled = !(open && isData && !record.truncated);
@@ -450,6 +452,42 @@ $("#abort-button").addEventListener("click", async () => {
   const conn = actionConnection();
   if (conn === null || !confirm(`Reset both TCP connections of #${conn}, without a close handshake?`)) return;
   try { toast((await api("POST", `/api/connections/${conn}/abort`)).result); } catch (error) { toast(error.message, true); }
+});
+
+$("#replay-button").addEventListener("click", () => {
+  const conn = actionConnection();
+  if (conn === null) return;
+  const dialog = $("#replay-dialog"), form = dialog.querySelector("form"), report = dialog.querySelector(".replay-report");
+  dialog.querySelector(".conn-number").textContent = String(conn);
+  form.to.value = model.connections.get(conn)?.url ?? "";
+  report.hidden = true;
+  // The dialog stays open on the result, which can be long; Close dismisses it.
+  form.onsubmit = async event => {
+    if (event.submitter?.value === "cancel") return;
+    event.preventDefault();
+    const error = dialog.querySelector(".dialog-error");
+    error.hidden = true;
+    report.hidden = false;
+    report.textContent = "replaying…";
+    delete report.dataset.same;
+    try {
+      const body = { conn, to: form.to.value.trim() || null, pace: form.pace.value, ignore: form.ignore.value.split(/\s+/).filter(Boolean) };
+      const result = await api("POST", "/api/replays", body);
+      const lines = [
+        result.failure ? `failed: ${result.failure}` : `replayed as connection ${result.conn} to ${result.target}: sent ${result.sent} of ${result.client_messages} client messages, received ${result.received} (${result.recorded_replies} recorded)`,
+        ...result.handshake.map(l => `handshake: ${l}`), ...result.timeouts.map(l => `timeout: ${l}`), ...result.notes.map(l => `note: ${l}`),
+        ...result.differences.map(l => `diff: ${l}`),
+        result.failure ? "" : result.same ? "the server answered as recorded" : `${result.differences.length} difference(s) from the recording`,
+      ];
+      report.textContent = lines.filter(Boolean).join("\n");
+      report.dataset.same = String(result.same);
+    } catch (failure) {
+      report.hidden = true;
+      error.textContent = failure.message;
+      error.hidden = false;
+    }
+  };
+  dialog.showModal();
 });
 
 async function openRules(extraLine) {

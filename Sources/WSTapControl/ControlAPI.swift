@@ -13,13 +13,16 @@ public final class ControlAPI: Sendable {
     public let steering: (any ConnectionSteering)?
     /// The live rules; nil when serving a capture or a recording.
     public let rules: RuleControl?
+    /// Replays of stored connections (`POST /api/replays`); nil when serving a capture or a recording.
+    public let replays: (any ReplayRunning)?
     /// What the records come from when not live (`wstap read FILE… --ui`): the file names.
     public let source: String?
     /// wstap's version, for the HAR export's `creator`.
     public let version: String
 
     public init(store: RecordStore, access: ControlAccess, steering: (any ConnectionSteering)? = nil, rules: RuleControl? = nil,
-                source: String? = nil, version: String = "dev") {
+                replays: (any ReplayRunning)? = nil, source: String? = nil, version: String = "dev") {
+        self.replays = replays
         self.store = store
         self.access = access
         self.steering = steering
@@ -46,7 +49,7 @@ public final class ControlAPI: Sendable {
             return .complete(status: 200, contentType: file.contentType, body: file.body, headers: Self.pageHeaders)
         }
         let parts = request.path.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
-        if parts.first == "api", let steered = steeringRoute(request, parts) ?? rulesRoute(request, parts) { return steered }
+        if parts.first == "api", let steered = steeringRoute(request, parts) ?? rulesRoute(request, parts) ?? replaysRoute(request, parts) { return steered }
         guard parts.first == "api", parts.count >= 2, parts.count <= 3 else {
             return .error(404, "no such route: \(request.path) (docs/control-api.md lists them)")
         }
@@ -81,7 +84,7 @@ public final class ControlAPI: Sendable {
         }
     }
 
-    private static let knownRoutes: Set<String> = ["status", "connections", "records", "events", "holds", "rules", "openapi.json", "export"]
+    private static let knownRoutes: Set<String> = ["status", "connections", "records", "events", "holds", "rules", "openapi.json", "export", "replays"]
 
     /// The page shows payloads from the network: no script, style or connection but its own, no
     /// framing by another site, no referrer leaving with a URL.

@@ -1018,6 +1018,89 @@ enum EmbeddedFiles {
           "description": "Rules to try; empty: the rules in force."
         }
       }
+    },
+    "/api/replays": {
+      "post": {
+        "summary": "Replay a stored connection against a server",
+        "description": "The connection's client messages are sent again, as `wstap replay` sends them, on a new connection whose records join the proxy's; the answer comes when the replay has ended, with what differs from the recording.",
+        "operationId": "replay",
+        "requestBody": {
+          "required": true,
+          "content": {
+            "application/json": {
+              "schema": {
+                "$ref": "#/components/schemas/Replay"
+              },
+              "example": {
+                "conn": 1,
+                "to": "ws://127.0.0.1:9000/chat",
+                "pace": "reply",
+                "ignore": [
+                  "json.ts"
+                ]
+              }
+            }
+          }
+        },
+        "responses": {
+          "200": {
+            "description": "The replay ran (or could not connect: `failure`).",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/ReplayResult"
+                }
+              }
+            }
+          },
+          "400": {
+            "description": "A body that is not a replay.",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "401": {
+            "$ref": "#/components/responses/Unauthorized"
+          },
+          "403": {
+            "$ref": "#/components/responses/Forbidden"
+          },
+          "404": {
+            "description": "No such connection, or its open record is no longer held.",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "409": {
+            "description": "Client messages kept only in part, or nothing to replay from (`wstap read --ui`).",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          },
+          "502": {
+            "description": "The replay could not be started (TLS settings).",
+            "content": {
+              "application/json": {
+                "schema": {
+                  "$ref": "#/components/schemas/Error"
+                }
+              }
+            }
+          }
+        }
+      }
     }
   },
   "components": {
@@ -1532,6 +1615,124 @@ enum EmbeddedFiles {
             }
           }
         }
+      },
+      "Replay": {
+        "type": "object",
+        "required": [
+          "conn"
+        ],
+        "properties": {
+          "conn": {
+            "type": "integer",
+            "minimum": 1
+          },
+          "to": {
+            "type": "string",
+            "nullable": true,
+            "description": "ws:// or wss:// URL; null or absent: the URL the connection was recorded with"
+          },
+          "pace": {
+            "type": "string",
+            "description": "reply (default), asap, timing or idle=DURATION"
+          },
+          "ignore": {
+            "type": "array",
+            "items": {
+              "type": "string"
+            },
+            "description": "JSON paths the diff leaves out, e.g. json.ts"
+          },
+          "allow_truncated": {
+            "type": "boolean"
+          }
+        }
+      },
+      "ReplayResult": {
+        "type": "object",
+        "required": [
+          "conn",
+          "replayed",
+          "target",
+          "failure",
+          "sent",
+          "client_messages",
+          "received",
+          "recorded_replies",
+          "handshake",
+          "timeouts",
+          "notes",
+          "differences",
+          "same"
+        ],
+        "properties": {
+          "conn": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 18446744073709551615,
+            "description": "the new connection's number"
+          },
+          "replayed": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 18446744073709551615,
+            "description": "the connection replayed"
+          },
+          "target": {
+            "type": "string"
+          },
+          "failure": {
+            "type": "string",
+            "nullable": true
+          },
+          "sent": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 18446744073709551615
+          },
+          "client_messages": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 18446744073709551615
+          },
+          "received": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 18446744073709551615
+          },
+          "recorded_replies": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 18446744073709551615
+          },
+          "handshake": {
+            "type": "array",
+            "items": {
+              "type": "string"
+            }
+          },
+          "timeouts": {
+            "type": "array",
+            "items": {
+              "type": "string"
+            }
+          },
+          "notes": {
+            "type": "array",
+            "items": {
+              "type": "string"
+            }
+          },
+          "differences": {
+            "type": "array",
+            "items": {
+              "type": "string"
+            }
+          },
+          "same": {
+            "type": "boolean",
+            "description": "no failure, no difference, the same handshake"
+          }
+        }
       }
     }
   }
@@ -1603,6 +1804,7 @@ enum EmbeddedFiles {
         <button type="button" id="compose-button" title="send a message on this connection (c)">Compose</button>
         <button type="button" id="resend-button" disabled>Resend</button>
         <button type="button" id="rule-button" disabled>Rule from message</button>
+        <button type="button" id="replay-button" title="replay this connection's client messages against a server">Replay…</button>
         <button type="button" id="close-button" title="close this connection with a code">Close…</button>
         <button type="button" id="abort-button" class="danger">Abort</button>
       </span>
@@ -1657,6 +1859,23 @@ enum EmbeddedFiles {
     <textarea name="payload" rows="10" spellcheck="false"></textarea>
     <p class="dialog-error" hidden></p>
     <menu><button value="cancel" formnovalidate>Cancel</button><button value="edit" class="primary">Forward edited</button></menu>
+  </form>
+</dialog>
+
+<dialog id="replay-dialog">
+  <form method="dialog">
+    <h3>Replay connection <span class="conn-number"></span></h3>
+    <p class="hint">Its client messages are sent again on a new connection, which appears in the list; the server's answers are compared with the recorded ones.</p>
+    <label>to <input name="to" size="44" spellcheck="false"></label>
+    <label>pace <select name="pace">
+      <option value="reply">reply: wait for the recorded answers</option>
+      <option value="asap">asap</option>
+      <option value="timing">timing: the recorded gaps</option>
+    </select></label>
+    <label>ignore in the diff <input name="ignore" placeholder="json.ts json.id" spellcheck="false"></label>
+    <pre class="replay-report" hidden></pre>
+    <p class="dialog-error" hidden></p>
+    <menu><button value="cancel" formnovalidate>Close</button><button value="replay" class="primary">Replay</button></menu>
   </form>
 </dialog>
 
@@ -1874,6 +2093,8 @@ function updateActions() {
   const summary = conn === null ? null : model.connections.get(conn);
   const open = summary?.state === "open" && !summary.http;
   for (const id of ["#compose-button", "#close-button", "#abort-button"]) $(id).disabled = !open;
+  // A replay needs the session's open record, not a live connection: ended ones replay too.
+  $("#replay-button").disabled = !(summary && summary.url && !summary.http);
   const record = table.selectedRecord;
   const isData = record?.type === "message" && (record.opcode === 1 || record.opcode === 2);
   $("#resend-button").disabled = !(open && isData && !record.truncated);
@@ -2127,6 +2348,42 @@ $("#abort-button").addEventListener("click", async () => {
   const conn = actionConnection();
   if (conn === null || !confirm(`Reset both TCP connections of #${conn}, without a close handshake?`)) return;
   try { toast((await api("POST", `/api/connections/${conn}/abort`)).result); } catch (error) { toast(error.message, true); }
+});
+
+$("#replay-button").addEventListener("click", () => {
+  const conn = actionConnection();
+  if (conn === null) return;
+  const dialog = $("#replay-dialog"), form = dialog.querySelector("form"), report = dialog.querySelector(".replay-report");
+  dialog.querySelector(".conn-number").textContent = String(conn);
+  form.to.value = model.connections.get(conn)?.url ?? "";
+  report.hidden = true;
+  // The dialog stays open on the result, which can be long; Close dismisses it.
+  form.onsubmit = async event => {
+    if (event.submitter?.value === "cancel") return;
+    event.preventDefault();
+    const error = dialog.querySelector(".dialog-error");
+    error.hidden = true;
+    report.hidden = false;
+    report.textContent = "replaying…";
+    delete report.dataset.same;
+    try {
+      const body = { conn, to: form.to.value.trim() || null, pace: form.pace.value, ignore: form.ignore.value.split(/\s+/).filter(Boolean) };
+      const result = await api("POST", "/api/replays", body);
+      const lines = [
+        result.failure ? `failed: ${result.failure}` : `replayed as connection ${result.conn} to ${result.target}: sent ${result.sent} of ${result.client_messages} client messages, received ${result.received} (${result.recorded_replies} recorded)`,
+        ...result.handshake.map(l => `handshake: ${l}`), ...result.timeouts.map(l => `timeout: ${l}`), ...result.notes.map(l => `note: ${l}`),
+        ...result.differences.map(l => `diff: ${l}`),
+        result.failure ? "" : result.same ? "the server answered as recorded" : `${result.differences.length} difference(s) from the recording`,
+      ];
+      report.textContent = lines.filter(Boolean).join("\n");
+      report.dataset.same = String(result.same);
+    } catch (failure) {
+      report.hidden = true;
+      error.textContent = failure.message;
+      error.hidden = false;
+    }
+  };
+  dialog.showModal();
 });
 
 async function openRules(extraLine) {
@@ -3009,7 +3266,7 @@ dialog textarea { display: block; width: 100%; margin-top: 4px; }
 dialog menu { display: flex; justify-content: flex-end; gap: 6px; padding: 0; margin: 8px 0 0; }
 .dialog-error { color: var(--error); white-space: pre-wrap; }
 .hint { color: var(--muted); margin: 0 0 6px; }
-.rules-report { max-height: 200px; overflow: auto; background: var(--code); padding: 6px; }
+.rules-report, .replay-report { max-height: 200px; overflow: auto; background: var(--code); padding: 6px; }
 #toast { position: fixed; bottom: 12px; right: 12px; background: var(--fg); color: var(--bg); padding: 6px 12px; border-radius: 4px; max-width: 50vw; }
 #toast.error { background: var(--error); }
 body.offline .live-only { display: none !important; }

@@ -26,7 +26,7 @@ public final class ControlServer: Sendable {
     /// Binds `host:port` and serves `api(port)` there (the access check needs the bound port, which
     /// is known only after binding when port 0 asks for a free one).
     public static func start(host: String, port: Int, store: RecordStore, token: String, steering: (any ConnectionSteering)? = nil,
-                             rules: RuleControl? = nil, source: String? = nil, version: String = "dev",
+                             rules: RuleControl? = nil, replays: (any ReplayRunning)? = nil, source: String? = nil, version: String = "dev",
                              group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws -> ControlServer {
         let apiBox = Mutex<ControlAPI?>(nil)
         let bootstrap = ServerBootstrap(group: group)
@@ -48,7 +48,7 @@ public final class ControlServer: Sendable {
             throw ProxyServer.listenError(error, listen: "\(host):\(port)", flag: "--ui")
         }
         let api = ControlAPI(store: store, access: ControlAccess(token: token, listenHost: host, port: channel.localAddress?.port ?? port),
-                             steering: steering, rules: rules, source: source, version: version)
+                             steering: steering, rules: rules, replays: replays, source: source, version: version)
         apiBox.withLock { $0 = api }
         return ControlServer(channel: channel, api: api)
     }

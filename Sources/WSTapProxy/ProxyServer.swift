@@ -27,6 +27,9 @@ public struct ProxyConfiguration: Sendable {
     public var hooks: ExecHooks?
     /// --ui: where the control API finds each live connection.
     public var registry: ConnectionRegistry?
+    /// Where connection numbers come from: shared with replays started over the control API, so
+    /// a replayed session is a connection of its own in the records.
+    public var connectionIDs = ConnectionIDs()
     public var dissector: StreamDissector.Configuration
     public var sink: any RecordSink
     /// One-line notices about the proxy itself (not about connections): stderr by default.
@@ -57,7 +60,7 @@ public final class ProxyServer: Sendable {
     }
 
     public static func start(_ configuration: ProxyConfiguration, group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws -> ProxyServer {
-        let ids = ConnectionIDs()
+        let ids = configuration.connectionIDs
         let listenContext = configuration.tlsSettings.clientTLS
             ? try configuration.tlsContexts?.listenContext(defaultHost: configuration.listenHost) : nil
         let bootstrap = ServerBootstrap(group: group)
@@ -140,9 +143,14 @@ enum RelayTuning {
 /// Connection ids, and how many connections are open: when the last one closes, the heap is trimmed,
 /// so memory a burst of connections took goes back to the system instead of staying with the
 /// allocator's free lists for as long as wstap runs.
-final class ConnectionIDs: Sendable {
+public final class ConnectionIDs: Sendable {
     private let counter = Atomic<UInt64>(0)
     private let open = Atomic<Int>(0)
+
+    public init() {}
+
+    /// A number for a connection that is not the proxy's own (a replay): counted, not tracked as open.
+    public func nextUnlisted() -> UInt64 { counter.add(1, ordering: .relaxed).newValue }
 
     func next() -> UInt64 {
         open.add(1, ordering: .relaxed)

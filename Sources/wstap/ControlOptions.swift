@@ -32,11 +32,12 @@ struct ControlOptions: ParsableArguments {
     func makeStore() -> RecordStore? { ui == nil ? nil : RecordStore(limitBytes: uiStore) }
 
     /// Starts the control server, or says why it cannot and exits.
-    func start(store: RecordStore, steering: (any ConnectionSteering)? = nil, rules: RuleControl? = nil, source: String? = nil) async -> ControlServer {
+    func start(store: RecordStore, steering: (any ConnectionSteering)? = nil, rules: RuleControl? = nil, replays: (any ReplayRunning)? = nil,
+               source: String? = nil) async -> ControlServer {
         do {
             guard let (host, port) = try parsedUI else { fail("--ui is needed to serve the control API") }
             return try await ControlServer.start(host: host, port: port, store: store, token: ControlAccess.randomToken(), steering: steering, rules: rules,
-                                             source: source, version: WSTap.configuration.version)
+                                             replays: replays, source: source, version: WSTap.configuration.version)
         } catch {
             fail("\(error)")
         }

@@ -239,7 +239,9 @@ struct ProxyCommand: AsyncParsableCommand {
         }
         if let store {
             let rules = changes.map { RuleControl(book: $0.rules, notice: { OutputFile.standardError.write(Array("wstap: \($0)\n".utf8)) }) }
-            let server = await control.start(store: store, steering: registry, rules: rules)
+            let replays = ControlReplayRunner(sink: sink, ids: configuration.connectionIDs, upstreamCAFile: upstreamCA, insecure: insecure,
+                                              payloadCap: output.maxPayload.bytes ?? Int(clamping: output.maxInflate))
+            let server = await control.start(store: store, steering: registry, rules: rules, replays: replays)
             banner += "wstap: control API and web UI at \(server.url)\n"
         }
         OutputFile.standardError.write(Array(banner.utf8))

@@ -15,7 +15,7 @@ import WSTapControl
         let document = try #require(try JSONSerialization.jsonObject(with: Data(body)) as? [String: Any])
         let paths = try #require(document["paths"] as? [String: Any])
         for route in ["/api/status", "/api/connections", "/api/records", "/api/events", "/api/holds", "/api/rules", "/api/rules/test",
-                      "/api/connections/{conn}/messages", "/api/connections/{conn}/close", "/api/connections/{conn}/holds/{hold}", "/api/export"] {
+                      "/api/connections/{conn}/messages", "/api/connections/{conn}/close", "/api/connections/{conn}/holds/{hold}", "/api/export", "/api/replays"] {
             #expect(paths[route] != nil, "\(route) is not in docs/openapi.json")
         }
     }

@@ -408,3 +408,41 @@ def test_wstap_ctl_lists_tails_sends_releases_and_closes_from_the_shell(wstap, p
             assert getattr(closed, "rcvd", None) is not None and closed.rcvd.code == 4001
     bad = subprocess.run([WSTAP, "ctl", "list"], env={**os.environ, "WSTAP_UI": ""}, capture_output=True, text=True, timeout=DEADLINE)
     assert bad.returncode == 1 and "--ui" in bad.stderr and bad.stderr.count("\n") == 1
+
+
+def test_a_stored_connection_is_replayed_over_the_api_and_compared_with_the_recording(wstap, peer):
+    """POST /api/replays: the replay is a new connection in the same records; a server that answers
+    as recorded gives no differences, one that changed (--shout) is named message by message."""
+    app = peer(PYTHON, str(PEERS / "websockets_app_server.py"))
+    shouting = peer(PYTHON, str(PEERS / "websockets_app_server.py"), "--shout")
+    proxy = start_ui(wstap, f"ws://127.0.0.1:{app}")
+    with connect(proxy.url + "/app") as ws:
+        ws.send(json.dumps({"op": "get", "id": 1, "token": None}))
+        json.loads(ws.recv())
+        ws.send("plain echo")
+        assert ws.recv() == "plain echo"
+    proxy.wait_ended()
+    status, answer = call(proxy, "POST", "/api/replays", {"conn": 1, "ignore": ["json.ts"]})
+    assert status == 200, answer
+    assert answer["failure"] is None and answer["sent"] == 2 and answer["received"] == 2 and answer["same"], answer
+    assert answer["replayed"] == 1 and answer["conn"] == 2 and answer["target"] == f"ws://127.0.0.1:{app}/app"
+    # Without --ignore json.ts the time in the price reply differs.
+    status, answer = call(proxy, "POST", "/api/replays", {"conn": 1, "to": f"ws://127.0.0.1:{shouting}/app", "ignore": ["json.ts"], "pace": "asap"})
+    assert status == 200 and not answer["same"] and answer["conn"] == 3
+    assert len(answer["differences"]) == 1 and "PRICE" in answer["differences"][0], answer
+    # The replays are connections of the proxy's records like any other.
+    listed = {c["conn"]: c for c in api(proxy, "/api/connections")["connections"]}
+    assert listed[2]["url"] == f"ws://127.0.0.1:{app}/app" and listed[2]["client_messages"] == 3  # and its close
+    assert [r["text"] for r in records(proxy, conn=3, filter="type=message from=client op=text")][1] == "plain echo"
+    # Refusals: a connection that does not exist, a body that is not a replay, a server that is not there.
+    assert call(proxy, "POST", "/api/replays", {"conn": 99})[0] == 404
+    assert call(proxy, "POST", "/api/replays", {"to": "http://x"})[0] == 400
+    assert call(proxy, "POST", "/api/replays", {"conn": 1, "pace": "slowly"})[0] == 400
+    status, answer = call(proxy, "POST", "/api/replays", {"conn": 1, "to": f"ws://127.0.0.1:{free_port()}/"})
+    assert status == 200 and "cannot connect" in answer["failure"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

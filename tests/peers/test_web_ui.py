@@ -278,3 +278,32 @@ def test_the_offline_view_of_a_shared_capture_shows_its_messages(browser, procs,
     href = browser.find_element(By.ID, "export-jsonl").get_attribute("href")
     exported = browser.execute_async_script("const done = arguments[1]; fetch(arguments[0]).then(r => r.text()).then(done)", href)
     assert [json.loads(line) for line in exported.splitlines()] == records
+
+
+def test_a_connection_is_replayed_from_the_browser_and_the_replay_appears_beside_it(wstap, peer, browser):
+    from websockets.sync.client import connect
+
+    port = peer(PYTHON, str(PEERS / "websockets_app_server.py"))
+    proxy = start_ui(wstap, f"ws://127.0.0.1:{port}")
+    with connect(proxy.url + "/app", proxy=None) as ws:
+        ws.send(json.dumps({"op": "get", "id": 3, "token": None}))
+        assert json.loads(ws.recv())["price"] == 103
+        ws.send("plain")
+        assert ws.recv() == "plain"
+    proxy.wait_ended()
+    open_ui(browser, f"http://127.0.0.1:{proxy.ui_port}/?token={proxy.token}")
+    browser.find_element(By.CSS_SELECTOR, '#connections li[data-conn="1"]').click()
+    until(browser, lambda d: not d.find_element(By.ID, "replay-button").get_attribute("disabled"), "the replay button enabled")
+    browser.find_element(By.ID, "replay-button").click()
+    form = browser.find_element(By.CSS_SELECTOR, "#replay-dialog form")
+    assert form.find_element(By.NAME, "to").get_attribute("value") == f"ws://127.0.0.1:{port}/app"
+    form.find_element(By.NAME, "ignore").send_keys("json.ts")
+    form.find_element(By.CSS_SELECTOR, 'button[value="replay"]').click()
+    report = browser.find_element(By.CSS_SELECTOR, "#replay-dialog .replay-report")
+    until(browser, lambda d: report.get_attribute("data-same") in ("true", "false"), "the replay's result")
+    assert report.get_attribute("data-same") == "true", report.text
+    assert "replayed as connection 2" in report.text and "sent 2 of 2 client messages, received 2" in report.text
+    assert report.text.endswith("the server answered as recorded")
+    # The replay is a connection of its own, listed beside the one it replayed.
+    form.find_element(By.CSS_SELECTOR, 'button[value="cancel"]').click()
+    until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, '#connections li[data-conn="2"]'), "the replayed session")
