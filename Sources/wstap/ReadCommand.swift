@@ -66,7 +66,9 @@ struct ReadCommand: AsyncParsableCommand {
         do throws(ReadFailure) {
             try readFiles(into: sinks, feed: feed)
         } catch {
-            // What was read before the damage stays to be looked at.
+            // Nothing to look at: a failure like any other. Otherwise what was read before the damage
+            // stays to be looked at.
+            if store.extent.lastSeq == 0 { fail(error.message) }
             OutputFile.standardError.write(Array("wstap: \(error.message)\n".utf8))
         }
         let extent = store.extent

@@ -5,6 +5,7 @@ import http.client
 import json
 import re
 import socket
+import subprocess
 import urllib.parse
 
 from websockets.sync.client import connect
@@ -136,6 +137,9 @@ def test_read_ui_serves_a_recording_to_look_at_and_refuses_to_steer_it(procs, tm
     assert [c["conn"] for c in listed] == [1, 2] and all(c["url"].endswith("/first") for c in listed)
     assert [r["text"] for r in records(reader, filter="type=message from=server op=text")] == ["hello", "hello"]
     assert call(reader, "POST", "/api/connections/1/messages", {"to": "server", "text": "x"})[0] == 409
+    # A file that cannot be read leaves nothing to serve: one line and exit status 1, not an empty page.
+    done = subprocess.run([WSTAP, "read", str(tmp_path / "missing.pcap"), "--ui", "0"], capture_output=True, text=True, timeout=DEADLINE)
+    assert done.returncode == 1 and "missing.pcap" in done.stderr and "No such file" in done.stderr, done.stderr
 
 
 class EventReader:
