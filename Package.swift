@@ -34,7 +34,7 @@ let package = Package(
         // wstap replay's sans-IO core: a recorded client side against a server, and the diff.
         .target(name: "WSTapReplay", dependencies: ["WSTapRecording", "WSTapDissect", "WSTapWire", "WSTapFilter", "WSTapRules"]),
         // The control API's core: the record store, access checks, routes and the push stream's cursor.
-        .target(name: "WSTapControl", dependencies: ["WSTapDissect", "WSTapFilter", "WSTapFormats", "WSTapRelay", "WSTapRules", "WSTapWire"]),
+        .target(name: "WSTapControl", dependencies: ["WSTapDissect", "WSTapFilter", "WSTapFormats", "WSTapRelay", "WSTapReplay", "WSTapRules", "WSTapWire"]),
         .target(
             name: "WSTapProxy",
             dependencies: [

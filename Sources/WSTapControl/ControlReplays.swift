@@ -1,5 +1,6 @@
 import WSTapDissect
 import WSTapFilter
+import WSTapReplay
 
 /// What `POST /api/replays` asks for: one connection of the store replayed against a server, as
 /// `wstap replay` does from a file.
@@ -56,7 +57,7 @@ extension ControlAPI {
         }
         var pace = "reply"
         if let value = json[member: "pace"] {
-            guard case .string(let text) = value, ["reply", "asap", "timing"].contains(text) || text.hasPrefix("idle=") else {
+            guard case .string(let text) = value, ReplayOptions.Pace(parsing: text) != nil else {
                 throw ControlResponseError(.error(400, "\"pace\" is reply, asap, timing or idle=DURATION (idle=300ms)"))
             }
             pace = text

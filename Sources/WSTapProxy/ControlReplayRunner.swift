@@ -40,14 +40,10 @@ public final class ControlReplayRunner: ReplayRunning {
             return answer(.error(400, "cannot replay to '\(order.to ?? recorded.open.url)': \(error)"))
         }
         var options = ReplayOptions()
-        switch order.pace {
-        case "asap": options.pace = .asap
-        case "timing": options.pace = .timing
-        case let idle where idle.hasPrefix("idle="):
-            guard let duration = Self.duration(String(idle.dropFirst(5))) else { return answer(.error(400, "idle=DURATION: write it as idle=300ms or idle=2s")) }
-            options.pace = .idle(duration)
-        default: options.pace = .reply
+        guard let pace = ReplayOptions.Pace(parsing: order.pace) else {
+            return answer(.error(400, "\"pace\" is reply, asap, timing or idle=DURATION (idle=300ms, idle=2s)"))
         }
+        options.pace = pace
         options.payloadCap = payloadCap
         options.connectionID = ids.nextUnlisted()
         let target = ReplayTarget(secure: url.scheme == "wss", host: url.host, port: url.port, path: url.path)
@@ -86,12 +82,5 @@ public final class ControlReplayRunner: ReplayRunning {
                 writer.endObject()
             })
         }
-    }
-
-    /// `300ms`, `2s`, `1.5s`.
-    static func duration(_ text: String) -> Duration? {
-        if text.hasSuffix("ms"), let value = Double(text.dropLast(2)), value >= 0 { return .nanoseconds(Int64(value * 1e6)) }
-        if text.hasSuffix("s"), let value = Double(text.dropLast()), value >= 0 { return .nanoseconds(Int64(value * 1e9)) }
-        return nil
     }
 }

@@ -102,3 +102,25 @@ public struct ReplayResult: Sendable {
         self.target = target
     }
 }
+
+extension ReplayOptions.Pace {
+    /// `reply`, `asap`, `timing` or `idle=DURATION` (`idle=300ms`, `idle=2s`), as `--pace` and the
+    /// control API's replays take it; nil for anything else.
+    public init?(parsing text: String) {
+        switch text {
+        case "reply": self = .reply
+        case "timing": self = .timing
+        case "asap": self = .asap
+        default:
+            guard text.hasPrefix("idle="), let duration = Self.duration(String(text.dropFirst(5))) else { return nil }
+            self = .idle(duration)
+        }
+    }
+
+    /// `300ms`, `2s`, `1.5s`, or plain seconds.
+    public static func duration(_ text: String) -> Duration? {
+        let (number, scale): (Substring, Double) = text.hasSuffix("ms") ? (text.dropLast(2), 0.001) : text.hasSuffix("s") ? (text.dropLast(), 1) : (Substring(text), 1)
+        guard let value = Double(number), value >= 0, value.isFinite else { return nil }
+        return .nanoseconds(Int64(value * scale * 1e9))
+    }
+}

@@ -121,14 +121,10 @@ struct ReplayCommand: ParsableCommand {
     }
 
     func parsedPace() throws -> ReplayOptions.Pace {
-        switch pace {
-        case "reply": return .reply
-        case "timing": return .timing
-        case "asap": return .asap
-        default:
-            if pace.hasPrefix("idle="), let duration = Self.duration(String(pace.dropFirst(5))) { return .idle(duration) }
+        guard let parsed = ReplayOptions.Pace(parsing: pace) else {
             throw ValidationError("--pace must be reply, idle=DURATION (idle=300ms, idle=2s), timing or asap; not '\(pace)'.")
         }
+        return parsed
     }
 
     /// `0.42 s`, `12.3 s`.
@@ -137,13 +133,6 @@ struct ReplayCommand: ParsableCommand {
         let hundredths = (value * 100).rounded()
         let cents = Int(hundredths) % 100
         return value < 10 ? "\(Int(hundredths) / 100).\(cents < 10 ? "0" : "")\(cents) s" : "\(Int(value.rounded())) s"
-    }
-
-    /// `300ms`, `2s`, `1.5s`, or plain seconds.
-    static func duration(_ text: String) -> Duration? {
-        let (number, scale): (Substring, Double) = text.hasSuffix("ms") ? (text.dropLast(2), 0.001) : text.hasSuffix("s") ? (text.dropLast(), 1) : (Substring(text), 1)
-        guard let value = Double(number), value >= 0, value.isFinite else { return nil }
-        return .nanoseconds(Int64(value * scale * 1e9))
     }
 
     func parsedTarget() throws -> ReplayTarget {

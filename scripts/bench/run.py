@@ -9,6 +9,10 @@ With --rules, two more wstap processes join the rotation: one with ten rules tha
 (`rules-idle`) and one whose single rule edits every text message (`rules-edit`); the report gets a
 table of what rules cost against wstap without rules and against socat, in the same run.
 
+With --ui, two more: wstap with `--ui` and a push-stream reader that takes every event as fast as it
+comes (`ui-reader`, curl on /api/events), and wstap with `--ui` and a reader that connected and then
+stopped reading (`ui-stalled`); the report gets a table of both against wstap alone (issue 13: ≥ 0.9×).
+
 With --baseline, a second wstap binary (say, a release build of the commit before a change) runs as one
 more target in the same rotation, and the report gets a table of wstap against it: a change's cost
 measured in one run, not against figures from another day.
@@ -111,6 +115,7 @@ def main():
     parser.add_argument("--baseline", help="another wstap binary to measure in the same run")
     parser.add_argument("--only", help="run only the workloads whose name contains this (e.g. RTT)")
     parser.add_argument("--rules", action="store_true", help="also measure wstap with rules loaded (rules-idle, rules-edit)")
+    parser.add_argument("--ui", action="store_true", help="also measure wstap --ui with a push-stream reader and with a stalled one")
     opts = parser.parse_args()
     if opts.only:
         WORKLOADS[:] = [w for w in WORKLOADS if opts.only in w[0]]
@@ -130,7 +135,10 @@ def main():
         proc = subprocess.Popen([str(binary), "proxy", "--listen", "127.0.0.1:0",
                                  "--upstream", f"ws://127.0.0.1:{echo_port}", "--jsonl", str(jsonl), "-q", *extra],
                                 stderr=subprocess.PIPE, text=True)
-        return proc, int(re.search(r"listening on 127\.0\.0\.1:(\d+)", proc.stderr.readline()).group(1))
+        port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", proc.stderr.readline()).group(1))
+        if "--ui" in extra:
+            proc.ui = re.search(r"at http://127\.0\.0\.1:(\d+)/\?token=(\w+)", proc.stderr.readline()).groups()
+        return proc, port
 
     jsonl = tmp / "records.jsonl"
     wstap, wstap_port = start_wstap(ROOT / ".build/release/wstap", jsonl)
@@ -150,6 +158,20 @@ def main():
             jsonl_files[name] = tmp / f"{name}.jsonl"
             args = [a for rule in rules for a in ("--rule", rule)]
             rule_targets[name] = start_wstap(ROOT / ".build/release/wstap", jsonl_files[name], args)
+    ui_targets, readers = {}, []
+    if opts.ui:
+        for name in ("ui-reader", "ui-stalled"):
+            jsonl_files[name] = tmp / f"{name}.jsonl"
+            ui_targets[name] = start_wstap(ROOT / ".build/release/wstap", jsonl_files[name], ["--ui", "0"])
+        ui_port, token = ui_targets["ui-reader"][0].ui
+        readers.append(subprocess.Popen(["curl", "-sN", "-H", f"Authorization: Bearer {token}", f"http://127.0.0.1:{ui_port}/api/events"],
+                                        stdout=subprocess.DEVNULL))
+        # Connects, asks for the stream, reads its head and never reads again.
+        ui_port, token = ui_targets["ui-stalled"][0].ui
+        stalled = socket.create_connection(("127.0.0.1", int(ui_port)))
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.sendall(f"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1:{ui_port}\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
+        stalled.recv(1)
     # socat listens once its process is up; a connect loop proves it.
     for _ in range(200):
         try:
@@ -161,7 +183,7 @@ def main():
     targets = {"direct": (echo_port, None), "socat": (socat_port, socat.pid), "wstap": (wstap_port, wstap.pid)}
     if baseline:
         targets["baseline"] = (baseline_port, baseline.pid)
-    for name, (proc, port) in rule_targets.items():
+    for name, (proc, port) in list(rule_targets.items()) + list(ui_targets.items()):
         targets[name] = (port, proc.pid)
     results = {w[0]: {t: [] for t in targets} for w in WORKLOADS}
     cpu = {w[0]: {t: [] for t in targets} for w in WORKLOADS}
@@ -186,8 +208,11 @@ def main():
                         # Bound disk use; wstap opens with O_APPEND, so it writes on at the new end.
                         os.truncate(jsonl_files[target], 0)
         wstap_rss = peak_rss_mb(wstap.pid)
+        for name, (proc, _) in ui_targets.items():
+            opts.ui_rss = getattr(opts, "ui_rss", {}) | {name: peak_rss_mb(proc.pid)}
     finally:
-        for p in (wstap, socat, echo) + ((baseline,) if baseline else ()) + tuple(p for p, _ in rule_targets.values()):
+        for p in (wstap, socat, echo) + ((baseline,) if baseline else ()) + tuple(p for p, _ in rule_targets.values()) \
+                + tuple(p for p, _ in ui_targets.values()) + tuple(readers):
             p.terminate()
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -202,6 +227,7 @@ def write_report(opts, results, cpu, wstap_rss, jsonl_bytes):
     rows = []
     baseline_rows = []
     rule_rows = []
+    ui_rows = []
     for name, kind, args in WORKLOADS:
         if kind == "load":
             key, unit = "msgs_per_s", "msg/s"
@@ -242,6 +268,12 @@ def write_report(opts, results, cpu, wstap_rss, jsonl_bytes):
             ratio_b = med["baseline"] / med["wstap"] if kind == "rtt" else med["wstap"] / med["baseline"]
             baseline_rows.append(f"| {name} | {med['baseline']:,.1f} | {med['wstap']:,.1f} {unit} | {ratio_b:.2f}× "
                                  f"| {per_msg['baseline']:.2f} | {per_msg['wstap']:.2f} | {per_msg['wstap'] - per_msg['baseline']:+.2f} |")
+        if "ui-reader" in med:
+            def versus(a, b):
+                return med[b] / med[a] if kind == "rtt" else med[a] / med[b]
+            ui_rows.append(f"| {name} | {med['wstap']:,.1f} | {med['ui-reader']:,.1f} | {med['ui-stalled']:,.1f} {unit} "
+                           f"| {versus('ui-reader', 'wstap'):.2f}× | {versus('ui-stalled', 'wstap'):.2f}× "
+                           f"| {per_msg['ui-reader'] - per_msg['wstap']:+.2f} | {per_msg['ui-stalled'] - per_msg['wstap']:+.2f} |")
         if "rules-idle" in med:
             def over(a, b):
                 return med[b] / med[a] if kind == "rtt" else med[a] / med[b]
@@ -249,6 +281,21 @@ def write_report(opts, results, cpu, wstap_rss, jsonl_bytes):
                              f"| {over('rules-idle', 'wstap'):.2f}× | {per_msg['rules-idle'] - per_msg['wstap']:+.2f} "
                              f"| {over('rules-edit', 'socat'):.2f}× | {per_msg['rules-edit']:.2f} |")
 
+    if ui_rows:
+        rss = ", ".join(f"{k} {v:.1f} MB" for k, v in getattr(opts, "ui_rss", {}).items())
+        ui_text = f"""
+## With the web UI's push stream, same run
+
+**ui-reader**: wstap `--ui` with a reader taking every event of `/api/events` as it comes (curl);
+**ui-stalled**: wstap `--ui` with a reader that asked for the stream and stopped reading. Both keep
+every record in the UI's store (64 MiB) and follow message boundaries for steering. Target
+(issue 13): ≥ 0.9× of wstap alone. Peak RSS: {rss}.
+
+| workload | wstap | ui-reader | ui-stalled | reader/wstap | stalled/wstap | reader CPU µs/msg over wstap | stalled CPU µs/msg over wstap |
+|---|---|---|---|---|---|---|---|
+""" + "\n".join(ui_rows) + "\n"
+    else:
+        ui_text = ""
     jsonl_lines = "\n".join(f"- {name}: {size / 1e6:,.1f} MB" for name, size in jsonl_bytes.items())
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = f"""# Performance
@@ -275,6 +322,7 @@ JSONL written by one wstap run of each workload (the file is emptied between run
 Targets (issue 2): throughput ≥ 1.0× socat in every workload, p50 RTT no worse than socat,
 ≤ 3 µs proxy CPU per small message, peak RSS ≤ 50 MB.
 """
+    text += ui_text
     if baseline_rows:
         text += f"""
 ## Against the baseline `{opts.baseline}`, same run
