@@ -192,6 +192,15 @@ def test_a_live_session_is_inspected_held_edited_composed_and_closed_in_the_brow
         browser.find_element(By.CSS_SELECTOR, '#edit-dialog button[value="edit"]').click()
         assert ws.recv() == '{"op":"edited in the browser"}'
         until(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, "#holds li"), "the hold queue empty")
+        # The held message's row now carries its change: received against sent, and the rule.
+        held_message = api(proxy, f"/api/records?filter=" + urllib.parse.quote('type=message from=server json.op="hold-me"'))["records"][0]
+        click_row(browser, held_message["seq"])
+        until(browser, lambda d: any(r["seq"] == held_message["seq"] and "edited" in r["cells"][-1] for r in rows(d)),
+              "the edit marked on the held message's row")
+        changed = tab(browser, "Changed")
+        assert "gate" in changed.text and "edited" in changed.text
+        received, sent = changed.find_elements(By.CSS_SELECTOR, ".compare > div")
+        assert held_message["text"] in received.text and '{"op":"edited in the browser"}' in sent.text
 
         # Compose: to the client directly, and to the server (whose echo proves it arrived).
         browser.find_element(By.ID, "compose-button").click()
@@ -307,3 +316,27 @@ def test_a_connection_is_replayed_from_the_browser_and_the_replay_appears_beside
     # The replay is a connection of its own, listed beside the one it replayed.
     form.find_element(By.CSS_SELECTOR, 'button[value="cancel"]').click()
     until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, '#connections li[data-conn="2"]'), "the replayed session")
+
+
+def test_socket_io_packets_are_decoded_in_the_detail_pane(wstap, peer, browser):
+    """python-socketio's client and server through wstap: an event with an acknowledgement."""
+    import socketio
+
+    port = peer(PYTHON, str(PEERS / "socketio_server.py"))
+    proxy = start_ui(wstap, f"ws://127.0.0.1:{port}")
+    client = socketio.Client()
+    client.connect(f"http://127.0.0.1:{proxy.port}", transports=["websocket"])
+    try:
+        assert client.call("echo", {"n": 7, "text": "via socket.io"}, timeout=DEADLINE) == {"echoed": {"n": 7, "text": "via socket.io"}}
+    finally:
+        client.disconnect()
+    # The event as the client sent it: 42 (Engine.IO message, Socket.IO EVENT), an ack id, the JSON.
+    seq = next(r["seq"] for r in api(proxy, "/api/records?filter=" + urllib.parse.quote("type=message from=client text:echo"))["records"])
+    open_ui(browser, f"http://127.0.0.1:{proxy.ui_port}/?token={proxy.token}")
+    click_row(browser, seq)
+    assert browser.find_element(By.ID, "detail").get_attribute("data-view") == "Socket.IO"
+    facts = {row.find_element(By.TAG_NAME, "th").text: row.find_element(By.TAG_NAME, "td").text
+             for row in browser.find_elements(By.CSS_SELECTOR, "#detail table tr")}
+    assert facts["Engine.IO"] == "message" and facts["Socket.IO"] == "EVENT" and facts["event"] == "echo" and facts["namespace"] == "/"
+    assert facts["ack id"].isdigit()
+    assert '"via socket.io"' in browser.find_element(By.CSS_SELECTOR, "#detail .json").text

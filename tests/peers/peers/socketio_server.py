@@ -4,7 +4,9 @@ import asyncio
 import socketio
 from aiohttp import web
 
-sio = socketio.AsyncServer(async_mode="aiohttp")
+# Any origin: behind wstap's reverse mode the Host is the server's while the client's Origin names
+# the proxy, which python-socketio's same-origin default refuses with a 400.
+sio = socketio.AsyncServer(async_mode="aiohttp", cors_allowed_origins="*")
 
 
 @sio.on("echo")
