@@ -518,7 +518,7 @@ $("#rule-button").addEventListener("click", () => {
 
 // A rule that selects messages like this one: the same sender and type, and the JSON `type`-like
 // member when there is one, else the first words of the text. `hold` is a safe action to start from.
-export function ruleFor(record) {
+function ruleFor(record) {
   const quote = text => `"${text.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n").replace(/\t/g, "\\t")}"`;
   const parts = [`from=${record.from}`, `op=${record.opcode === 1 ? "text" : "binary"}`];
   let json;

@@ -195,7 +195,7 @@ export function decodeSocketIO(text) {
   if (engine !== "message") {
     if (rest.length) { const json = parseJSON(rest); result.data = json !== undefined ? json : rest; }
     // "2probe" and "3probe" are the upgrade probes; a bare digit is a ping or pong of its own.
-    if (rest && json_or_probe(rest) === false) return null;
+    if (rest && !isJSONOrProbe(rest)) return null;
     return result;
   }
   if (rest.length === 0 || rest[0] < "0" || rest[0] > "6") { result.data = rest; return result; }
@@ -224,7 +224,7 @@ export function decodeSocketIO(text) {
   return result;
 }
 
-function json_or_probe(rest) {
+function isJSONOrProbe(rest) {
   if (rest === "probe") return true;
   return parseJSON(rest) !== undefined;
 }

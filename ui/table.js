@@ -36,7 +36,6 @@ export class VirtualTable {
     this.visible = new Set(["seq", "time", "conn", "dir", "op", "size", "wire", "frames", "z", "preview", "marks"]);
     this.rowHeight = 22;
     this.scheduled = false;
-    this.renders = 0;        // frames drawn (the benchmark reads it)
     scroller.addEventListener("scroll", () => {
       const bottom = scroller.scrollTop + scroller.clientHeight >= scroller.scrollHeight - this.rowHeight * 1.5;
       this.stick = bottom;
@@ -148,7 +147,6 @@ export class VirtualTable {
   }
 
   render() {
-    this.renders++;
     const total = this.view.length;
     this.spacer.style.height = `${total * this.rowHeight}px`;
     if (this.stick && !this.paused) this.scroller.scrollTop = this.scroller.scrollHeight;

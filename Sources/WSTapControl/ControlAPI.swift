@@ -22,11 +22,11 @@ public final class ControlAPI: Sendable {
 
     public init(store: RecordStore, access: ControlAccess, steering: (any ConnectionSteering)? = nil, rules: RuleControl? = nil,
                 replays: (any ReplayRunning)? = nil, source: String? = nil, version: String = "dev") {
-        self.replays = replays
         self.store = store
         self.access = access
         self.steering = steering
         self.rules = rules
+        self.replays = replays
         self.source = source
         self.version = version
     }
@@ -121,13 +121,7 @@ public final class ControlAPI: Sendable {
         if let filter {
             // A connection matches when one of its records held does.
             var matching: Set<UInt64> = []
-            var after: UInt64 = 0
-            while true {
-                let page = store.entries(after: after, limit: Self.maximumLimit, filter: filter)
-                for entry in page.entries { matching.insert(entry.record.connection) }
-                guard page.scannedThrough > after, page.scannedThrough < page.extent.lastSeq else { break }
-                after = page.scannedThrough
-            }
+            store.forEachEntry(filter: filter) { matching.insert($0.record.connection) }
             list = list.filter { matching.contains($0.id) }
         }
         return .json { writer in
@@ -196,25 +190,15 @@ public final class ControlAPI: Sendable {
         guard format == "jsonl" || format == "har" else { return .error(400, "format is jsonl or har") }
         var selection = filter.map(FilterSelection.init)
         var records: [TapRecord] = []
-        var after: UInt64 = 0
-        while true {
-            let page = store.entries(after: after, limit: Self.maximumLimit, connection: connection)
-            for entry in page.entries {
-                if selection != nil { selection!.select(entry.record, into: &records) } else { records.append(entry.record) }
-            }
-            guard page.scannedThrough > after, page.scannedThrough < page.extent.lastSeq else { break }
-            after = page.scannedThrough
+        store.forEachEntry(connection: connection) { entry in
+            if selection != nil { selection!.select(entry.record, into: &records) } else { records.append(entry.record) }
         }
         let name = "wstap" + (connection.map { "-conn\($0)" } ?? "") + "." + format
         let disposition = ("Content-Disposition", "attachment; filename=\"\(name)\"")
         if format == "jsonl" {
-            var body: [UInt8] = []
-            for record in records {
-                var writer = JSONWriter()
-                JSONLinesEncoder.encode(record, into: &writer)
-                body += writer.bytes
-            }
-            return .complete(status: 200, contentType: "application/x-ndjson", body: body, headers: [disposition])
+            var writer = JSONWriter()
+            for record in records { JSONLinesEncoder.encode(record, into: &writer) }
+            return .complete(status: 200, contentType: "application/x-ndjson", body: writer.bytes, headers: [disposition])
         }
         do {
             return .complete(status: 200, contentType: "application/json", body: try HARSink.log(of: records, creatorVersion: version), headers: [disposition])

@@ -78,13 +78,7 @@ extension ControlAPI {
             allowTruncated = flag
         }
         var records: [TapRecord] = []
-        var after: UInt64 = 0
-        while true {
-            let page = store.entries(after: after, limit: Self.maximumLimit, connection: connection)
-            records += page.entries.map(\.record)
-            guard page.scannedThrough > after, page.scannedThrough < page.extent.lastSeq else { break }
-            after = page.scannedThrough
-        }
+        store.forEachEntry(connection: connection) { records.append($0.record) }
         guard records.contains(where: { if case .open = $0.body { true } else { false } }) else {
             throw ControlResponseError(.error(404, store.connection(connection) == nil
                 ? "no connection \(connection) is known"

@@ -69,14 +69,7 @@ extension ControlAPI {
             return error.response
         }
         var tally = RuleTally(engine: RuleEngine(rules: parsed), seed: 1)
-        var after: UInt64 = 0
-        while true {
-            let page = store.entries(after: after, limit: Self.maximumLimit, filter: filter, connection: connection)
-            // Open records too (the filter may leave them out): rules read the URL and subprotocol from them.
-            for entry in page.entries { tally.add(entry.record) }
-            guard page.scannedThrough > after, page.scannedThrough < page.extent.lastSeq else { break }
-            after = page.scannedThrough
-        }
+        store.forEachEntry(filter: filter, connection: connection) { tally.add($0.record) }
         return .json { writer in
             writer.beginObject()
             writer.key("messages"); writer.integer(tally.messages)

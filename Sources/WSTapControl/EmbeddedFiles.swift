@@ -2414,7 +2414,7 @@ $("#rule-button").addEventListener("click", () => {
 
 // A rule that selects messages like this one: the same sender and type, and the JSON `type`-like
 // member when there is one, else the first words of the text. `hold` is a safe action to start from.
-export function ruleFor(record) {
+function ruleFor(record) {
   const quote = text => `"${text.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n").replace(/\t/g, "\\t")}"`;
   const parts = [`from=${record.from}`, `op=${record.opcode === 1 ? "text" : "binary"}`];
   let json;
@@ -2673,7 +2673,6 @@ export class VirtualTable {
     this.visible = new Set(["seq", "time", "conn", "dir", "op", "size", "wire", "frames", "z", "preview", "marks"]);
     this.rowHeight = 22;
     this.scheduled = false;
-    this.renders = 0;        // frames drawn (the benchmark reads it)
     scroller.addEventListener("scroll", () => {
       const bottom = scroller.scrollTop + scroller.clientHeight >= scroller.scrollHeight - this.rowHeight * 1.5;
       this.stick = bottom;
@@ -2785,7 +2784,6 @@ export class VirtualTable {
   }
 
   render() {
-    this.renders++;
     const total = this.view.length;
     this.spacer.style.height = `${total * this.rowHeight}px`;
     if (this.stick && !this.paused) this.scroller.scrollTop = this.scroller.scrollHeight;
@@ -3108,7 +3106,7 @@ export function decodeSocketIO(text) {
   if (engine !== "message") {
     if (rest.length) { const json = parseJSON(rest); result.data = json !== undefined ? json : rest; }
     // "2probe" and "3probe" are the upgrade probes; a bare digit is a ping or pong of its own.
-    if (rest && json_or_probe(rest) === false) return null;
+    if (rest && !isJSONOrProbe(rest)) return null;
     return result;
   }
   if (rest.length === 0 || rest[0] < "0" || rest[0] > "6") { result.data = rest; return result; }
@@ -3137,7 +3135,7 @@ export function decodeSocketIO(text) {
   return result;
 }
 
-function json_or_probe(rest) {
+function isJSONOrProbe(rest) {
   if (rest === "probe") return true;
   return parseJSON(rest) !== undefined;
 }

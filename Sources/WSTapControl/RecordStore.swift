@@ -143,6 +143,18 @@ public final class RecordStore: Sendable {
         }
     }
 
+    /// Every entry held that matches, oldest first, read a page at a time: the lock is let go
+    /// between pages, so a long walk does not hold up the connections appending records.
+    public func forEachEntry(filter: Filter? = nil, connection: UInt64? = nil, _ body: (Entry) -> Void) {
+        var after: UInt64 = 0
+        while true {
+            let page = entries(after: after, limit: 10_000, filter: filter, connection: connection)
+            for entry in page.entries { body(entry) }
+            guard page.scannedThrough > after, page.scannedThrough < page.extent.lastSeq else { return }
+            after = page.scannedThrough
+        }
+    }
+
     /// The entry with this seq, if it is still held.
     public func entry(seq: UInt64) -> Entry? {
         state.withLock { state in
