@@ -216,6 +216,10 @@ def main():
             p.terminate()
         shutil.rmtree(tmp, ignore_errors=True)
 
+    # The raw numbers first, so a mistake in the report below does not lose a run.
+    raw = Path(tempfile.gettempdir()) / "wstap-bench-raw.json"
+    raw.write_text(__import__("json").dumps({"results": results, "cpu": cpu, "wstap_rss": wstap_rss, "jsonl_bytes": jsonl_bytes}))
+    print(f"raw numbers in {raw}", flush=True)
     write_report(opts, results, cpu, wstap_rss, jsonl_bytes)
 
 
@@ -245,7 +249,7 @@ def write_report(opts, results, cpu, wstap_rss, jsonl_bytes):
             extra = f" ({mb['wstap']:.0f} MB/s each way through wstap)"
         # CPU per message: proxy CPU seconds over messages relayed in both directions.
         per_msg = {}
-        for t in [t for t in ("socat", "wstap", "baseline", "rules-idle", "rules-edit") if t in cpu[name]]:
+        for t in [t for t in ("socat", "wstap", "baseline", "rules-idle", "rules-edit", "ui-reader", "ui-stalled") if t in cpu[name]]:
             samples = []
             for seconds, r in cpu[name][t]:
                 if kind == "handshakes":
